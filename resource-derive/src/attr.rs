@@ -1,0 +1,420 @@
+//! `#[resource(...)]` parsing. Every problem is pushed to the `Ctxt` and parsing goes on
+//! with the next key, so one derive reports all of its attribute errors at once.
+
+use proc_macro2::{Span, TokenTree};
+use syn::meta::ParseNestedMeta;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Attribute, Ident, Lit, LitStr, Path, Token, WherePredicate};
+
+use crate::ctxt::Ctxt;
+
+pub(crate) const FIELD_KEYS: &[&str] = &["skip", "close", "enter", "timeout", "group", "name"];
+pub(crate) const CONTAINER_KEYS: &[&str] = &[
+    "concurrent",
+    "timeout",
+    "before_close",
+    "after_enter",
+    "bound",
+    "crate",
+];
+
+/// A deadline given as `"500ms"`, `"2s"`, `"1m"` or `"1h"`.
+#[derive(Clone, Copy)]
+pub(crate) struct Timeout {
+    pub(crate) millis: u64,
+}
+
+/// Attributes of one field.
+#[derive(Default)]
+pub(crate) struct FieldAttrs {
+    /// The first `#[resource...]` attribute on the field, if any.
+    pub(crate) marker: Option<Span>,
+    pub(crate) skip: Option<Span>,
+    pub(crate) close: Option<Path>,
+    pub(crate) enter: Option<Path>,
+    pub(crate) timeout: Option<Timeout>,
+    pub(crate) group: Option<LitStr>,
+    pub(crate) name: Option<LitStr>,
+    /// Every key given, with its span, for rules that span several keys.
+    pub(crate) keys: Vec<(&'static str, Span)>,
+}
+
+/// Attributes of the struct or enum.
+#[derive(Default)]
+pub(crate) struct ContainerAttrs {
+    pub(crate) concurrent: Option<Span>,
+    pub(crate) timeout: Option<Timeout>,
+    pub(crate) before_close: Option<Ident>,
+    pub(crate) after_enter: Option<Ident>,
+    pub(crate) bound: Option<Vec<WherePredicate>>,
+    pub(crate) krate: Option<Path>,
+}
+
+fn resource_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
+    attrs.iter().filter(|a| a.path().is_ident("resource"))
+}
+
+/// Consumes the rest of a key's value, up to the next top-level comma, so that parsing
+/// can go on after an error.
+fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+    meta.input.step(|cursor| {
+        let mut rest = *cursor;
+        while let Some((tt, next)) = rest.token_tree() {
+            if let TokenTree::Punct(p) = &tt {
+                if p.as_char() == ',' {
+                    return Ok(((), rest));
+                }
+            }
+            rest = next;
+        }
+        Ok(((), rest))
+    })
+}
+
+/// The closest known key to a misspelt one, if it is close enough to be a typo.
+fn suggestion<'k>(unknown: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (*k, strsim::jaro_winkler(unknown, k)))
+        .filter(|(_, score)| *score >= 0.8)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(k, _)| k)
+}
+
+fn list(keys: &[&str]) -> String {
+    keys.iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+enum Level {
+    Field,
+    Container,
+}
+
+impl Level {
+    fn known(&self) -> &'static [&'static str] {
+        match self {
+            Level::Field => FIELD_KEYS,
+            Level::Container => CONTAINER_KEYS,
+        }
+    }
+
+    fn unknown_key_message(&self, key: &str) -> String {
+        let (this, other, other_keys, put) = match self {
+            Level::Field => ("a field", "container", CONTAINER_KEYS, "on the struct or enum"),
+            Level::Container => ("a struct or enum", "field", FIELD_KEYS, "on a field"),
+        };
+        if other_keys.contains(&key) && !self.known().contains(&key) {
+            return format!("`{key}` is a {other} attribute, not one for {this}: put it {put}");
+        }
+        let mut msg = format!("unknown key `{key}` in `#[resource(...)]` on {this}");
+        if let Some(s) = suggestion(key, self.known()) {
+            msg.push_str(&format!("; did you mean `{s}`?"));
+        }
+        msg.push_str(&format!("\nexpected one of: {}", list(self.known())));
+        msg
+    }
+}
+
+/// Walks every key of every `#[resource(...)]` attribute: reports unknown and duplicate
+/// keys and hands each known key to `handle`, which parses its value.
+fn for_each_key(
+    cx: &Ctxt,
+    attrs: &[Attribute],
+    level: Level,
+    mut on_attr: impl FnMut(&Attribute),
+    mut handle: impl FnMut(&'static str, &ParseNestedMeta<'_>) -> syn::Result<()>,
+) {
+    let mut seen: Vec<&'static str> = Vec::new();
+    for attr in resource_attrs(attrs) {
+        on_attr(attr);
+        match &attr.meta {
+            syn::Meta::Path(_) => continue,
+            syn::Meta::NameValue(nv) => {
+                cx.error_spanned_by(
+                    nv,
+                    "expected `#[resource]` or `#[resource(key = value, ...)]`, found `#[resource = ...]`",
+                );
+                continue;
+            }
+            syn::Meta::List(_) => {}
+        }
+        let parsed = attr.parse_nested_meta(|meta| {
+            let Some(ident) = meta.path.get_ident() else {
+                cx.error_spanned_by(
+                    &meta.path,
+                    format!(
+                        "expected a key such as `timeout`, found a path\nexpected one of: {}",
+                        list(level.known())
+                    ),
+                );
+                return skip_value(&meta);
+            };
+            let name = ident.to_string();
+            let Some(key) = level.known().iter().copied().find(|k| *k == name) else {
+                cx.error_spanned_by(ident, level.unknown_key_message(&name));
+                return skip_value(&meta);
+            };
+            if seen.contains(&key) {
+                cx.error_spanned_by(
+                    ident,
+                    format!("duplicate key `{key}`: give it once per field or container"),
+                );
+                return skip_value(&meta);
+            }
+            seen.push(key);
+            if let Err(e) = handle(key, &meta) {
+                cx.syn_error(e);
+                return skip_value(&meta);
+            }
+            Ok(())
+        });
+        if let Err(e) = parsed {
+            cx.syn_error(e);
+        }
+    }
+}
+
+/// `key` with no value; `key = ...` is an error.
+fn flag(key: &str, meta: &ParseNestedMeta<'_>) -> syn::Result<Span> {
+    if meta.input.peek(Token![=]) || meta.input.peek(syn::token::Paren) {
+        return Err(meta.error(format!("`{key}` takes no value: write `{key}` alone")));
+    }
+    Ok(meta.path.span())
+}
+
+/// `key = path`. A literal is the common mistake and gets its own message.
+fn path_value(key: &str, meta: &ParseNestedMeta<'_>) -> syn::Result<Path> {
+    let input = meta.value()?;
+    if input.peek(Lit) {
+        let lit: Lit = input.parse()?;
+        let hint = match &lit {
+            Lit::Str(s) => format!(": write `{key} = {}` without quotes", s.value()),
+            _ => String::new(),
+        };
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("expected a path to an async fn after `{key} =`, found a literal{hint}"),
+        ));
+    }
+    input.parse::<Path>().map_err(|e| {
+        syn::Error::new(
+            e.span(),
+            format!("expected a path to an async fn after `{key} =`, like `{key} = my_{key}`"),
+        )
+    })
+}
+
+/// `key = method`: the name of a method of the type.
+fn method_value(key: &str, meta: &ParseNestedMeta<'_>) -> syn::Result<Ident> {
+    let input = meta.value()?;
+    if input.peek(Lit) {
+        let lit: Lit = input.parse()?;
+        let hint = match &lit {
+            Lit::Str(s) => format!(": write `{key} = {}` without quotes", s.value()),
+            _ => String::new(),
+        };
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("expected the name of an async method after `{key} =`, found a literal{hint}"),
+        ));
+    }
+    input.parse::<Ident>().map_err(|e| {
+        syn::Error::new(
+            e.span(),
+            format!("expected the name of an async method of this type after `{key} =`, like `{key} = drain`"),
+        )
+    })
+}
+
+/// `key = "string"`.
+fn string_value(key: &str, example: &str, meta: &ParseNestedMeta<'_>) -> syn::Result<LitStr> {
+    let input = meta.value()?;
+    if input.peek(LitStr) {
+        return input.parse();
+    }
+    let found = if input.peek(Lit) { "a literal of another kind" } else { "no string" };
+    let span = input.span();
+    Err(syn::Error::new(
+        span,
+        format!("`{key}` takes a string, found {found}: write `{key} = {example}`"),
+    ))
+}
+
+fn timeout_value(meta: &ParseNestedMeta<'_>) -> syn::Result<Timeout> {
+    let lit = string_value("timeout", "\"2s\"", meta)?;
+    let millis = parse_duration_ms(&lit.value()).map_err(|why| syn::Error::new(lit.span(), why))?;
+    Ok(Timeout { millis })
+}
+
+/// `"500ms"`, `"2s"`, `"1m"`, `"1h"` into milliseconds.
+pub(crate) fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let malformed = || {
+        format!(
+            "malformed timeout `{text}`: write a whole number followed by `ms`, `s`, `m` or `h`, like \"500ms\" or \"2s\""
+        )
+    };
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    if number.is_empty() {
+        return Err(malformed());
+    }
+    let scale: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(malformed()),
+    };
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("timeout `{text}` is too large"))?;
+    let millis = value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("timeout `{text}` is too large"))?;
+    if millis == 0 {
+        return Err(format!(
+            "a zero timeout would drop every close at once: give a deadline of at least \"1ms\", or remove `timeout` for none (found `{text}`)"
+        ));
+    }
+    Ok(millis)
+}
+
+pub(crate) fn field_attrs(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
+    let mut out = FieldAttrs::default();
+    let mut marker = None;
+    let mut keys = Vec::new();
+    let mut skip = None;
+    let mut close = None;
+    let mut enter = None;
+    let mut timeout = None;
+    let mut group = None;
+    let mut name = None;
+    for_each_key(
+        cx,
+        attrs,
+        Level::Field,
+        |attr| {
+            marker.get_or_insert(attr.span());
+        },
+        |key, meta| {
+            keys.push((key, meta.path.span()));
+            match key {
+                "skip" => skip = Some(flag(key, meta)?),
+                "close" => close = Some(path_value(key, meta)?),
+                "enter" => enter = Some(path_value(key, meta)?),
+                "timeout" => timeout = Some(timeout_value(meta)?),
+                "group" => group = Some(string_value(key, "\"io\"", meta)?),
+                "name" => name = Some(string_value(key, "\"label\"", meta)?),
+                _ => {}
+            }
+            Ok(())
+        },
+    );
+    out.marker = marker;
+    out.keys = keys;
+    out.skip = skip;
+    out.close = close;
+    out.enter = enter;
+    out.timeout = timeout;
+    out.group = group;
+    out.name = name;
+    out
+}
+
+pub(crate) fn container_attrs(cx: &Ctxt, attrs: &[Attribute]) -> ContainerAttrs {
+    let mut out = ContainerAttrs::default();
+    for_each_key(
+        cx,
+        attrs,
+        Level::Container,
+        |attr| {
+            if let syn::Meta::Path(path) = &attr.meta {
+                cx.error_spanned_by(
+                    path,
+                    "a bare `#[resource]` marks a field: on a struct or enum, give keys such as `#[resource(timeout = \"5s\")]`",
+                );
+            }
+        },
+        |key, meta| {
+            match key {
+                "concurrent" => out.concurrent = Some(flag(key, meta)?),
+                "timeout" => out.timeout = Some(timeout_value(meta)?),
+                "before_close" => out.before_close = Some(method_value(key, meta)?),
+                "after_enter" => out.after_enter = Some(method_value(key, meta)?),
+                "bound" => {
+                    let lit = string_value(key, "\"T: AsyncResource\"", meta)?;
+                    let predicates = lit
+                        .parse_with(Punctuated::<WherePredicate, Token![,]>::parse_terminated)
+                        .map_err(|e| {
+                            syn::Error::new(
+                                lit.span(),
+                                format!("malformed `bound`: {e}; write where-clause predicates, like `bound = \"T: AsyncResource, U: Send\"`"),
+                            )
+                        })?;
+                    out.bound = Some(predicates.into_iter().collect());
+                }
+                "crate" => {
+                    let input = meta.value()?;
+                    let path = if input.peek(LitStr) {
+                        let lit: LitStr = input.parse()?;
+                        lit.parse::<Path>().map_err(|_| {
+                            syn::Error::new(
+                                lit.span(),
+                                format!("`crate` takes the path of the runtime crate, like `crate = \"resource_runtime\"`; `{}` is not a path", lit.value()),
+                            )
+                        })?
+                    } else {
+                        input.parse::<Path>().map_err(|e| {
+                            syn::Error::new(e.span(), "`crate` takes the path of the runtime crate, like `crate = \"resource_runtime\"`")
+                        })?
+                    };
+                    out.krate = Some(path);
+                }
+                _ => {}
+            }
+            Ok(())
+        },
+    );
+    out
+}
+
+/// Reports every `#[resource]` on an item where it has no meaning (an enum variant, a
+/// union field), with `why`.
+pub(crate) fn reject(cx: &Ctxt, attrs: &[Attribute], why: &str) {
+    for attr in resource_attrs(attrs) {
+        cx.error_spanned_by(attr, why);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("2s"), Ok(2_000));
+        assert_eq!(parse_duration_ms("1m"), Ok(60_000));
+        assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
+        for bad in ["", "s", "2", "2 s", "2sec", "-1s", "1.5s", "ms500"] {
+            assert!(parse_duration_ms(bad).unwrap_err().contains("malformed"), "{bad}");
+        }
+        assert!(parse_duration_ms("0s").unwrap_err().contains("zero"));
+        assert!(parse_duration_ms("99999999999999999999ms").unwrap_err().contains("too large"));
+        assert!(parse_duration_ms("18446744073709551615h").unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn suggestions_only_for_near_misses() {
+        assert_eq!(suggestion("timout", FIELD_KEYS), Some("timeout"));
+        assert_eq!(suggestion("clsoe", FIELD_KEYS), Some("close"));
+        assert_eq!(suggestion("concurent", CONTAINER_KEYS), Some("concurrent"));
+        assert_eq!(suggestion("zzz", FIELD_KEYS), None);
+    }
+}

@@ -1,0 +1,396 @@
+//! Code generation, and nothing else. The logic of a step (deadline, panic capture,
+//! span, aggregation) lives in the runtime's `__private` helpers; the expansion only
+//! calls them in the right order.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::{DeriveInput, Ident, LitStr, Member, Path};
+
+use crate::ast::{Data, Field, Input, Step};
+use crate::ctxt::Ctxt;
+use crate::{bound, valid};
+
+/// The whole derive: parse, validate, generate. Never panics; an invalid input gives
+/// `compile_error!`s next to a stub impl.
+pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
+    let cx = Ctxt::new();
+    let model = Input::from_syn(input, &cx);
+    valid::check(&model, &cx);
+    match cx.check() {
+        Ok(()) => generate(&model),
+        Err(errors) => {
+            let mut out = errors.to_compile_error();
+            out.extend(fallback(&model));
+            out
+        }
+    }
+}
+
+fn default_krate() -> Path {
+    syn::parse_quote!(::resource_runtime)
+}
+
+fn krate(input: &Input<'_>) -> Path {
+    input.attrs.krate.clone().unwrap_or_else(default_krate)
+}
+
+/// A stub impl so that one attribute error is not followed by a cascade of "trait not
+/// implemented" errors where the type is used.
+fn fallback(input: &Input<'_>) -> TokenStream {
+    let krate = default_krate();
+    let ident = input.ident;
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    quote! {
+        const _: () = {
+            #[automatically_derived]
+            impl #impl_generics #krate::AsyncResource for #ident #ty_generics #where_clause {
+                fn close(&mut self) -> impl ::core::future::Future<
+                    Output = ::core::result::Result<(), #krate::ResourceError>,
+                > + ::core::marker::Send {
+                    async { ::core::result::Result::Ok(()) }
+                }
+            }
+        };
+    }
+}
+
+/// One field as the expansion sees it: where it is bound, how it is labelled.
+struct Slot<'f, 'a> {
+    field: &'f Field<'a>,
+    /// The local the field is bound to in a destructuring pattern.
+    binding: Ident,
+    /// The label in error paths, `Variant.field` in an enum.
+    label: LitStr,
+}
+
+fn slots<'f, 'a>(variant: Option<&Ident>, fields: &'f [Field<'a>]) -> Vec<Slot<'f, 'a>> {
+    fields
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.is_resource())
+        .map(|(i, field)| {
+            let label = match variant {
+                Some(v) => format!("{v}.{}", field.label()),
+                None => field.label(),
+            };
+            Slot {
+                field,
+                binding: format_ident!("__field{}", i),
+                label: LitStr::new(&label, field.span()),
+            }
+        })
+        .collect()
+}
+
+/// `let Self { a: __field0, 1: __field1, .. } = &mut *self;`, or for a variant a
+/// `let ... else` that leaves the variant's labelled block when another one is active.
+fn bind(variant: Option<&Ident>, slots: &[Slot<'_, '_>]) -> TokenStream {
+    let members = slots.iter().map(|s| {
+        let member: &Member = &s.field.member;
+        let binding = &s.binding;
+        quote!(#member: #binding)
+    });
+    match variant {
+        Some(v) => quote!(let Self::#v { #(#members,)* .. } = &mut *self else { break '__fields };),
+        None => quote!(let Self { #(#members,)* .. } = &mut *self;),
+    }
+}
+
+fn deadline(millis: Option<u64>) -> TokenStream {
+    match millis {
+        Some(ms) => quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#ms))),
+        None => quote!(::core::option::Option::None),
+    }
+}
+
+fn enter_future(krate: &Path, slot: &Slot<'_, '_>) -> Option<TokenStream> {
+    let binding = &slot.binding;
+    let span = slot.field.ty_span();
+    match slot.field.enter_step() {
+        Step::Trait => Some(quote_spanned!(span=> #krate::AsyncResource::enter(#binding))),
+        Step::Custom(path) => Some(quote_spanned!(span=> #krate::__private::user_step(#path(#binding)))),
+        Step::Nothing => None,
+    }
+}
+
+fn close_future(krate: &Path, slot: &Slot<'_, '_>) -> TokenStream {
+    let binding = &slot.binding;
+    let span = slot.field.ty_span();
+    match slot.field.close_step() {
+        Step::Custom(path) => quote_spanned!(span=> #krate::__private::user_step(#path(#binding))),
+        Step::Trait | Step::Nothing => quote_spanned!(span=> #krate::AsyncResource::close(#binding)),
+    }
+}
+
+impl Field<'_> {
+    fn ty_span(&self) -> Span {
+        syn::spanned::Spanned::span(self.ty)
+    }
+}
+
+/// The enter of one struct or variant: fields in declaration order, stopping at the
+/// first failure.
+fn enter_fields(krate: &Path, variant: Option<&Ident>, slots: &[Slot<'_, '_>]) -> TokenStream {
+    if slots.is_empty() {
+        return quote!();
+    }
+    let bind = bind(variant, slots);
+    let steps = slots.iter().map(|slot| {
+        let label = &slot.label;
+        match enter_future(krate, slot) {
+            Some(fut) => quote!(__enter.field(#label, #fut).await),
+            None => quote!(__enter.pass()),
+        }
+    });
+    quote! {
+        #bind
+        let _ = #(#steps)&&*;
+    }
+}
+
+/// The rollback of one struct or variant: entered fields closed in reverse.
+fn rollback_fields(krate: &Path, variant: Option<&Ident>, slots: &[Slot<'_, '_>]) -> TokenStream {
+    if slots.is_empty() {
+        return quote!();
+    }
+    let bind = bind(variant, slots);
+    let steps = slots.iter().enumerate().rev().map(|(index, slot)| {
+        let label = &slot.label;
+        let deadline = deadline(slot.field.attrs.timeout.map(|t| t.millis));
+        let fut = close_future(krate, slot);
+        quote! {
+            if __enter.needs_rollback(#index) {
+                __enter.rollback(#label, #deadline, #fut).await;
+            }
+        }
+    });
+    quote! {
+        #bind
+        #(#steps)*
+    }
+}
+
+/// The close steps of one struct or variant, in reverse declaration order; the fields
+/// of a group (or all of them under `concurrent`) make one concurrent step, placed where
+/// its last-declared field stands.
+fn close_fields(
+    krate: &Path,
+    concurrent: bool,
+    variant: Option<&Ident>,
+    slots: &[Slot<'_, '_>],
+) -> TokenStream {
+    if slots.is_empty() {
+        return quote!();
+    }
+    let bind = bind(variant, slots);
+    let group_of = |slot: &Slot<'_, '_>| -> Option<String> {
+        if concurrent {
+            Some("concurrent".to_owned())
+        } else {
+            slot.field.attrs.group.as_ref().map(LitStr::value)
+        }
+    };
+    let mut done_groups: Vec<String> = Vec::new();
+    let mut steps = Vec::new();
+    for slot in slots.iter().rev() {
+        match group_of(slot) {
+            None => {
+                let label = &slot.label;
+                let deadline = deadline(slot.field.attrs.timeout.map(|t| t.millis));
+                let fut = close_future(krate, slot);
+                steps.push(quote!(__closer.field(#label, #deadline, #fut).await;));
+            }
+            Some(group) if done_groups.contains(&group) => {}
+            Some(group) => {
+                let members = slots
+                    .iter()
+                    .rev()
+                    .filter(|s| group_of(s).as_deref() == Some(group.as_str()))
+                    .map(|s| {
+                        let label = &s.label;
+                        let deadline = deadline(s.field.attrs.timeout.map(|t| t.millis));
+                        let fut = close_future(krate, s);
+                        quote!(__group.field(#label, #deadline, #fut))
+                    });
+                let name = match variant {
+                    Some(v) => format!("{v}.{group}"),
+                    None => group.clone(),
+                };
+                steps.push(quote! {
+                    {
+                        let __group = __closer.group(#name);
+                        #krate::__private::tokio::join!(#(#members),*);
+                        __closer.absorb(__group);
+                    }
+                });
+                done_groups.push(group);
+            }
+        }
+    }
+    quote! {
+        #bind
+        #(#steps)*
+    }
+}
+
+/// Runs `per_variant` for the struct or for each variant, inside a labelled block the
+/// `let ... else` of a non-matching variant breaks out of.
+fn each_variant(
+    input: &Input<'_>,
+    mut per_variant: impl FnMut(Option<&Ident>, &[Slot<'_, '_>]) -> TokenStream,
+) -> TokenStream {
+    let bodies: Vec<TokenStream> = match &input.data {
+        Data::Struct(fields) => vec![per_variant(None, &slots(None, fields))],
+        Data::Enum(variants) => variants
+            .iter()
+            .map(|v| per_variant(Some(v.ident), &slots(Some(v.ident), &v.fields)))
+            .collect(),
+        Data::Union(_) => Vec::new(),
+    };
+    let bodies = bodies.into_iter().filter(|b| !b.is_empty());
+    quote! { #( '__fields: { #bodies } )* }
+}
+
+fn has_resource_fields(input: &Input<'_>) -> bool {
+    input.all_fields().any(Field::is_resource)
+}
+
+fn unmarked_check(input: &Input<'_>, krate: &Path) -> TokenStream {
+    let ident = input.ident;
+    let checks: Vec<TokenStream> = input
+        .all_fields()
+        .filter(|f| f.is_unmarked())
+        .map(|field| {
+            let ty = field.ty;
+            let note = format!(
+                "field `{}` of `{ident}` implements `AsyncResource` but has no `#[resource]` attribute, so it is never entered or closed: mark it `#[resource]` to close it with `{ident}`, or `#[resource(skip)]` if it is closed elsewhere",
+                field.label()
+            );
+            let method = Ident::new("field_is_a_resource_but_unmarked", field.span());
+            quote! {
+                {
+                    trait __Marked {
+                        #[deprecated(note = #note)]
+                        fn #method(&self) {}
+                    }
+                    impl<__T: #krate::AsyncResource> __Marked for #krate::__private::Probe<__T> {}
+                    trait __Unmarked {
+                        fn #method(&self) {}
+                    }
+                    impl<__T: ?::core::marker::Sized> __Unmarked for &#krate::__private::Probe<__T> {}
+                    (&#krate::__private::Probe::<#ty>::new()).#method();
+                }
+            }
+        })
+        .collect();
+    if checks.is_empty() {
+        return quote!();
+    }
+    let (impl_generics, _, _) = input.generics.split_for_impl();
+    let where_clause = bound::original(input.generics);
+    quote! {
+        #[allow(dead_code, non_snake_case, clippy::all)]
+        fn __unmarked_resource_fields #impl_generics () #where_clause {
+            #(#checks)*
+        }
+    }
+}
+
+/// The impl for a valid input.
+pub(crate) fn generate(input: &Input<'_>) -> TokenStream {
+    let krate = krate(input);
+    let ident = input.ident;
+    let type_name = ident.to_string();
+    let (impl_generics, ty_generics, _) = input.generics.split_for_impl();
+    let where_clause = bound::where_clause(input, &krate);
+    let attrs = &input.attrs;
+    let concurrent = attrs.concurrent.is_some();
+    let active = has_resource_fields(input);
+
+    let enter_body = if active || attrs.after_enter.is_some() {
+        let enter = each_variant(input, |v, s| enter_fields(&krate, v, s));
+        let rollback = each_variant(input, |v, s| rollback_fields(&krate, v, s));
+        let after_enter = attrs.after_enter.as_ref().map(|hook| {
+            quote! {
+                if !__enter.failed() {
+                    __enter.hook("after_enter", Self::#hook(self)).await;
+                }
+            }
+        });
+        quote! {
+            let mut __enter = #krate::__private::Enterer::new(#type_name);
+            #enter
+            #after_enter
+            if __enter.failed() {
+                #rollback
+            }
+            __enter.finish()
+        }
+    } else {
+        quote!(::core::result::Result::Ok(()))
+    };
+
+    let close_body = if active || attrs.before_close.is_some() {
+        let before_close = attrs.before_close.as_ref().map(|hook| {
+            quote!(__closer.hook("before_close", Self::#hook(&mut *self)).await;)
+        });
+        let fields = each_variant(input, |v, s| close_fields(&krate, concurrent, v, s));
+        let run = match attrs.timeout {
+            None => quote! {
+                {
+                    let __closer = &mut __closer;
+                    #before_close
+                    #fields
+                }
+            },
+            Some(timeout) => {
+                let ms = timeout.millis;
+                quote! {
+                    let __deadline = ::core::time::Duration::from_millis(#ms);
+                    let __finished = {
+                        let __closer = &mut __closer;
+                        #krate::__private::within_deadline(__deadline, async move {
+                            #before_close
+                            #fields
+                        })
+                        .await
+                    };
+                    if !__finished {
+                        __closer.deadline_passed(__deadline);
+                    }
+                }
+            }
+        };
+        quote! {
+            let mut __closer = #krate::__private::Closer::new(#type_name);
+            #run
+            __closer.finish()
+        }
+    } else {
+        quote!(::core::result::Result::Ok(()))
+    };
+
+    let unmarked = unmarked_check(input, &krate);
+
+    quote! {
+        #[allow(non_upper_case_globals, unused_qualifications, unused_labels, clippy::all)]
+        const _: () = {
+            #[automatically_derived]
+            impl #impl_generics #krate::AsyncResource for #ident #ty_generics #where_clause {
+                fn enter(&mut self) -> impl ::core::future::Future<
+                    Output = ::core::result::Result<(), #krate::ResourceError>,
+                > + ::core::marker::Send {
+                    async move { #enter_body }
+                }
+
+                fn close(&mut self) -> impl ::core::future::Future<
+                    Output = ::core::result::Result<(), #krate::ResourceError>,
+                > + ::core::marker::Send {
+                    async move { #close_body }
+                }
+            }
+
+            #unmarked
+        };
+    }
+}

@@ -1,0 +1,89 @@
+//! Async resource cleanup for Rust, derived, uniform and correct.
+//!
+//! Rust has no async `Drop`. A struct that owns an HTTP client, a background task and a
+//! buffered log file must be closed by hand, field by field, with `.await`, and every
+//! hand-written close gets something wrong: the order, what happens when one field
+//! fails, a panic half-way, a close that hangs, a field someone forgot.
+//!
+//! [`AsyncResource`] is the async `Drop`: `enter` brings a value up, `close` releases
+//! it. `#[derive(AsyncResource)]` writes both for a struct or enum, field by field:
+//!
+//! ```
+//! use std::time::Duration;
+//! use resource_runtime::{AsyncResource, ResourceError};
+//! use tokio::io::{AsyncWriteExt, BufWriter};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! /// A vendor SDK's client: a foreign type with an async shutdown of its own.
+//! struct SdkClient { open: bool }
+//! impl SdkClient {
+//!     async fn shutdown(&mut self) -> std::io::Result<()> {
+//!         self.open = false;
+//!         Ok(())
+//!     }
+//! }
+//! async fn shutdown_sdk(client: &mut SdkClient) -> std::io::Result<()> {
+//!     client.shutdown().await
+//! }
+//!
+//! #[derive(AsyncResource)]
+//! struct Provider {
+//!     // Closed last: the log keeps what the others report while closing.
+//!     #[resource(timeout = "2s")]
+//!     log: BufWriter<tokio::fs::File>,
+//!     #[resource]
+//!     stop: CancellationToken,
+//!     #[resource(close = shutdown_sdk)]
+//!     client: SdkClient,
+//!     #[resource(skip)]
+//!     model: String,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! # let path = std::env::temp_dir().join(format!("lib-doc-{}.log", std::process::id()));
+//! let mut provider = Provider {
+//!     log: BufWriter::new(tokio::fs::File::create(&path).await?),
+//!     stop: CancellationToken::new(),
+//!     client: SdkClient { open: true },
+//!     model: "small".into(),
+//! };
+//! provider.enter().await?;
+//! provider.log.write_all(b"request sent\n").await?;
+//! // Closes `client`, then `stop`, then `log`: every field, whatever the others do.
+//! provider.close().await?;
+//! assert!(!provider.client.open);
+//! assert!(provider.stop.is_cancelled());
+//! assert_eq!(tokio::fs::read_to_string(&path).await?, "request sent\n");
+//! # tokio::fs::remove_file(&path).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A failed close returns one [`ResourceError`] holding every failure with its field
+//! path; panics in a field's close are caught and reported, and a field past its
+//! deadline is dropped and reported as a timeout. The attributes are described on the
+//! [derive](derive@AsyncResource).
+//!
+//! [`AsyncResource`] is implemented for `Option<T>`, `Box<T>`, `&mut T` and `Vec<T>`,
+//! and for the tokio types whose drop loses something: `BufWriter<W>` (flush and
+//! shutdown), `tokio::fs::File` (flush and sync), `TcpStream` (shutdown),
+//! `JoinHandle<T>` (abort and wait) and `CancellationToken` (cancel).
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod adapters;
+mod error;
+mod resource;
+mod step;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use crate::error::{BoxError, Operation, ResourceError};
+pub use crate::resource::AsyncResource;
+
+#[cfg(feature = "derive")]
+pub use resource_derive::AsyncResource;

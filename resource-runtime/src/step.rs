@@ -1,0 +1,377 @@
+//! The one step runner every enter and close goes through: the derive's expansion, the
+//! blanket impls, and later the stack and scopes. Deadline, panic capture, the tracing
+//! span and the path of a failure are decided here and nowhere else, so their semantics
+//! cannot drift between callers.
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use crate::error::{BoxError, Operation, ResourceError};
+
+/// The label of a step in a path: a field name, a tuple index, or a position in a `Vec`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Label {
+    /// A name known at compile time.
+    Static(&'static str),
+    /// A position.
+    Index(usize),
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Label::Static(s) => f.write_str(s),
+            Label::Index(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+/// Polls `fut`, turning a panic in any poll into an error instead of unwinding through
+/// the caller. The future is not polled again after it panicked.
+pub(crate) async fn catch_panic<F>(fut: F) -> Result<(), ResourceError>
+where
+    F: Future<Output = Result<(), ResourceError>>,
+{
+    let mut fut = pin!(fut);
+    poll_fn(
+        |cx| match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(payload) => std::task::Poll::Ready(Err(ResourceError::from_panic(payload))),
+        },
+    )
+    .await
+}
+
+/// Runs one step: a span named for the operation with the resource type and label,
+/// panic capture, the optional deadline, and the label prepended to the path of every
+/// failure. Allocates nothing when the step succeeds.
+pub(crate) async fn run_step<F>(
+    ty: &'static str,
+    op: Operation,
+    label: Label,
+    deadline: Option<Duration>,
+    fut: F,
+) -> Result<(), ResourceError>
+where
+    F: Future<Output = Result<(), ResourceError>>,
+{
+    let span = match op {
+        Operation::Enter => tracing::debug_span!(
+            "resource.enter",
+            resource = ty,
+            path = %label,
+            elapsed_us = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        ),
+        Operation::Close => tracing::debug_span!(
+            "resource.close",
+            resource = ty,
+            path = %label,
+            elapsed_us = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        ),
+    };
+    let started = (!span.is_disabled()).then(tokio::time::Instant::now);
+    // The timer is created inside the panic guard: a runtime built without
+    // `enable_time` panics there, and that becomes this step's error.
+    let result = catch_panic(async {
+        match deadline {
+            None => fut.await,
+            Some(deadline) => match tokio::time::timeout(deadline, fut).await {
+                Ok(result) => result,
+                Err(_) => Err(ResourceError::timeout(deadline)),
+            },
+        }
+    })
+    .instrument(span.clone())
+    .await;
+    if let Some(started) = started {
+        let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let outcome = match &result {
+            Ok(()) => "ok",
+            Err(e) if e.is_timeout() => "timeout",
+            Err(e) if e.is_panic() => "panic",
+            Err(_) => "error",
+        };
+        span.record("elapsed_us", elapsed_us);
+        span.record("outcome", outcome);
+        match &result {
+            Ok(()) => tracing::debug!(parent: &span, elapsed_us, outcome, "{op} done"),
+            Err(error) => {
+                tracing::debug!(parent: &span, elapsed_us, outcome, %error, "{op} failed")
+            }
+        }
+    }
+    result.map_err(|e| e.within(&label, op))
+}
+
+/// Turns the result of a user's async function (`close = path`, `before_close = method`)
+/// into a step result.
+pub(crate) fn user_result<E: Into<BoxError>>(result: Result<(), E>) -> Result<(), ResourceError> {
+    result.map_err(|e| {
+        let boxed: BoxError = e.into();
+        // An error that already is a ResourceError keeps its paths and causes.
+        match boxed.downcast::<ResourceError>() {
+            Ok(own) => *own,
+            Err(other) => ResourceError::other(other),
+        }
+    })
+}
+
+/// Collects the failures of a close, step by step.
+#[derive(Debug)]
+pub struct Closer {
+    ty: &'static str,
+    current: Option<&'static str>,
+    error: Option<ResourceError>,
+}
+
+impl Closer {
+    /// A collector for closing a value of type `ty`.
+    pub fn new(ty: &'static str) -> Self {
+        Closer {
+            ty,
+            current: None,
+            error: None,
+        }
+    }
+
+    /// Closes one field: `fut` is its close, `deadline` its own deadline.
+    pub async fn field<F>(&mut self, label: &'static str, deadline: Option<Duration>, fut: F)
+    where
+        F: Future<Output = Result<(), ResourceError>>,
+    {
+        self.current = Some(label);
+        if let Err(e) = run_step(self.ty, Operation::Close, Label::Static(label), deadline, fut).await
+        {
+            ResourceError::push(&mut self.error, e);
+        }
+    }
+
+    /// Runs a hook of the resource itself (`before_close`).
+    pub async fn hook<F, E>(&mut self, name: &'static str, fut: F)
+    where
+        F: Future<Output = Result<(), E>>,
+        E: Into<BoxError>,
+    {
+        self.current = Some(name);
+        if let Err(e) = run_hook(self.ty, Operation::Close, name, fut).await {
+            ResourceError::push(&mut self.error, e);
+        }
+    }
+
+    /// Starts a step of fields that close concurrently.
+    pub fn group(&mut self, name: &'static str) -> Group {
+        self.current = Some(name);
+        Group {
+            ty: self.ty,
+            error: Mutex::new(None),
+        }
+    }
+
+    /// Takes the failures of a finished group, in the order they happened.
+    pub fn absorb(&mut self, group: Group) {
+        let error = group.error.into_inner().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = error {
+            ResourceError::push(&mut self.error, e);
+        }
+    }
+
+    /// Records that the deadline of the whole close passed during the current step.
+    pub fn deadline_passed(&mut self, deadline: Duration) {
+        let mut e = ResourceError::timeout(deadline);
+        e = match self.current {
+            Some(label) => e.within(&label, Operation::Close),
+            None => e.in_hook("close deadline", Operation::Close),
+        };
+        ResourceError::push(&mut self.error, e);
+    }
+
+    /// The outcome of the whole close.
+    pub fn finish(self) -> Result<(), ResourceError> {
+        match self.error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+/// Fields of one concurrent close step; each records its failure as it finishes.
+#[derive(Debug)]
+pub struct Group {
+    ty: &'static str,
+    error: Mutex<Option<ResourceError>>,
+}
+
+impl Group {
+    /// Closes one field of the group.
+    pub async fn field<F>(&self, label: &'static str, deadline: Option<Duration>, fut: F)
+    where
+        F: Future<Output = Result<(), ResourceError>>,
+    {
+        if let Err(e) = run_step(self.ty, Operation::Close, Label::Static(label), deadline, fut).await
+        {
+            let mut guard = self.error.lock().unwrap_or_else(|p| p.into_inner());
+            ResourceError::push(&mut guard, e);
+        }
+    }
+}
+
+async fn run_hook<F, E>(
+    ty: &'static str,
+    op: Operation,
+    name: &'static str,
+    fut: F,
+) -> Result<(), ResourceError>
+where
+    F: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
+    let span = tracing::debug_span!("resource.hook", resource = ty, hook = name);
+    catch_panic(async { user_result(fut.await) })
+        .instrument(span)
+        .await
+        .map_err(|e| e.in_hook(name, op))
+}
+
+/// Collects the outcome of an enter: how many fields are entered, and the failure and
+/// rollback failures if one failed.
+#[derive(Debug)]
+pub struct Enterer {
+    ty: &'static str,
+    entered: usize,
+    error: Option<ResourceError>,
+}
+
+impl Enterer {
+    /// A collector for entering a value of type `ty`.
+    pub fn new(ty: &'static str) -> Self {
+        Enterer {
+            ty,
+            entered: 0,
+            error: None,
+        }
+    }
+
+    /// Enters one field; `false` when it failed and entering must stop.
+    pub async fn field<F>(&mut self, label: &'static str, fut: F) -> bool
+    where
+        F: Future<Output = Result<(), ResourceError>>,
+    {
+        match run_step(self.ty, Operation::Enter, Label::Static(label), None, fut).await {
+            Ok(()) => {
+                self.entered += 1;
+                true
+            }
+            Err(e) => {
+                ResourceError::push(&mut self.error, e);
+                false
+            }
+        }
+    }
+
+    /// Counts a field that has nothing to enter (it only has a close).
+    pub fn pass(&mut self) -> bool {
+        self.entered += 1;
+        true
+    }
+
+    /// Runs a hook of the resource itself (`after_enter`) once every field is entered.
+    pub async fn hook<F, E>(&mut self, name: &'static str, fut: F)
+    where
+        F: Future<Output = Result<(), E>>,
+        E: Into<BoxError>,
+    {
+        if let Err(e) = run_hook(self.ty, Operation::Enter, name, fut).await {
+            ResourceError::push(&mut self.error, e);
+        }
+    }
+
+    /// Whether the enter failed and the entered fields must be closed.
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// Whether the field at `index` (counting resource fields in declaration order) was
+    /// entered before the failure and so needs a rollback close.
+    pub fn needs_rollback(&self, index: usize) -> bool {
+        self.error.is_some() && index < self.entered
+    }
+
+    /// Closes one entered field to roll back the failed enter.
+    pub async fn rollback<F>(&mut self, label: &'static str, deadline: Option<Duration>, fut: F)
+    where
+        F: Future<Output = Result<(), ResourceError>>,
+    {
+        if let Err(e) = run_step(self.ty, Operation::Close, Label::Static(label), deadline, fut).await
+        {
+            ResourceError::push(&mut self.error, e.in_rollback());
+        }
+    }
+
+    /// The outcome of the whole enter.
+    pub fn finish(self) -> Result<(), ResourceError> {
+        match self.error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+/// Closes every element of a sequence in reverse, whatever the others do.
+pub(crate) async fn close_each_rev<R: crate::AsyncResource>(
+    ty: &'static str,
+    items: &mut [R],
+) -> Result<(), ResourceError> {
+    let mut error = None;
+    for (index, item) in items.iter_mut().enumerate().rev() {
+        if let Err(e) = run_step(ty, Operation::Close, Label::Index(index), None, item.close()).await {
+            ResourceError::push(&mut error, e);
+        }
+    }
+    error.map_or(Ok(()), Err)
+}
+
+/// Enters every element of a sequence in order; on a failure, closes the entered ones
+/// in reverse and returns the failure with the rollback's.
+pub(crate) async fn enter_each<R: crate::AsyncResource>(
+    ty: &'static str,
+    items: &mut [R],
+) -> Result<(), ResourceError> {
+    let mut failed_at = None;
+    let mut error = None;
+    for (index, item) in items.iter_mut().enumerate() {
+        if let Err(e) = run_step(ty, Operation::Enter, Label::Index(index), None, item.enter()).await {
+            error = Some(e);
+            failed_at = Some(index);
+            break;
+        }
+    }
+    let (Some(failed_at), Some(mut error)) = (failed_at, error) else {
+        return Ok(());
+    };
+    if let Err(rollback) = close_each_rev(ty, &mut items[..failed_at]).await {
+        error = error.combine(rollback.in_rollback());
+    }
+    Err(error)
+}
+
+/// Runs `fut` with a deadline: `true` when it finished, `false` when the deadline passed
+/// and the future was dropped. The derive's whole-close deadline uses it.
+pub async fn within_deadline<F: Future<Output = ()>>(deadline: Duration, fut: F) -> bool {
+    tokio::time::timeout(deadline, fut).await.is_ok()
+}
+
+/// Wraps a user close or enter function's future (`#[resource(close = path)]`).
+pub fn user_step<F>(fut: F) -> impl Future<Output = Result<(), ResourceError>> + Send
+where
+    F: crate::__private::UserStep,
+{
+    async move { user_result(fut.await) }
+}
