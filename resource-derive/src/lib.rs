@@ -95,3 +95,6 @@ pub fn derive_async_resource(input: proc_macro::TokenStream) -> proc_macro::Toke
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
     expand::derive(&input).into()
 }
+
+#[cfg(test)]
+mod tests;
