@@ -104,7 +104,12 @@ impl Level {
 
     fn unknown_key_message(&self, key: &str) -> String {
         let (this, other, other_keys, put) = match self {
-            Level::Field => ("a field", "container", CONTAINER_KEYS, "on the struct or enum"),
+            Level::Field => (
+                "a field",
+                "container",
+                CONTAINER_KEYS,
+                "on the struct or enum",
+            ),
             Level::Container => ("a struct or enum", "field", FIELD_KEYS, "on a field"),
         };
         if other_keys.contains(&key) && !self.known().contains(&key) {
@@ -236,7 +241,11 @@ fn string_value(key: &str, example: &str, meta: &ParseNestedMeta<'_>) -> syn::Re
     if input.peek(LitStr) {
         return input.parse();
     }
-    let found = if input.peek(Lit) { "a literal of another kind" } else { "no string" };
+    let found = if input.peek(Lit) {
+        "a literal of another kind"
+    } else {
+        "no string"
+    };
     let span = input.span();
     Err(syn::Error::new(
         span,
@@ -403,11 +412,22 @@ mod tests {
         assert_eq!(parse_duration_ms("1m"), Ok(60_000));
         assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
         for bad in ["", "s", "2", "2 s", "2sec", "-1s", "1.5s", "ms500"] {
-            assert!(parse_duration_ms(bad).unwrap_err().contains("malformed"), "{bad}");
+            assert!(
+                parse_duration_ms(bad).unwrap_err().contains("malformed"),
+                "{bad}"
+            );
         }
         assert!(parse_duration_ms("0s").unwrap_err().contains("zero"));
-        assert!(parse_duration_ms("99999999999999999999ms").unwrap_err().contains("too large"));
-        assert!(parse_duration_ms("18446744073709551615h").unwrap_err().contains("too large"));
+        assert!(
+            parse_duration_ms("99999999999999999999ms")
+                .unwrap_err()
+                .contains("too large")
+        );
+        assert!(
+            parse_duration_ms("18446744073709551615h")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 
     #[test]

@@ -20,10 +20,13 @@ fn mentions(tokens: TokenStream, params: &[&Ident]) -> bool {
 /// The where-clause of the generated impl.
 pub(crate) fn where_clause(input: &Input<'_>, krate: &syn::Path) -> Option<WhereClause> {
     let generics: &Generics = input.generics;
-    let mut clause = generics.where_clause.clone().unwrap_or_else(|| WhereClause {
-        where_token: Default::default(),
-        predicates: Default::default(),
-    });
+    let mut clause = generics
+        .where_clause
+        .clone()
+        .unwrap_or_else(|| WhereClause {
+            where_token: Default::default(),
+            predicates: Default::default(),
+        });
     let params: Vec<&Ident> = generics.type_params().map(|p| &p.ident).collect();
     match &input.attrs.bound {
         Some(bound) => clause.predicates.extend(bound.iter().cloned()),

@@ -96,10 +96,12 @@ fn bind(variant: Option<&Ident>, slots: &[Slot<'_, '_>]) -> TokenStream {
     }
 }
 
-fn deadline(millis: Option<u64>) -> TokenStream {
+fn deadline(krate: &Path, millis: Option<u64>) -> TokenStream {
     match millis {
-        Some(ms) => quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#ms))),
-        None => quote!(::core::option::Option::None),
+        Some(ms) => {
+            quote!(#krate::__private::Timed::after(::core::time::Duration::from_millis(#ms)))
+        }
+        None => quote!(#krate::__private::NoDeadline),
     }
 }
 
@@ -108,7 +110,9 @@ fn enter_future(krate: &Path, slot: &Slot<'_, '_>) -> Option<TokenStream> {
     let span = slot.field.ty_span();
     match slot.field.enter_step() {
         Step::Trait => Some(quote_spanned!(span=> #krate::AsyncResource::enter(#binding))),
-        Step::Custom(path) => Some(quote_spanned!(span=> #krate::__private::user_step(#path(#binding)))),
+        Step::Custom(path) => {
+            Some(quote_spanned!(span=> #krate::__private::user_step(#path(#binding))))
+        }
         Step::Nothing => None,
     }
 }
@@ -118,7 +122,9 @@ fn close_future(krate: &Path, slot: &Slot<'_, '_>) -> TokenStream {
     let span = slot.field.ty_span();
     match slot.field.close_step() {
         Step::Custom(path) => quote_spanned!(span=> #krate::__private::user_step(#path(#binding))),
-        Step::Trait | Step::Nothing => quote_spanned!(span=> #krate::AsyncResource::close(#binding)),
+        Step::Trait | Step::Nothing => {
+            quote_spanned!(span=> #krate::AsyncResource::close(#binding))
+        }
     }
 }
 
@@ -156,7 +162,7 @@ fn rollback_fields(krate: &Path, variant: Option<&Ident>, slots: &[Slot<'_, '_>]
     let bind = bind(variant, slots);
     let steps = slots.iter().enumerate().rev().map(|(index, slot)| {
         let label = &slot.label;
-        let deadline = deadline(slot.field.attrs.timeout.map(|t| t.millis));
+        let deadline = deadline(krate, slot.field.attrs.timeout.map(|t| t.millis));
         let fut = close_future(krate, slot);
         quote! {
             if __enter.needs_rollback(#index) {
@@ -196,9 +202,12 @@ fn close_fields(
         match group_of(slot) {
             None => {
                 let label = &slot.label;
-                let deadline = deadline(slot.field.attrs.timeout.map(|t| t.millis));
+                let deadline = deadline(krate, slot.field.attrs.timeout.map(|t| t.millis));
                 let fut = close_future(krate, slot);
-                steps.push(quote!(__closer.field(#label, #deadline, #fut).await;));
+                steps.push(quote! {
+                    let __outcome = __closer.field(#label, #deadline, #fut).await;
+                    __closer.record(__outcome);
+                });
             }
             Some(group) if done_groups.contains(&group) => {}
             Some(group) => {
@@ -208,7 +217,7 @@ fn close_fields(
                     .filter(|s| group_of(s).as_deref() == Some(group.as_str()))
                     .map(|s| {
                         let label = &s.label;
-                        let deadline = deadline(s.field.attrs.timeout.map(|t| t.millis));
+                        let deadline = deadline(krate, s.field.attrs.timeout.map(|t| t.millis));
                         let fut = close_future(krate, s);
                         quote!(__group.field(#label, #deadline, #fut))
                     });
@@ -331,9 +340,10 @@ pub(crate) fn generate(input: &Input<'_>) -> TokenStream {
     };
 
     let close_body = if active || attrs.before_close.is_some() {
-        let before_close = attrs.before_close.as_ref().map(|hook| {
-            quote!(__closer.hook("before_close", Self::#hook(&mut *self)).await;)
-        });
+        let before_close = attrs
+            .before_close
+            .as_ref()
+            .map(|hook| quote!(__closer.hook("before_close", Self::#hook(&mut *self)).await;));
         let fields = each_variant(input, |v, s| close_fields(&krate, concurrent, v, s));
         let run = match attrs.timeout {
             None => quote! {

@@ -28,9 +28,18 @@ fn bare_resource_marks_a_field_for_enter_and_close() {
     let out = expand(syn::parse_quote! {
         struct S { #[resource] a: A, b: B }
     });
-    assert!(has(&out, "::resource_runtime::AsyncResource::enter(__field0)"), "{out}");
-    assert!(has(&out, "::resource_runtime::AsyncResource::close(__field0)"), "{out}");
-    assert!(!has(&out, "__field1"), "an unmarked field is not closed: {out}");
+    assert!(
+        has(&out, "::resource_runtime::AsyncResource::enter(__field0)"),
+        "{out}"
+    );
+    assert!(
+        has(&out, "::resource_runtime::AsyncResource::close(__field0)"),
+        "{out}"
+    );
+    assert!(
+        !has(&out, "__field1"),
+        "an unmarked field is not closed: {out}"
+    );
     assert!(has(&out, "#[automatically_derived]"));
     assert!(has(&out, "const _: () ="));
 }
@@ -51,7 +60,13 @@ fn enter_path_calls_the_function_with_the_field() {
     let out = expand(syn::parse_quote! {
         struct S { #[resource(enter = connect, close = disconnect)] a: A }
     });
-    assert!(has(&out, "__enter.field(\"a\", ::resource_runtime::__private::user_step(connect(__field0))).await"), "{out}");
+    assert!(
+        has(
+            &out,
+            "__enter.field(\"a\", ::resource_runtime::__private::user_step(connect(__field0))).await"
+        ),
+        "{out}"
+    );
     assert!(has(&out, "user_step(disconnect(__field0))"), "{out}");
 }
 
@@ -60,7 +75,13 @@ fn field_timeout_becomes_the_step_deadline() {
     let out = expand(syn::parse_quote! {
         struct S { #[resource(timeout = "2s")] a: A, #[resource(timeout = "250ms")] b: B }
     });
-    assert!(has(&out, "__closer.field(\"a\", ::core::option::Option::Some(::core::time::Duration::from_millis(2000u64))"), "{out}");
+    assert!(
+        has(
+            &out,
+            "__closer.field(\"a\", ::resource_runtime::__private::Timed::after(::core::time::Duration::from_millis(2000u64))"
+        ),
+        "{out}"
+    );
     assert!(has(&out, "from_millis(250u64)"), "{out}");
 }
 
@@ -106,7 +127,10 @@ fn unmarked_fields_get_the_deprecation_probe_naming_them() {
     let out = expand(syn::parse_quote! {
         struct Provider { client: Client }
     });
-    assert!(has(&out, "#[deprecated(note = \"field `client` of `Provider`"), "{out}");
+    assert!(
+        has(&out, "#[deprecated(note = \"field `client` of `Provider`"),
+        "{out}"
+    );
     assert!(has(&out, "Probe::<Client>::new()"), "{out}");
 }
 
@@ -127,7 +151,13 @@ fn container_timeout_bounds_the_whole_close() {
         #[resource(timeout = "5s")]
         struct S { #[resource] a: A }
     });
-    assert!(has(&out, "let __deadline = ::core::time::Duration::from_millis(5000u64);"), "{out}");
+    assert!(
+        has(
+            &out,
+            "let __deadline = ::core::time::Duration::from_millis(5000u64);"
+        ),
+        "{out}"
+    );
     assert!(has(&out, "within_deadline(__deadline"), "{out}");
     assert!(has(&out, "__closer.deadline_passed(__deadline)"), "{out}");
 }
@@ -149,7 +179,9 @@ fn after_enter_runs_once_every_field_is_entered() {
         #[resource(after_enter = warm_up)]
         struct S { #[resource] a: A }
     });
-    let hook = squash("if !__enter.failed() { __enter.hook(\"after_enter\", Self::warm_up(self)).await; }");
+    let hook = squash(
+        "if !__enter.failed() { __enter.hook(\"after_enter\", Self::warm_up(self)).await; }",
+    );
     let hook_at = out.find(&hook).expect(&out);
     assert!(out.find(&squash("__enter.field(\"a\"")).unwrap() < hook_at);
 }
@@ -159,7 +191,10 @@ fn bounds_are_inferred_for_parameters_in_resource_fields() {
     let out = expand(syn::parse_quote! {
         struct S<T, U> { #[resource] a: Vec<T>, #[resource(skip)] b: U }
     });
-    assert!(has(&out, "Vec<T>: ::resource_runtime::AsyncResource"), "{out}");
+    assert!(
+        has(&out, "Vec<T>: ::resource_runtime::AsyncResource"),
+        "{out}"
+    );
     assert!(!has(&out, "U: ::resource_runtime::AsyncResource"), "{out}");
     assert!(has(&out, "S<T, U>: ::core::marker::Send"), "{out}");
 }
@@ -171,7 +206,10 @@ fn bound_replaces_the_inferred_predicates() {
         struct S<T> { #[resource] a: Wrapper<T> }
     });
     assert!(has(&out, "whereT:Clone+Send+Sync"), "{out}");
-    assert!(!has(&out, "Wrapper<T>: ::resource_runtime::AsyncResource"), "{out}");
+    assert!(
+        !has(&out, "Wrapper<T>: ::resource_runtime::AsyncResource"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -190,7 +228,13 @@ fn enums_close_the_active_variant_with_variant_paths() {
     let out = expand(syn::parse_quote! {
         enum E { A { #[resource] x: X }, B(#[resource] Y), C }
     });
-    assert!(has(&out, "let Self::A { x: __field0, .. } = &mut *self else { break '__fields };"), "{out}");
+    assert!(
+        has(
+            &out,
+            "let Self::A { x: __field0, .. } = &mut *self else { break '__fields };"
+        ),
+        "{out}"
+    );
     assert!(has(&out, "__closer.field(\"A.x\""), "{out}");
     assert!(has(&out, "let Self::B { 0: __field0, .. }"), "{out}");
     assert!(has(&out, "__closer.field(\"B.0\""), "{out}");
@@ -198,10 +242,20 @@ fn enums_close_the_active_variant_with_variant_paths() {
 
 #[test]
 fn tuple_and_unit_structs() {
-    let out = expand(syn::parse_quote! { struct T(#[resource] A, #[resource(skip)] B, #[resource] C); });
-    assert!(has(&out, "let Self { 0: __field0, 2: __field2, .. } = &mut *self;"), "{out}");
+    let out =
+        expand(syn::parse_quote! { struct T(#[resource] A, #[resource(skip)] B, #[resource] C); });
+    assert!(
+        has(
+            &out,
+            "let Self { 0: __field0, 2: __field2, .. } = &mut *self;"
+        ),
+        "{out}"
+    );
     let out = expand(syn::parse_quote! { struct U; });
-    assert!(has(&out, "async move { ::core::result::Result::Ok(()) }"), "{out}");
+    assert!(
+        has(&out, "async move { ::core::result::Result::Ok(()) }"),
+        "{out}"
+    );
     assert_eq!(errors(&out), 0);
 }
 
@@ -210,7 +264,10 @@ fn union_is_rejected_with_a_stub_impl() {
     let out = expand(syn::parse_quote! { union U { a: u32, b: f32 } });
     assert_eq!(errors(&out), 1, "{out}");
     assert!(has(&out, "cannot be derived for a union"), "{out}");
-    assert!(has(&out, "impl ::resource_runtime::AsyncResource for U"), "{out}");
+    assert!(
+        has(&out, "impl ::resource_runtime::AsyncResource for U"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -235,7 +292,10 @@ fn every_attribute_error_is_reported_at_once() {
         "two fields are labelled `x`",
         "duplicate key `name`",
     ] {
-        assert!(out.contains(&squash(message)), "missing {message:?} in {out}");
+        assert!(
+            out.contains(&squash(message)),
+            "missing {message:?} in {out}"
+        );
     }
 }
 
@@ -285,14 +345,54 @@ const SEEDS: &[&str] = &[
 ];
 
 const LITERALS: &[&str] = &[
-    "\"2s\"", "\"0ms\"", "\"\"", "\"a.b\"", "\"T:\"", "\"::\"", "\"99999999999999999999h\"", "2",
-    "2.5", "true", "'c'", "b\"x\"", "\"T: for<'a> Fn(&'a u8)\"", "\"1 s\"",
+    "\"2s\"",
+    "\"0ms\"",
+    "\"\"",
+    "\"a.b\"",
+    "\"T:\"",
+    "\"::\"",
+    "\"99999999999999999999h\"",
+    "2",
+    "2.5",
+    "true",
+    "'c'",
+    "b\"x\"",
+    "\"T: for<'a> Fn(&'a u8)\"",
+    "\"1 s\"",
 ];
 
 const WORDS: &[&str] = &[
-    "resource", "skip", "close", "enter", "timeout", "group", "name", "concurrent",
-    "before_close", "after_enter", "bound", "crate", "self", "Self", "T", "r#type", "=", ",",
-    "::", "#", ":", "<", ">", "'a", "where", "struct", "enum", "union", "_", "+", "?",
+    "resource",
+    "skip",
+    "close",
+    "enter",
+    "timeout",
+    "group",
+    "name",
+    "concurrent",
+    "before_close",
+    "after_enter",
+    "bound",
+    "crate",
+    "self",
+    "Self",
+    "T",
+    "r#type",
+    "=",
+    ",",
+    "::",
+    "#",
+    ":",
+    "<",
+    ">",
+    "'a",
+    "where",
+    "struct",
+    "enum",
+    "union",
+    "_",
+    "+",
+    "?",
 ];
 
 /// Token texts with a `(`/`)`-style marker for group boundaries, so groups can be
@@ -397,5 +497,8 @@ fn expand_never_panics_on_mangled_input() {
         let result = std::panic::catch_unwind(|| derive(&input));
         assert!(result.is_ok(), "derive panicked on input #{tried}:\n{text}");
     }
-    assert!(parsed >= 4_000, "only {parsed} of {tried} mangled inputs parsed");
+    assert!(
+        parsed >= 4_000,
+        "only {parsed} of {tried} mangled inputs parsed"
+    );
 }

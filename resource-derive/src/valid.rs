@@ -49,7 +49,11 @@ fn check_field(field: &Field<'_>, cx: &Ctxt) {
     }
 }
 
-fn check_fields<'f, 'a: 'f>(input: &Input<'a>, fields: impl Iterator<Item = &'f Field<'a>>, cx: &Ctxt) {
+fn check_fields<'f, 'a: 'f>(
+    input: &Input<'a>,
+    fields: impl Iterator<Item = &'f Field<'a>>,
+    cx: &Ctxt,
+) {
     let mut labels: Vec<String> = Vec::new();
     for field in fields.filter(|f| f.is_resource()) {
         if let (Some(_), Some(group)) = (input.attrs.concurrent, &field.attrs.group) {

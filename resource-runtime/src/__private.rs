@@ -4,7 +4,9 @@
 use std::future::Future;
 use std::marker::PhantomData;
 
-pub use crate::step::{Closer, Enterer, Group, user_step, within_deadline};
+pub use crate::step::{
+    Closer, Deadline, Enterer, Group, NoDeadline, Step, Timed, user_step, within_deadline,
+};
 pub use ::tokio;
 
 use crate::error::BoxError;

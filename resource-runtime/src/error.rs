@@ -407,9 +407,15 @@ mod tests {
     fn nested_paths_join_with_dots_and_keep_order() {
         let inner = ResourceError::other("reset")
             .within(&"pool", Operation::Close)
-            .combine(ResourceError::timeout(Duration::from_millis(500)).within(&"cache", Operation::Close));
+            .combine(
+                ResourceError::timeout(Duration::from_millis(500))
+                    .within(&"cache", Operation::Close),
+            );
         let outer = inner.within(&"client", Operation::Close);
-        let paths: Vec<_> = outer.failures().map(|f| f.path().unwrap().to_owned()).collect();
+        let paths: Vec<_> = outer
+            .failures()
+            .map(|f| f.path().unwrap().to_owned())
+            .collect();
         assert_eq!(paths, ["client.pool", "client.cache"]);
         assert_eq!(
             outer.to_string(),

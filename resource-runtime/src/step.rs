@@ -6,11 +6,14 @@
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use pin_project_lite::pin_project;
 use tracing::Instrument;
+use tracing::level_filters::LevelFilter;
 
 use crate::error::{BoxError, Operation, ResourceError};
 
@@ -42,25 +45,103 @@ where
     poll_fn(
         |cx| match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
             Ok(poll) => poll,
-            Err(payload) => std::task::Poll::Ready(Err(ResourceError::from_panic(payload))),
+            Err(payload) => Poll::Ready(Err(ResourceError::from_panic(payload))),
         },
     )
     .await
 }
 
-/// Runs one step: a span named for the operation with the resource type and label,
-/// panic capture, the optional deadline, and the label prepended to the path of every
-/// failure. Allocates nothing when the step succeeds.
-pub(crate) async fn run_step<F>(
+/// The deadline of a step: none, or a duration counted from the step's first poll.
+pub trait Deadline {
+    /// `Ready(deadline)` once the deadline has passed.
+    fn poll_expired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Duration>;
+}
+
+/// A step without a deadline; costs nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct NoDeadline;
+
+impl Deadline for NoDeadline {
+    fn poll_expired(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Duration> {
+        Poll::Pending
+    }
+}
+
+pin_project! {
+    /// A step that must finish within `after` of its first poll.
+    #[derive(Debug)]
+    pub struct Timed {
+        after: Duration,
+        #[pin]
+        sleep: Option<tokio::time::Sleep>,
+    }
+}
+
+impl Timed {
+    /// A deadline of `after`.
+    pub fn after(after: Duration) -> Self {
+        Timed { after, sleep: None }
+    }
+}
+
+impl Deadline for Timed {
+    fn poll_expired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Duration> {
+        let mut this = self.project();
+        if this.sleep.is_none() {
+            // Created on first poll, inside the step's panic guard: a runtime built
+            // without `enable_time` panics here, and that becomes the step's error.
+            this.sleep.set(Some(tokio::time::sleep(*this.after)));
+        }
+        match this.sleep.as_pin_mut() {
+            Some(sleep) => sleep.poll(cx).map(|()| *this.after),
+            None => Poll::Pending,
+        }
+    }
+}
+
+pin_project! {
+    /// One step: a span named for the operation with the resource type and label, panic
+    /// capture on every poll, the deadline, and the label prepended to the path of every
+    /// failure. Allocates nothing when the step succeeds.
+    pub struct Step<F, D> {
+        #[pin]
+        fut: F,
+        #[pin]
+        deadline: D,
+        op: Operation,
+        label: Label,
+        span: tracing::Span,
+        started: Option<tokio::time::Instant>,
+    }
+}
+
+impl<F, D> Step<F, D> {
+    #[inline]
+    pub(crate) fn new(ty: &'static str, op: Operation, label: Label, deadline: D, fut: F) -> Self {
+        // One load of tracing's global max level keeps a disabled span off the hot path.
+        let (span, started) = if LevelFilter::current() >= LevelFilter::DEBUG {
+            step_span(ty, op, label)
+        } else {
+            (tracing::Span::none(), None)
+        };
+        Step {
+            fut,
+            deadline,
+            op,
+            label,
+            span,
+            started,
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn step_span(
     ty: &'static str,
     op: Operation,
     label: Label,
-    deadline: Option<Duration>,
-    fut: F,
-) -> Result<(), ResourceError>
-where
-    F: Future<Output = Result<(), ResourceError>>,
-{
+) -> (tracing::Span, Option<tokio::time::Instant>) {
     let span = match op {
         Operation::Enter => tracing::debug_span!(
             "resource.enter",
@@ -78,37 +159,61 @@ where
         ),
     };
     let started = (!span.is_disabled()).then(tokio::time::Instant::now);
-    // The timer is created inside the panic guard: a runtime built without
-    // `enable_time` panics there, and that becomes this step's error.
-    let result = catch_panic(async {
-        match deadline {
-            None => fut.await,
-            Some(deadline) => match tokio::time::timeout(deadline, fut).await {
-                Ok(result) => result,
-                Err(_) => Err(ResourceError::timeout(deadline)),
-            },
-        }
-    })
-    .instrument(span.clone())
-    .await;
-    if let Some(started) = started {
-        let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let outcome = match &result {
-            Ok(()) => "ok",
-            Err(e) if e.is_timeout() => "timeout",
-            Err(e) if e.is_panic() => "panic",
-            Err(_) => "error",
+    (span, started)
+}
+
+impl<F, D> Future for Step<F, D>
+where
+    F: Future<Output = Result<(), ResourceError>>,
+    D: Deadline,
+{
+    type Output = Result<(), ResourceError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let entered = this.span.enter();
+        let (fut, deadline) = (this.fut, this.deadline);
+        let polled = catch_unwind(AssertUnwindSafe(|| match fut.poll(cx) {
+            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Pending => deadline
+                .poll_expired(cx)
+                .map(|after| Err(ResourceError::timeout(after))),
+        }));
+        let result = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(result)) => result,
+            Err(payload) => Err(ResourceError::from_panic(payload)),
         };
-        span.record("elapsed_us", elapsed_us);
-        span.record("outcome", outcome);
-        match &result {
-            Ok(()) => tracing::debug!(parent: &span, elapsed_us, outcome, "{op} done"),
-            Err(error) => {
-                tracing::debug!(parent: &span, elapsed_us, outcome, %error, "{op} failed")
-            }
+        drop(entered);
+        if let Some(started) = this.started {
+            report(this.span, *this.op, started.elapsed(), &result);
         }
+        let (label, op) = (*this.label, *this.op);
+        Poll::Ready(result.map_err(|e| e.within(&label, op)))
     }
-    result.map_err(|e| e.within(&label, op))
+}
+
+/// Records the duration and outcome of a step on its span, and emits one event.
+#[cold]
+fn report(
+    span: &tracing::Span,
+    op: Operation,
+    elapsed: Duration,
+    result: &Result<(), ResourceError>,
+) {
+    let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    let outcome = match result {
+        Ok(()) => "ok",
+        Err(e) if e.is_timeout() => "timeout",
+        Err(e) if e.is_panic() => "panic",
+        Err(_) => "error",
+    };
+    span.record("elapsed_us", elapsed_us);
+    span.record("outcome", outcome);
+    match result {
+        Ok(()) => tracing::debug!(parent: span, elapsed_us, outcome, "{op} done"),
+        Err(error) => tracing::debug!(parent: span, elapsed_us, outcome, %error, "{op} failed"),
+    }
 }
 
 /// Turns the result of a user's async function (`close = path`, `before_close = method`)
@@ -142,14 +247,24 @@ impl Closer {
         }
     }
 
-    /// Closes one field: `fut` is its close, `deadline` its own deadline.
-    pub async fn field<F>(&mut self, label: &'static str, deadline: Option<Duration>, fut: F)
-    where
-        F: Future<Output = Result<(), ResourceError>>,
-    {
+    /// Starts closing one field: `fut` is its close, `deadline` its own deadline. The
+    /// expansion awaits the step and hands its outcome to [`record`](Self::record).
+    #[inline]
+    pub fn field<F, D>(&mut self, label: &'static str, deadline: D, fut: F) -> Step<F, D> {
         self.current = Some(label);
-        if let Err(e) = run_step(self.ty, Operation::Close, Label::Static(label), deadline, fut).await
-        {
+        Step::new(
+            self.ty,
+            Operation::Close,
+            Label::Static(label),
+            deadline,
+            fut,
+        )
+    }
+
+    /// Keeps the failure of a finished step.
+    #[inline]
+    pub fn record(&mut self, outcome: Result<(), ResourceError>) {
+        if let Err(e) = outcome {
             ResourceError::push(&mut self.error, e);
         }
     }
@@ -211,12 +326,19 @@ pub struct Group {
 
 impl Group {
     /// Closes one field of the group.
-    pub async fn field<F>(&self, label: &'static str, deadline: Option<Duration>, fut: F)
+    pub async fn field<F, D>(&self, label: &'static str, deadline: D, fut: F)
     where
         F: Future<Output = Result<(), ResourceError>>,
+        D: Deadline,
     {
-        if let Err(e) = run_step(self.ty, Operation::Close, Label::Static(label), deadline, fut).await
-        {
+        let step = Step::new(
+            self.ty,
+            Operation::Close,
+            Label::Static(label),
+            deadline,
+            fut,
+        );
+        if let Err(e) = step.await {
             let mut guard = self.error.lock().unwrap_or_else(|p| p.into_inner());
             ResourceError::push(&mut guard, e);
         }
@@ -264,7 +386,14 @@ impl Enterer {
     where
         F: Future<Output = Result<(), ResourceError>>,
     {
-        match run_step(self.ty, Operation::Enter, Label::Static(label), None, fut).await {
+        let step = Step::new(
+            self.ty,
+            Operation::Enter,
+            Label::Static(label),
+            NoDeadline,
+            fut,
+        );
+        match step.await {
             Ok(()) => {
                 self.entered += 1;
                 true
@@ -305,12 +434,19 @@ impl Enterer {
     }
 
     /// Closes one entered field to roll back the failed enter.
-    pub async fn rollback<F>(&mut self, label: &'static str, deadline: Option<Duration>, fut: F)
+    pub async fn rollback<F, D>(&mut self, label: &'static str, deadline: D, fut: F)
     where
         F: Future<Output = Result<(), ResourceError>>,
+        D: Deadline,
     {
-        if let Err(e) = run_step(self.ty, Operation::Close, Label::Static(label), deadline, fut).await
-        {
+        let step = Step::new(
+            self.ty,
+            Operation::Close,
+            Label::Static(label),
+            deadline,
+            fut,
+        );
+        if let Err(e) = step.await {
             ResourceError::push(&mut self.error, e.in_rollback());
         }
     }
@@ -331,7 +467,14 @@ pub(crate) async fn close_each_rev<R: crate::AsyncResource>(
 ) -> Result<(), ResourceError> {
     let mut error = None;
     for (index, item) in items.iter_mut().enumerate().rev() {
-        if let Err(e) = run_step(ty, Operation::Close, Label::Index(index), None, item.close()).await {
+        let step = Step::new(
+            ty,
+            Operation::Close,
+            Label::Index(index),
+            NoDeadline,
+            item.close(),
+        );
+        if let Err(e) = step.await {
             ResourceError::push(&mut error, e);
         }
     }
@@ -347,7 +490,14 @@ pub(crate) async fn enter_each<R: crate::AsyncResource>(
     let mut failed_at = None;
     let mut error = None;
     for (index, item) in items.iter_mut().enumerate() {
-        if let Err(e) = run_step(ty, Operation::Enter, Label::Index(index), None, item.enter()).await {
+        let step = Step::new(
+            ty,
+            Operation::Enter,
+            Label::Index(index),
+            NoDeadline,
+            item.enter(),
+        );
+        if let Err(e) = step.await {
             error = Some(e);
             failed_at = Some(index);
             break;

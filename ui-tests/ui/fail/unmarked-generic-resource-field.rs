@@ -1,0 +1,12 @@
+#![deny(deprecated)]
+use resource_runtime::AsyncResource;
+use tokio_util::sync::CancellationToken;
+
+#[derive(AsyncResource)]
+struct W<T: AsyncResource> {
+    #[resource]
+    x: CancellationToken,
+    inner: T,
+}
+
+fn main() {}

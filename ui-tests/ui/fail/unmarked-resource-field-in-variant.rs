@@ -1,0 +1,11 @@
+#![deny(deprecated)]
+use resource_runtime::AsyncResource;
+use tokio_util::sync::CancellationToken;
+
+#[derive(AsyncResource)]
+enum E {
+    A(CancellationToken),
+    B { #[resource] x: CancellationToken },
+}
+
+fn main() {}
