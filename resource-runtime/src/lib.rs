@@ -87,3 +87,8 @@ pub use crate::resource::AsyncResource;
 
 #[cfg(feature = "derive")]
 pub use resource_derive::AsyncResource;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -211,7 +211,7 @@ async fn closing_a_join_handle_whose_task_is_panicking_reports_the_panic() {
             let started = started.clone();
             async move {
                 started.notify_one();
-                std::thread::sleep(Duration::from_millis(200));
+                std::thread::sleep(Duration::from_millis(500));
                 panic!("worker crashed late");
             }
         }),

@@ -571,3 +571,46 @@ async fn a_group_member_failure_is_kept_when_the_whole_close_deadline_cuts_the_g
         "the failure of `broken` was lost: {err}"
     );
 }
+
+#[derive(AsyncResource)]
+struct Staggered {
+    #[resource(group = "io")]
+    late: Probe,
+    #[resource(group = "io")]
+    early: Probe,
+    #[resource(group = "io")]
+    middle: Probe,
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_reports_its_failures_in_the_order_they_happened() {
+    let log = Log::new();
+    let mut value = Staggered {
+        late: log.probe("late").close_delay(300).fail_close(),
+        early: log.probe("early").close_delay(100).fail_close(),
+        middle: log.probe("middle").close_delay(200).fail_close(),
+    };
+    let err = value.close().await.unwrap_err();
+    assert_eq!(paths(&err), ["early", "middle", "late"]);
+}
+
+async fn slow_shutdown(_: &mut u8) -> Result<(), std::io::Error> {
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    Ok(())
+}
+
+#[derive(AsyncResource)]
+struct SlowCustomClose {
+    #[resource(close = slow_shutdown, timeout = "250ms")]
+    handle: u8,
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_field_timeout_also_bounds_a_custom_close_function() {
+    let mut value = SlowCustomClose { handle: 0 };
+    let started = Instant::now();
+    let err = value.close().await.unwrap_err();
+    assert_between(started.elapsed(), 250, 300);
+    assert_eq!(err.path(), Some("handle"));
+    assert_eq!(err.deadline(), Some(ms(250)));
+}

@@ -356,3 +356,75 @@ mod renamed_runtime {
         assert_eq!(paths(&err), ["probe"]);
     }
 }
+
+#[derive(AsyncResource)]
+struct WithWhere<T>
+where
+    T: Default,
+{
+    #[resource]
+    items: Vec<T>,
+}
+
+#[tokio::test]
+async fn a_where_clause_on_the_type_is_kept_beside_the_inferred_bounds() {
+    let log = Log::new();
+    let mut value: WithWhere<Option<Probe>> = WithWhere {
+        items: vec![Some(log.probe("p0").fail_close()), None],
+    };
+    let err = value.close().await.unwrap_err();
+    assert_eq!(paths(&err), ["items.0"]);
+    assert_eq!(value.items.iter().filter(|p| p.is_some()).count(), 0);
+}
+
+/// A resource that is `Send` but not `Sync`: the trait asks only for `Send`.
+#[derive(Debug, Default)]
+struct Tally(std::cell::Cell<u32>);
+
+impl AsyncResource for Tally {
+    async fn close(&mut self) -> Result<(), resource_runtime::ResourceError> {
+        tokio::task::yield_now().await;
+        self.0.set(self.0.get() + 1);
+        Ok(())
+    }
+}
+
+#[derive(AsyncResource)]
+#[resource(before_close = noop)]
+struct NotSync {
+    #[resource(group = "g")]
+    a: Tally,
+    #[resource(group = "g")]
+    b: Tally,
+    #[resource(timeout = "1s")]
+    c: Tally,
+    #[resource(skip)]
+    _local: std::cell::Cell<bool>,
+}
+
+impl NotSync {
+    async fn noop(&mut self) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn fields_that_are_send_but_not_sync_are_supported() {
+    let mut value = NotSync {
+        a: Tally::default(),
+        b: Tally::default(),
+        c: Tally::default(),
+        _local: std::cell::Cell::new(false),
+    };
+    // The close future must be `Send` to be spawned.
+    let value = tokio::spawn(async move {
+        value.close().await.unwrap();
+        value
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        [value.a.0.get(), value.b.0.get(), value.c.0.get()],
+        [1, 1, 1]
+    );
+}

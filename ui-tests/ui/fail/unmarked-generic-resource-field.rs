@@ -3,7 +3,7 @@ use resource_runtime::AsyncResource;
 use tokio_util::sync::CancellationToken;
 
 #[derive(AsyncResource)]
-struct W<T: AsyncResource> {
+struct Wrapper<T: AsyncResource> {
     #[resource]
     x: CancellationToken,
     inner: T,

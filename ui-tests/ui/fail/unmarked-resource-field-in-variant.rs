@@ -3,7 +3,7 @@ use resource_runtime::AsyncResource;
 use tokio_util::sync::CancellationToken;
 
 #[derive(AsyncResource)]
-enum E {
+enum State {
     A(CancellationToken),
     B { #[resource] x: CancellationToken },
 }
