@@ -421,10 +421,10 @@ fn flatten(stream: TokenStream, out: &mut Vec<String>) {
                     }
                     _ => out.push(text),
                 }
-                if p.spacing() == proc_macro2::Spacing::Joint {
-                    if let Some(last) = out.last_mut() {
-                        last.push('\u{1}');
-                    }
+                if p.spacing() == proc_macro2::Spacing::Joint
+                    && let Some(last) = out.last_mut()
+                {
+                    last.push('\u{1}');
                 }
             }
             other => match out.last_mut() {
@@ -478,7 +478,7 @@ fn expand_never_panics_on_mangled_input() {
             out
         })
         .collect();
-    let mut rng = Rng(0x5EED_0F_A11_u64);
+    let mut rng = Rng(0x0005_EED0_FA11_u64);
     let (mut parsed, mut tried) = (0_usize, 0_usize);
     while parsed < 4_000 && tried < 200_000 {
         tried += 1;

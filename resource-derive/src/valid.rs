@@ -33,10 +33,10 @@ fn check_field(field: &Field<'_>, cx: &Ctxt) {
             );
         }
     }
-    if let Some(group) = &attrs.group {
-        if group.value().trim().is_empty() {
-            cx.error_spanned_by(group, "a group needs a name, like `group = \"io\"`");
-        }
+    if let Some(group) = &attrs.group
+        && group.value().trim().is_empty()
+    {
+        cx.error_spanned_by(group, "a group needs a name, like `group = \"io\"`");
     }
     if let Some(name) = &attrs.name {
         let value = name.value();

@@ -519,9 +519,9 @@ pub async fn within_deadline<F: Future<Output = ()>>(deadline: Duration, fut: F)
 }
 
 /// Wraps a user close or enter function's future (`#[resource(close = path)]`).
-pub fn user_step<F>(fut: F) -> impl Future<Output = Result<(), ResourceError>> + Send
+pub async fn user_step<F>(fut: F) -> Result<(), ResourceError>
 where
     F: crate::__private::UserStep,
 {
-    async move { user_result(fut.await) }
+    user_result(fut.await)
 }
