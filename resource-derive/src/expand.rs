@@ -176,9 +176,69 @@ fn rollback_fields(krate: &Path, variant: Option<&Ident>, slots: &[Slot<'_, '_>]
     }
 }
 
+/// One step of a close: a field alone, or the fields of a group closed concurrently.
+enum CloseStep<'s, 'f, 'a> {
+    Single(&'s Slot<'f, 'a>),
+    Group(Vec<&'s Slot<'f, 'a>>),
+}
+
 /// The close steps of one struct or variant, in reverse declaration order; the fields
-/// of a group (or all of them under `concurrent`) make one concurrent step, placed where
-/// its last-declared field stands.
+/// of a group (or all of them under `concurrent`) make one step, placed where its
+/// last-declared field stands.
+fn close_order<'s, 'f, 'a>(
+    concurrent: bool,
+    slots: &'s [Slot<'f, 'a>],
+) -> Vec<CloseStep<'s, 'f, 'a>> {
+    let group_of = |slot: &Slot<'_, '_>| -> Option<String> {
+        if concurrent {
+            Some(String::new())
+        } else {
+            slot.field.attrs.group.as_ref().map(LitStr::value)
+        }
+    };
+    let mut done_groups: Vec<String> = Vec::new();
+    let mut steps = Vec::new();
+    for slot in slots.iter().rev() {
+        match group_of(slot) {
+            None => steps.push(CloseStep::Single(slot)),
+            Some(group) if done_groups.contains(&group) => {}
+            Some(group) => {
+                let members = slots
+                    .iter()
+                    .rev()
+                    .filter(|s| group_of(s).as_deref() == Some(group.as_str()))
+                    .collect();
+                steps.push(CloseStep::Group(members));
+                done_groups.push(group);
+            }
+        }
+    }
+    steps
+}
+
+/// Tells the closer which fields the close will close, in order, so that a whole-close
+/// deadline can name the ones it never reached.
+fn close_plan(concurrent: bool, variant: Option<&Ident>, slots: &[Slot<'_, '_>]) -> TokenStream {
+    if slots.is_empty() {
+        return quote!();
+    }
+    let labels = close_order(concurrent, slots)
+        .into_iter()
+        .flat_map(|step| match step {
+            CloseStep::Single(slot) => vec![&slot.label],
+            CloseStep::Group(members) => members.into_iter().map(|s| &s.label).collect(),
+        });
+    let check = match variant {
+        Some(v) => quote!(let Self::#v { .. } = &*self else { break '__fields };),
+        None => quote!(),
+    };
+    quote! {
+        #check
+        __closer.plan(&[#(#labels),*]);
+    }
+}
+
+/// The close of one struct or variant.
 fn close_fields(
     krate: &Path,
     concurrent: bool,
@@ -189,53 +249,33 @@ fn close_fields(
         return quote!();
     }
     let bind = bind(variant, slots);
-    let group_of = |slot: &Slot<'_, '_>| -> Option<String> {
-        if concurrent {
-            Some("concurrent".to_owned())
-        } else {
-            slot.field.attrs.group.as_ref().map(LitStr::value)
-        }
-    };
-    let mut done_groups: Vec<String> = Vec::new();
-    let mut steps = Vec::new();
-    for slot in slots.iter().rev() {
-        match group_of(slot) {
-            None => {
+    let steps = close_order(concurrent, slots)
+        .into_iter()
+        .map(|step| match step {
+            CloseStep::Single(slot) => {
                 let label = &slot.label;
                 let deadline = deadline(krate, slot.field.attrs.timeout.map(|t| t.millis));
                 let fut = close_future(krate, slot);
-                steps.push(quote! {
+                quote! {
                     let __outcome = __closer.field(#label, #deadline, #fut).await;
                     __closer.record(__outcome);
-                });
+                }
             }
-            Some(group) if done_groups.contains(&group) => {}
-            Some(group) => {
-                let members = slots
-                    .iter()
-                    .rev()
-                    .filter(|s| group_of(s).as_deref() == Some(group.as_str()))
-                    .map(|s| {
-                        let label = &s.label;
-                        let deadline = deadline(krate, s.field.attrs.timeout.map(|t| t.millis));
-                        let fut = close_future(krate, s);
-                        quote!(__group.field(#label, #deadline, #fut))
-                    });
-                let name = match variant {
-                    Some(v) => format!("{v}.{group}"),
-                    None => group.clone(),
-                };
-                steps.push(quote! {
+            CloseStep::Group(members) => {
+                let labels = members.iter().map(|s| &s.label);
+                let closes = members.iter().enumerate().map(|(index, s)| {
+                    let deadline = deadline(krate, s.field.attrs.timeout.map(|t| t.millis));
+                    let fut = close_future(krate, s);
+                    quote!(__group.field(#index, #deadline, #fut))
+                });
+                quote! {
                     {
-                        let __group = __closer.group(#name);
-                        #krate::__private::tokio::join!(#(#members),*);
-                        __closer.absorb(__group);
+                        let __group = __closer.group(&[#(#labels),*]);
+                        #krate::__private::tokio::join!(#(#closes),*);
                     }
-                });
-                done_groups.push(group);
+                }
             }
-        }
-    }
+        });
     quote! {
         #bind
         #(#steps)*
@@ -344,11 +384,13 @@ pub(crate) fn generate(input: &Input<'_>) -> TokenStream {
             .before_close
             .as_ref()
             .map(|hook| quote!(__closer.hook("before_close", Self::#hook(&mut *self)).await;));
+        let plan = each_variant(input, |v, s| close_plan(concurrent, v, s));
         let fields = each_variant(input, |v, s| close_fields(&krate, concurrent, v, s));
         let run = match attrs.timeout {
             None => quote! {
                 {
                     let __closer = &mut __closer;
+                    #plan
                     #before_close
                     #fields
                 }
@@ -359,6 +401,7 @@ pub(crate) fn generate(input: &Input<'_>) -> TokenStream {
                     let __deadline = ::core::time::Duration::from_millis(#ms);
                     let __finished = {
                         let __closer = &mut __closer;
+                        #plan
                         #krate::__private::within_deadline(__deadline, async move {
                             #before_close
                             #fields

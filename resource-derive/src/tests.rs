@@ -94,9 +94,10 @@ fn group_joins_its_fields_in_one_step() {
             #[resource(group = "io")] c: C,
         }
     });
-    let join = "tokio::join!(__group.field(\"c\"";
+    let join = "let __group = __closer.group(&[\"c\", \"a\"]);";
     assert!(has(&out, join), "{out}");
-    assert!(has(&out, "__group.field(\"a\""), "{out}");
+    assert!(has(&out, "tokio::join!(__group.field(0usize"), "{out}");
+    assert!(has(&out, "__closer.plan(&[\"c\", \"a\", \"b\"]);"), "{out}");
     // The group stands where its last-declared field (`c`) stands: before `b`.
     let group_at = out.find(&squash(join)).unwrap();
     let b_at = out.find(&squash("__closer.field(\"b\"")).unwrap();
@@ -140,8 +141,8 @@ fn concurrent_closes_every_field_in_one_step() {
         #[resource(concurrent)]
         struct S { #[resource] a: A, #[resource] b: B }
     });
-    assert!(has(&out, "__closer.group(\"concurrent\")"), "{out}");
-    assert!(has(&out, "join!(__group.field(\"b\""), "{out}");
+    assert!(has(&out, "__closer.group(&[\"b\", \"a\"])"), "{out}");
+    assert!(has(&out, "join!(__group.field(0usize"), "{out}");
     assert!(!has(&out, "__closer.field("), "{out}");
 }
 

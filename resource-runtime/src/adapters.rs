@@ -65,8 +65,13 @@ impl AsyncResource for tokio::net::TcpStream {
 }
 
 /// Aborts the task and waits until it has stopped, so nothing it owns outlives the
-/// close. A task that panicked reports the panic; one that was cancelled or had already
-/// finished closes cleanly (its output, if nobody took it, is dropped).
+/// close. A task that panics while the close waits for it reports the panic; one that
+/// was cancelled closes cleanly.
+///
+/// A task that had already finished before the close is not polled again: tokio
+/// panics when a handle whose output was taken is polled, and a handle cannot tell
+/// whether it was. Its output, a panic included, is dropped; await the handle yourself
+/// to see it.
 ///
 /// ```
 /// use resource_runtime::AsyncResource;

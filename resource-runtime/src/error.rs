@@ -76,6 +76,8 @@ struct Leaf {
 enum Cause {
     Closed(Cow<'static, str>),
     Timeout(Duration),
+    /// Never started: the whole-close deadline passed before its turn.
+    NotReached(Duration),
     Panic(String),
     Source(BoxError),
 }
@@ -135,6 +137,11 @@ impl ResourceError {
     /// ```
     pub fn timeout(deadline: Duration) -> Self {
         Self::leaf(Cause::Timeout(deadline))
+    }
+
+    /// A field the whole-close deadline passed before its turn came.
+    pub(crate) fn not_reached(deadline: Duration) -> Self {
+        Self::leaf(Cause::NotReached(deadline))
     }
 
     /// A step that panicked, from the payload `catch_unwind` returned.
@@ -280,9 +287,10 @@ impl ResourceError {
         self.any_leaf(|c| matches!(c, Cause::Closed(_)))
     }
 
-    /// Whether any failure is a step that missed its deadline.
+    /// Whether any failure is a step that missed its deadline, or a field a whole-close
+    /// deadline left unclosed.
     pub fn is_timeout(&self) -> bool {
-        self.any_leaf(|c| matches!(c, Cause::Timeout(_)))
+        self.any_leaf(|c| matches!(c, Cause::Timeout(_) | Cause::NotReached(_)))
     }
 
     /// Whether any failure is a caught panic.
@@ -293,7 +301,7 @@ impl ResourceError {
     /// The deadline of a single timeout failure.
     pub fn deadline(&self) -> Option<Duration> {
         match self.as_leaf()?.cause {
-            Cause::Timeout(d) => Some(d),
+            Cause::Timeout(d) | Cause::NotReached(d) => Some(d),
             _ => None,
         }
     }
@@ -345,6 +353,10 @@ impl fmt::Display for Leaf {
         match &self.cause {
             Cause::Closed(what) => write!(f, "`{what}` is closed"),
             Cause::Timeout(d) => write!(f, "timed out after {d:?}; the step was dropped"),
+            Cause::NotReached(d) => write!(
+                f,
+                "not closed: the close deadline of {d:?} passed before its turn"
+            ),
             Cause::Panic(m) => write!(f, "panicked: {m}"),
             Cause::Source(e) => write!(f, "{e}"),
         }
@@ -378,6 +390,7 @@ impl fmt::Debug for ResourceError {
                 match &leaf.cause {
                     Cause::Closed(what) => d.field("closed", what),
                     Cause::Timeout(deadline) => d.field("timeout", deadline),
+                    Cause::NotReached(deadline) => d.field("not_reached", deadline),
                     Cause::Panic(message) => d.field("panic", message),
                     Cause::Source(source) => d.field("source", source),
                 };

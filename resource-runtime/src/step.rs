@@ -229,12 +229,44 @@ pub(crate) fn user_result<E: Into<BoxError>>(result: Result<(), E>) -> Result<()
     })
 }
 
-/// Collects the failures of a close, step by step.
+/// Collects the failures of a close, step by step, and knows which fields are still to
+/// be closed, so that a whole-close deadline can name every field it cut or never
+/// reached.
 #[derive(Debug)]
 pub struct Closer {
     ty: &'static str,
-    current: Option<&'static str>,
+    /// Field labels in close order, a group's members side by side.
+    plan: &'static [&'static str],
+    /// Index in `plan` of the next field to start.
+    next: usize,
+    /// Shared with a running [`Group`], whose fields finish concurrently.
+    state: Mutex<CloseState>,
+}
+
+#[derive(Debug, Default)]
+struct CloseState {
     error: Option<ResourceError>,
+    current: Current,
+}
+
+/// The step in progress.
+#[derive(Debug, Default, Clone, Copy)]
+enum Current {
+    #[default]
+    Idle,
+    Hook(&'static str),
+    Field(&'static str),
+    /// `done` has bit `i` set once `members[i]` has finished.
+    Group {
+        members: &'static [&'static str],
+        done: u128,
+    },
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding it cannot leave the state half-written: each update is one
+    // assignment or one push.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Closer {
@@ -242,16 +274,28 @@ impl Closer {
     pub fn new(ty: &'static str) -> Self {
         Closer {
             ty,
-            current: None,
-            error: None,
+            plan: &[],
+            next: 0,
+            state: Mutex::new(CloseState::default()),
         }
+    }
+
+    fn state(&mut self) -> &mut CloseState {
+        self.state.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Declares the fields this close will close, in order.
+    pub fn plan(&mut self, plan: &'static [&'static str]) {
+        self.plan = plan;
+        self.next = 0;
     }
 
     /// Starts closing one field: `fut` is its close, `deadline` its own deadline. The
     /// expansion awaits the step and hands its outcome to [`record`](Self::record).
     #[inline]
     pub fn field<F, D>(&mut self, label: &'static str, deadline: D, fut: F) -> Step<F, D> {
-        self.current = Some(label);
+        self.next += 1;
+        self.state().current = Current::Field(label);
         Step::new(
             self.ty,
             Operation::Close,
@@ -265,7 +309,7 @@ impl Closer {
     #[inline]
     pub fn record(&mut self, outcome: Result<(), ResourceError>) {
         if let Err(e) = outcome {
-            ResourceError::push(&mut self.error, e);
+            ResourceError::push(&mut self.state().error, e);
         }
     }
 
@@ -275,62 +319,84 @@ impl Closer {
         F: Future<Output = Result<(), E>>,
         E: Into<BoxError>,
     {
-        self.current = Some(name);
-        if let Err(e) = run_hook(self.ty, Operation::Close, name, fut).await {
-            ResourceError::push(&mut self.error, e);
-        }
+        self.state().current = Current::Hook(name);
+        let outcome = run_hook(self.ty, Operation::Close, name, fut).await;
+        self.record(outcome);
     }
 
-    /// Starts a step of fields that close concurrently.
-    pub fn group(&mut self, name: &'static str) -> Group {
-        self.current = Some(name);
+    /// Starts a step of fields that close concurrently; `members` are their labels, and
+    /// each is closed with [`Group::field`] and its index in `members`.
+    pub fn group(&mut self, members: &'static [&'static str]) -> Group<'_> {
+        self.next += members.len();
+        self.state().current = Current::Group { members, done: 0 };
         Group {
             ty: self.ty,
-            error: Mutex::new(None),
+            members,
+            state: &self.state,
         }
     }
 
-    /// Takes the failures of a finished group, in the order they happened.
-    pub fn absorb(&mut self, group: Group) {
-        let error = group.error.into_inner().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = error {
-            ResourceError::push(&mut self.error, e);
-        }
-    }
-
-    /// Records that the deadline of the whole close passed during the current step.
+    /// Records that the deadline of the whole close passed: the step in progress timed
+    /// out (every unfinished member, for a group), and the fields after it were not
+    /// closed.
     pub fn deadline_passed(&mut self, deadline: Duration) {
-        let mut e = ResourceError::timeout(deadline);
-        e = match self.current {
-            Some(label) => e.within(&label, Operation::Close),
-            None => e.in_hook("close deadline", Operation::Close),
-        };
-        ResourceError::push(&mut self.error, e);
+        let unreached = self.plan.get(self.next..).unwrap_or(&[]);
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let timeout =
+            |label: &'static str| ResourceError::timeout(deadline).within(&label, Operation::Close);
+        let before = state.error.as_ref().map_or(0, |e| e.failures().len());
+        match state.current {
+            Current::Idle => {}
+            Current::Hook(name) => ResourceError::push(
+                &mut state.error,
+                ResourceError::timeout(deadline).in_hook(name, Operation::Close),
+            ),
+            Current::Field(label) => ResourceError::push(&mut state.error, timeout(label)),
+            Current::Group { members, done } => {
+                for (i, label) in members.iter().enumerate() {
+                    if i >= 128 || done & (1 << i) == 0 {
+                        ResourceError::push(&mut state.error, timeout(label));
+                    }
+                }
+            }
+        }
+        for label in unreached {
+            let e = ResourceError::not_reached(deadline).within(label, Operation::Close);
+            ResourceError::push(&mut state.error, e);
+        }
+        if state.error.as_ref().map_or(0, |e| e.failures().len()) == before {
+            let e = ResourceError::timeout(deadline).in_hook("close deadline", Operation::Close);
+            ResourceError::push(&mut state.error, e);
+        }
     }
 
     /// The outcome of the whole close.
     pub fn finish(self) -> Result<(), ResourceError> {
-        match self.error {
+        let state = self.state.into_inner().unwrap_or_else(|p| p.into_inner());
+        match state.error {
             None => Ok(()),
             Some(e) => Err(e),
         }
     }
 }
 
-/// Fields of one concurrent close step; each records its failure as it finishes.
+/// The fields of one concurrent close step; each records its outcome in the closer as
+/// it finishes, so a deadline that cuts the group loses none of them.
 #[derive(Debug)]
-pub struct Group {
+pub struct Group<'c> {
     ty: &'static str,
-    error: Mutex<Option<ResourceError>>,
+    members: &'static [&'static str],
+    state: &'c Mutex<CloseState>,
 }
 
-impl Group {
-    /// Closes one field of the group.
-    pub async fn field<F, D>(&self, label: &'static str, deadline: D, fut: F)
+impl Group<'_> {
+    /// Closes the member at `index` of the group.
+    pub async fn field<F, D>(&self, index: usize, deadline: D, fut: F)
     where
         F: Future<Output = Result<(), ResourceError>>,
         D: Deadline,
     {
+        let label = self.members.get(index).copied().unwrap_or("?");
         let step = Step::new(
             self.ty,
             Operation::Close,
@@ -338,9 +404,15 @@ impl Group {
             deadline,
             fut,
         );
-        if let Err(e) = step.await {
-            let mut guard = self.error.lock().unwrap_or_else(|p| p.into_inner());
-            ResourceError::push(&mut guard, e);
+        let outcome = step.await;
+        let mut state = lock(self.state);
+        if let Current::Group { done, .. } = &mut state.current
+            && index < 128
+        {
+            *done |= 1 << index;
+        }
+        if let Err(e) = outcome {
+            ResourceError::push(&mut state.error, e);
         }
     }
 }

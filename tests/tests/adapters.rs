@@ -185,20 +185,21 @@ struct Worker {
 }
 
 #[tokio::test]
-async fn closing_a_join_handle_whose_task_panicked_reports_the_panic() {
+async fn closing_a_join_handle_of_a_task_that_already_panicked_is_ok_and_does_not_poll_it() {
+    // A finished handle may have handed its output out already, and tokio panics when
+    // it is polled again; the close cannot tell, so it never polls a finished handle.
+    // The panic was reported by the panic hook when it happened.
     let mut worker = Worker {
         task: tokio::spawn(async { panic!("worker crashed") }),
     };
     while !worker.task.is_finished() {
         tokio::task::yield_now().await;
     }
-    let err = worker
-        .close()
-        .await
-        .expect_err("the task's panic must not be lost");
-    assert!(err.is_panic(), "{err:?}");
-    assert_eq!(err.path(), Some("task"));
-    assert_eq!(err.panic_message(), Some("worker crashed"));
+    worker.close().await.unwrap();
+    // Its output taken by the user first: still no second poll, no panic.
+    let mut handle = tokio::spawn(async { 7 });
+    assert_eq!((&mut handle).await.unwrap(), 7);
+    handle.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -241,12 +241,25 @@ async fn a_hanging_before_close_is_cut_by_the_whole_close_deadline() {
     let err = value.close().await.unwrap_err();
     assert_between(started.elapsed(), 100, 150);
     assert!(err.is_timeout());
-    assert_eq!(err.failures().len(), 1);
-    assert_eq!(err.deadline(), Some(ms(100)));
+    let failures: Vec<_> = err.failures().collect();
+    assert_eq!(failures.len(), 2, "{err}");
     // The hook is the resource's own step, not a field: reported like every other hook
     // failure, with the hook's name and no field path.
-    assert_eq!(err.hook(), Some("before_close"));
-    assert_eq!(err.path(), None);
+    assert_eq!(failures[0].hook(), Some("before_close"));
+    assert_eq!(failures[0].path(), None);
+    assert_eq!(failures[0].deadline(), Some(ms(100)));
+    // The field the deadline never reached is named, not silently left open.
+    assert_eq!(failures[1].path(), Some("a"));
+    assert!(failures[1].is_timeout());
+    assert!(
+        failures[1].to_string().contains("passed before its turn"),
+        "{err}"
+    );
+    assert!(
+        !log.entries().iter().any(|e| e == "close a"),
+        "{:?}",
+        log.entries()
+    );
 }
 
 #[derive(AsyncResource)]

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use resource_runtime::{AsyncResource, ResourceError};
 use tokio_util::sync::CancellationToken;
 
-/// A trait object behind a `Box`: the generated bound is `Box<T>: AsyncResource`
-/// with `T: ?Sized` kept.
+/// A `?Sized` parameter behind a `Box`: the generated bound is `Box<T>: AsyncResource`,
+/// and the `?Sized` relaxation is kept.
 #[derive(AsyncResource)]
 struct Boxed<T: AsyncResource + ?Sized> {
     #[resource]
@@ -44,8 +44,8 @@ struct Odd {
     text: &'static str,
 }
 
-/// A resource a trait object cannot be made of (`AsyncResource` returns `impl Future`),
-/// so `Boxed` is used with a sized type here.
+/// `AsyncResource` returns `impl Future`, so it has no trait objects: `Boxed` is used
+/// with a sized type here.
 struct Flag(Arc<AtomicBool>);
 
 impl AsyncResource for Flag {
