@@ -8,6 +8,8 @@ use crate::attr::{self, ContainerAttrs, FieldAttrs};
 use crate::ctxt::Ctxt;
 
 pub(crate) struct Input<'a> {
+    /// The `packed` of a `#[repr(packed)]`, whose fields cannot be borrowed.
+    pub(crate) packed: Option<Span>,
     pub(crate) ident: &'a Ident,
     pub(crate) generics: &'a Generics,
     pub(crate) attrs: ContainerAttrs,
@@ -76,6 +78,7 @@ impl<'a> Input<'a> {
             }
         };
         Input {
+            packed: packed(&input.attrs),
             ident: &input.ident,
             generics: &input.generics,
             attrs,
@@ -91,6 +94,24 @@ impl<'a> Input<'a> {
             Data::Union(_) => Box::new(std::iter::empty()),
         }
     }
+}
+
+fn packed(attrs: &[syn::Attribute]) -> Option<Span> {
+    let mut found = None;
+    for attr in attrs.iter().filter(|a| a.path().is_ident("repr")) {
+        // Other repr arguments (`C`, `align(8)`) are none of this derive's business.
+        let _ = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("packed") {
+                found.get_or_insert(meta.path.span());
+            }
+            if meta.input.peek(syn::token::Paren) {
+                let _content;
+                syn::parenthesized!(_content in meta.input);
+            }
+            Ok(())
+        });
+    }
+    found
 }
 
 fn fields<'a>(cx: &Ctxt, fields: &'a syn::Fields) -> Vec<Field<'a>> {
@@ -141,6 +162,11 @@ impl Field<'_> {
             Some(ident) => ident.span(),
             None => self.ty.span(),
         }
+    }
+
+    /// The span of the field's type.
+    pub(crate) fn ty_span(&self) -> Span {
+        self.ty.span()
     }
 
     pub(crate) fn enter_step(&self) -> Step<'_> {

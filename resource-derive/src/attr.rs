@@ -175,6 +175,13 @@ fn for_each_key(
                 cx.syn_error(e);
                 return skip_value(&meta);
             }
+            if !meta.input.is_empty() && !meta.input.peek(Token![,]) {
+                cx.error_at(
+                    meta.input.span(),
+                    format!("unexpected tokens after the value of `{key}`: separate keys with commas, like `#[resource(timeout = \"2s\", name = \"db\")]`"),
+                );
+                return skip_value(&meta);
+            }
             Ok(())
         });
         if let Err(e) = parsed {
@@ -191,9 +198,23 @@ fn flag(key: &str, meta: &ParseNestedMeta<'_>) -> syn::Result<Span> {
     Ok(meta.path.span())
 }
 
+/// The value after `key =`, with a message saying what to write when `=` is missing.
+fn value<'a>(
+    key: &str,
+    example: &str,
+    meta: &'a ParseNestedMeta<'a>,
+) -> syn::Result<&'a syn::parse::ParseBuffer<'a>> {
+    meta.value().map_err(|_| {
+        syn::Error::new(
+            meta.path.span(),
+            format!("`{key}` needs a value: write `{key} = {example}`"),
+        )
+    })
+}
+
 /// `key = path`. A literal is the common mistake and gets its own message.
 fn path_value(key: &str, meta: &ParseNestedMeta<'_>) -> syn::Result<Path> {
-    let input = meta.value()?;
+    let input = value(key, "path::to::async_fn", meta)?;
     if input.peek(Lit) {
         let lit: Lit = input.parse()?;
         let hint = match &lit {
@@ -215,7 +236,7 @@ fn path_value(key: &str, meta: &ParseNestedMeta<'_>) -> syn::Result<Path> {
 
 /// `key = method`: the name of a method of the type.
 fn method_value(key: &str, meta: &ParseNestedMeta<'_>) -> syn::Result<Ident> {
-    let input = meta.value()?;
+    let input = value(key, "method_name", meta)?;
     if input.peek(Lit) {
         let lit: Lit = input.parse()?;
         let hint = match &lit {
@@ -227,17 +248,26 @@ fn method_value(key: &str, meta: &ParseNestedMeta<'_>) -> syn::Result<Ident> {
             format!("expected the name of an async method after `{key} =`, found a literal{hint}"),
         ));
     }
-    input.parse::<Ident>().map_err(|e| {
+    let method = input.parse::<Ident>().map_err(|e| {
         syn::Error::new(
             e.span(),
             format!("expected the name of an async method of this type after `{key} =`, like `{key} = drain`"),
         )
-    })
+    })?;
+    if input.peek(Token![::]) {
+        return Err(syn::Error::new(
+            input.span(),
+            format!(
+                "`{key}` takes the name of a method of this type, not a path: write `{key} = {method}` for `Self::{method}`, or add a method that calls the function"
+            ),
+        ));
+    }
+    Ok(method)
 }
 
 /// `key = "string"`.
 fn string_value(key: &str, example: &str, meta: &ParseNestedMeta<'_>) -> syn::Result<LitStr> {
-    let input = meta.value()?;
+    let input = value(key, example, meta)?;
     if input.peek(LitStr) {
         return input.parse();
     }
@@ -369,7 +399,7 @@ pub(crate) fn container_attrs(cx: &Ctxt, attrs: &[Attribute]) -> ContainerAttrs 
                     out.bound = Some(predicates.into_iter().collect());
                 }
                 "crate" => {
-                    let input = meta.value()?;
+                    let input = value(key, "\"resource_runtime\"", meta)?;
                     let path = if input.peek(LitStr) {
                         let lit: LitStr = input.parse()?;
                         lit.parse::<Path>().map_err(|_| {

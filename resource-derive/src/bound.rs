@@ -4,7 +4,7 @@
 
 use proc_macro2::{TokenStream, TokenTree};
 use quote::{ToTokens, quote};
-use syn::{Generics, Ident, WhereClause, WherePredicate};
+use syn::{Generics, Ident, Type, WhereClause, WherePredicate};
 
 use crate::ast::Input;
 
@@ -15,6 +15,22 @@ fn mentions(tokens: TokenStream, params: &[&Ident]) -> bool {
         TokenTree::Group(group) => mentions(group.stream(), params),
         _ => false,
     })
+}
+
+/// Whether the type `ty` mentions one of `idents`.
+pub(crate) fn mentions_any(ty: &Type, idents: &[&Ident]) -> bool {
+    mentions(ty.to_token_stream(), idents)
+}
+
+/// The type that must implement `AsyncResource` for a field of type `ty`: for a
+/// `&mut T` field, `T` itself, so no lifetime of the borrow enters the bound.
+fn resource_type(ty: &Type) -> &Type {
+    match ty {
+        Type::Reference(r) if r.mutability.is_some() => resource_type(&r.elem),
+        Type::Paren(p) => resource_type(&p.elem),
+        Type::Group(g) => resource_type(&g.elem),
+        other => other,
+    }
 }
 
 /// The where-clause of the generated impl.
@@ -36,7 +52,7 @@ pub(crate) fn where_clause(input: &Input<'_>, krate: &syn::Path) -> Option<Where
                 if !mentions(field.ty.to_token_stream(), &params) {
                     continue;
                 }
-                let ty = field.ty;
+                let ty = resource_type(field.ty);
                 let key = ty.to_token_stream().to_string();
                 if seen.contains(&key) {
                     continue;

@@ -3,7 +3,7 @@
 //! calls them in the right order.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{quote, quote_spanned};
 use syn::{DeriveInput, Ident, LitStr, Member, Path};
 
 use crate::ast::{Data, Field, Input, Step};
@@ -39,7 +39,23 @@ fn krate(input: &Input<'_>) -> Path {
 fn fallback(input: &Input<'_>) -> TokenStream {
     let krate = default_krate();
     let ident = input.ident;
-    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let (impl_generics, ty_generics, _) = input.generics.split_for_impl();
+    // The trait requires `Send`; without the bound a generic type would draw a second,
+    // unrelated error.
+    let mut where_clause =
+        input
+            .generics
+            .where_clause
+            .clone()
+            .unwrap_or_else(|| syn::WhereClause {
+                where_token: Default::default(),
+                predicates: Default::default(),
+            });
+    if input.generics.type_params().next().is_some() {
+        where_clause
+            .predicates
+            .push(syn::parse_quote!(#ident #ty_generics: ::core::marker::Send));
+    }
     quote! {
         const _: () = {
             #[automatically_derived]
@@ -61,25 +77,41 @@ struct Slot<'f, 'a> {
     binding: Ident,
     /// The label in error paths, `Variant.field` in an enum.
     label: LitStr,
+    /// The field's type contains the type itself.
+    recursive: bool,
 }
 
-fn slots<'f, 'a>(variant: Option<&Ident>, fields: &'f [Field<'a>]) -> Vec<Slot<'f, 'a>> {
+fn slots<'f, 'a>(
+    ident: &Ident,
+    variant: Option<&Ident>,
+    fields: &'f [Field<'a>],
+) -> Vec<Slot<'f, 'a>> {
     fields
         .iter()
         .enumerate()
         .filter(|(_, f)| f.is_resource())
         .map(|(i, field)| {
-            let label = match variant {
-                Some(v) => format!("{v}.{}", field.label()),
-                None => field.label(),
-            };
+            // Spanned at the field's type, so a type error in the generated call points
+            // at the field.
+            let binding = Ident::new(&format!("__field{i}"), field.ty_span());
             Slot {
                 field,
-                binding: format_ident!("__field{}", i),
-                label: LitStr::new(&label, field.span()),
+                binding,
+                label: LitStr::new(&field_label(variant, field), field.span()),
+                recursive: bound::mentions_any(
+                    field.ty,
+                    &[ident, &Ident::new("Self", Span::call_site())],
+                ),
             }
         })
         .collect()
+}
+
+fn field_label(variant: Option<&Ident>, field: &Field<'_>) -> String {
+    match variant {
+        Some(v) => format!("{v}.{}", field.label()),
+        None => field.label(),
+    }
 }
 
 /// `let Self { a: __field0, 1: __field1, .. } = &mut *self;`, or for a variant a
@@ -105,33 +137,72 @@ fn deadline(krate: &Path, millis: Option<u64>) -> TokenStream {
     }
 }
 
+/// A call to a user function: the future goes through `UserStep`, whose message is
+/// the compile error for a function of the wrong shape, spanned at the path alone.
+fn user_call(krate: &Path, path: &Path, arg: TokenStream) -> TokenStream {
+    let span = path
+        .segments
+        .last()
+        .map_or_else(Span::call_site, |s| s.ident.span());
+    let fut = Ident::new("__user_future", span);
+    let call = Ident::new("__user_call", span);
+    quote_spanned! {span=>
+        {
+            #[allow(unused_imports)]
+            use #krate::__private::{ViaCheck as _, ViaFuture as _};
+            let #fut = #path(#arg);
+            let #call = #krate::__private::UserCall(#fut);
+            #call.user_step()
+        }
+    }
+}
+
+/// A field's future, boxed when the field's type contains the type itself, since the
+/// generated future would otherwise contain itself.
+fn maybe_boxed(krate: &Path, slot: &Slot<'_, '_>, fut: TokenStream) -> TokenStream {
+    if slot.recursive {
+        quote!(#krate::__private::boxed(#fut))
+    } else {
+        fut
+    }
+}
+
 fn enter_future(krate: &Path, slot: &Slot<'_, '_>) -> Option<TokenStream> {
     let binding = &slot.binding;
-    let span = slot.field.ty_span();
-    match slot.field.enter_step() {
-        Step::Trait => Some(quote_spanned!(span=> #krate::AsyncResource::enter(#binding))),
-        Step::Custom(path) => {
-            Some(quote_spanned!(span=> #krate::__private::user_step(#path(#binding))))
-        }
-        Step::Nothing => None,
-    }
+    let fut = match slot.field.enter_step() {
+        Step::Trait => quote!(#krate::AsyncResource::enter(#binding)),
+        Step::Custom(path) => user_call(krate, path, quote!(#binding)),
+        Step::Nothing => return None,
+    };
+    Some(maybe_boxed(krate, slot, fut))
 }
 
 fn close_future(krate: &Path, slot: &Slot<'_, '_>) -> TokenStream {
     let binding = &slot.binding;
-    let span = slot.field.ty_span();
-    match slot.field.close_step() {
-        Step::Custom(path) => quote_spanned!(span=> #krate::__private::user_step(#path(#binding))),
-        Step::Trait | Step::Nothing => {
-            quote_spanned!(span=> #krate::AsyncResource::close(#binding))
-        }
-    }
+    let fut = match slot.field.close_step() {
+        Step::Custom(path) => user_call(krate, path, quote!(#binding)),
+        Step::Trait | Step::Nothing => quote!(#krate::AsyncResource::close(#binding)),
+    };
+    maybe_boxed(krate, slot, fut)
 }
 
-impl Field<'_> {
-    fn ty_span(&self) -> Span {
-        syn::spanned::Spanned::span(self.ty)
-    }
+/// A hook method's future, spanned at the method name.
+fn hook_call(krate: &Path, hook: &Ident, receiver: TokenStream) -> TokenStream {
+    let path: Path = syn::parse_quote!(Self::#hook);
+    let path = Path {
+        leading_colon: None,
+        segments: path
+            .segments
+            .into_iter()
+            .map(|mut seg| {
+                if seg.ident == "Self" {
+                    seg.ident.set_span(hook.span());
+                }
+                seg
+            })
+            .collect(),
+    };
+    user_call(krate, &path, receiver)
 }
 
 /// The enter of one struct or variant: fields in declaration order, stopping at the
@@ -289,10 +360,10 @@ fn each_variant(
     mut per_variant: impl FnMut(Option<&Ident>, &[Slot<'_, '_>]) -> TokenStream,
 ) -> TokenStream {
     let bodies: Vec<TokenStream> = match &input.data {
-        Data::Struct(fields) => vec![per_variant(None, &slots(None, fields))],
+        Data::Struct(fields) => vec![per_variant(None, &slots(input.ident, None, fields))],
         Data::Enum(variants) => variants
             .iter()
-            .map(|v| per_variant(Some(v.ident), &slots(Some(v.ident), &v.fields)))
+            .map(|v| per_variant(Some(v.ident), &slots(input.ident, Some(v.ident), &v.fields)))
             .collect(),
         Data::Union(_) => Vec::new(),
     };
@@ -304,16 +375,28 @@ fn has_resource_fields(input: &Input<'_>) -> bool {
     input.all_fields().any(Field::is_resource)
 }
 
+/// Per unmarked field, a call that resolves to a `#[deprecated]` method only when the
+/// field's type implements `AsyncResource` (autoref specialisation), so the warning
+/// names the field. It sits in an inherent impl of the type, where `Self` and the
+/// type's implied bounds are in scope.
 fn unmarked_check(input: &Input<'_>, krate: &Path) -> TokenStream {
     let ident = input.ident;
-    let checks: Vec<TokenStream> = input
-        .all_fields()
-        .filter(|f| f.is_unmarked())
-        .map(|field| {
+    let fields: Vec<(Option<&Ident>, &Field<'_>)> = match &input.data {
+        Data::Struct(fields) => fields.iter().map(|f| (None, f)).collect(),
+        Data::Enum(variants) => variants
+            .iter()
+            .flat_map(|v| v.fields.iter().map(move |f| (Some(v.ident), f)))
+            .collect(),
+        Data::Union(_) => Vec::new(),
+    };
+    let checks: Vec<TokenStream> = fields
+        .into_iter()
+        .filter(|(_, f)| f.is_unmarked())
+        .map(|(variant, field)| {
             let ty = field.ty;
             let note = format!(
                 "field `{}` of `{ident}` implements `AsyncResource` but has no `#[resource]` attribute, so it is never entered or closed: mark it `#[resource]` to close it with `{ident}`, or `#[resource(skip)]` if it is closed elsewhere",
-                field.label()
+                field_label(variant, field)
             );
             let method = Ident::new("field_is_a_resource_but_unmarked", field.span());
             quote! {
@@ -335,12 +418,15 @@ fn unmarked_check(input: &Input<'_>, krate: &Path) -> TokenStream {
     if checks.is_empty() {
         return quote!();
     }
-    let (impl_generics, _, _) = input.generics.split_for_impl();
+    let (impl_generics, ty_generics, _) = input.generics.split_for_impl();
     let where_clause = bound::original(input.generics);
     quote! {
-        #[allow(dead_code, non_snake_case, clippy::all)]
-        fn __unmarked_resource_fields #impl_generics () #where_clause {
-            #(#checks)*
+        impl #impl_generics #ident #ty_generics #where_clause {
+            #[doc(hidden)]
+            #[allow(dead_code, non_snake_case, clippy::all)]
+            fn __unmarked_resource_fields() {
+                #(#checks)*
+            }
         }
     }
 }
@@ -360,9 +446,10 @@ pub(crate) fn generate(input: &Input<'_>) -> TokenStream {
         let enter = each_variant(input, |v, s| enter_fields(&krate, v, s));
         let rollback = each_variant(input, |v, s| rollback_fields(&krate, v, s));
         let after_enter = attrs.after_enter.as_ref().map(|hook| {
+            let call = hook_call(&krate, hook, quote!(self));
             quote! {
                 if !__enter.failed() {
-                    __enter.hook("after_enter", Self::#hook(self)).await;
+                    __enter.hook("after_enter", #call).await;
                 }
             }
         });
@@ -380,10 +467,10 @@ pub(crate) fn generate(input: &Input<'_>) -> TokenStream {
     };
 
     let close_body = if active || attrs.before_close.is_some() {
-        let before_close = attrs
-            .before_close
-            .as_ref()
-            .map(|hook| quote!(__closer.hook("before_close", Self::#hook(&mut *self)).await;));
+        let before_close = attrs.before_close.as_ref().map(|hook| {
+            let call = hook_call(&krate, hook, quote!(&mut *self));
+            quote!(__closer.hook("before_close", #call).await;)
+        });
         let plan = each_variant(input, |v, s| close_plan(concurrent, v, s));
         let fields = each_variant(input, |v, s| close_fields(&krate, concurrent, v, s));
         let run = match attrs.timeout {

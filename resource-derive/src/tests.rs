@@ -49,7 +49,13 @@ fn close_path_calls_the_function_with_the_field() {
     let out = expand(syn::parse_quote! {
         struct S { #[resource(close = sdk::shutdown)] a: A }
     });
-    assert!(has(&out, "user_step(sdk::shutdown(__field0))"), "{out}");
+    assert!(
+        has(
+            &out,
+            "let __user_future = sdk::shutdown(__field0); let __user_call = ::resource_runtime::__private::UserCall(__user_future); __user_call.user_step()"
+        ),
+        "{out}"
+    );
     assert!(!has(&out, "AsyncResource::close(__field0)"), "{out}");
     // A foreign type closed by a function has nothing to enter.
     assert!(has(&out, "__enter.pass()"), "{out}");
@@ -60,14 +66,12 @@ fn enter_path_calls_the_function_with_the_field() {
     let out = expand(syn::parse_quote! {
         struct S { #[resource(enter = connect, close = disconnect)] a: A }
     });
+    assert!(has(&out, "__enter.field(\"a\", {"), "{out}");
+    assert!(has(&out, "let __user_future = connect(__field0);"), "{out}");
     assert!(
-        has(
-            &out,
-            "__enter.field(\"a\", ::resource_runtime::__private::user_step(connect(__field0))).await"
-        ),
+        has(&out, "let __user_future = disconnect(__field0);"),
         "{out}"
     );
-    assert!(has(&out, "user_step(disconnect(__field0))"), "{out}");
 }
 
 #[test]
@@ -169,7 +173,9 @@ fn before_close_runs_before_the_fields() {
         #[resource(before_close = drain)]
         struct S { #[resource] a: A }
     });
-    let hook = squash("__closer.hook(\"before_close\", Self::drain(&mut *self)).await;");
+    let hook = squash(
+        "__closer.hook(\"before_close\", { #[allow(unused_imports)] use ::resource_runtime::__private::{ViaCheck as _, ViaFuture as _}; let __user_future = Self::drain(&mut *self);",
+    );
     let hook_at = out.find(&hook).expect(&out);
     assert!(hook_at < out.find(&squash("__closer.field(\"a\"")).unwrap());
 }
@@ -181,7 +187,7 @@ fn after_enter_runs_once_every_field_is_entered() {
         struct S { #[resource] a: A }
     });
     let hook = squash(
-        "if !__enter.failed() { __enter.hook(\"after_enter\", Self::warm_up(self)).await; }",
+        "if !__enter.failed() { __enter.hook(\"after_enter\", { #[allow(unused_imports)] use ::resource_runtime::__private::{ViaCheck as _, ViaFuture as _}; let __user_future = Self::warm_up(self);",
     );
     let hook_at = out.find(&hook).expect(&out);
     assert!(out.find(&squash("__enter.field(\"a\"")).unwrap() < hook_at);

@@ -16,6 +16,14 @@ pub(crate) fn check(input: &Input<'_>, cx: &Ctxt) {
             }
         }
     }
+    if let Some(span) = input.packed
+        && input.all_fields().any(|f| f.is_resource())
+    {
+        cx.error_at(
+            span,
+            "`AsyncResource` cannot be derived for a `#[repr(packed)]` type: its fields may be unaligned, and closing a field needs a `&mut` to it\nremove `packed`, or implement `AsyncResource` by hand",
+        );
+    }
     for field in input.all_fields() {
         check_field(field, cx);
     }

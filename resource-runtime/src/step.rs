@@ -589,11 +589,3 @@ pub(crate) async fn enter_each<R: crate::AsyncResource>(
 pub async fn within_deadline<F: Future<Output = ()>>(deadline: Duration, fut: F) -> bool {
     tokio::time::timeout(deadline, fut).await.is_ok()
 }
-
-/// Wraps a user close or enter function's future (`#[resource(close = path)]`).
-pub async fn user_step<F>(fut: F) -> Result<(), ResourceError>
-where
-    F: crate::__private::UserStep,
-{
-    user_result(fut.await)
-}

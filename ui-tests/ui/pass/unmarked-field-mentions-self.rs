@@ -1,6 +1,5 @@
-// Valid: an unmarked field whose type names `Self` (a parent link in a tree).
-// Rejected with E0411 "cannot find type `Self` in this scope": the unmarked-field check
-// is expanded into a free function, where `Self` does not exist.
+// An unmarked field whose type names `Self` (a parent link in a tree): the
+// unmarked-field check lives in an inherent impl of the type, where `Self` exists.
 use resource_runtime::AsyncResource;
 use tokio_util::sync::CancellationToken;
 
