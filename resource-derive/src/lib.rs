@@ -73,7 +73,7 @@ mod valid;
 /// | attribute | meaning |
 /// |---|---|
 /// | `#[resource(concurrent)]` | all resource fields close concurrently as one step |
-/// | `#[resource(timeout = "5s")]` | deadline for the whole close; fields not closed by then are dropped |
+/// | `#[resource(timeout = "5s")]` | deadline for the whole close: the step in progress is dropped, and the error names it and every field not reached |
 /// | `#[resource(before_close = method)]` | `async fn(&mut self) -> Result<(), E>` run before the fields close |
 /// | `#[resource(after_enter = method)]` | `async fn(&mut self) -> Result<(), E>` run once every field is entered |
 /// | `#[resource(bound = "T: Trait")]` | replace the inferred where-clause predicates |
