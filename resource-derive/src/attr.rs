@@ -212,20 +212,26 @@ fn value<'a>(
     })
 }
 
-/// `key = path`. A literal is the common mistake and gets its own message.
+/// A literal where a name is expected is the common mistake, and gets its own message.
+fn no_literal(key: &str, expected: &str, input: &syn::parse::ParseBuffer<'_>) -> syn::Result<()> {
+    if !input.peek(Lit) {
+        return Ok(());
+    }
+    let lit: Lit = input.parse()?;
+    let hint = match &lit {
+        Lit::Str(s) => format!(": write `{key} = {}` without quotes", s.value()),
+        _ => String::new(),
+    };
+    Err(syn::Error::new(
+        lit.span(),
+        format!("expected {expected} after `{key} =`, found a literal{hint}"),
+    ))
+}
+
+/// `key = path`.
 fn path_value(key: &str, meta: &ParseNestedMeta<'_>) -> syn::Result<Path> {
     let input = value(key, "path::to::async_fn", meta)?;
-    if input.peek(Lit) {
-        let lit: Lit = input.parse()?;
-        let hint = match &lit {
-            Lit::Str(s) => format!(": write `{key} = {}` without quotes", s.value()),
-            _ => String::new(),
-        };
-        return Err(syn::Error::new(
-            lit.span(),
-            format!("expected a path to an async fn after `{key} =`, found a literal{hint}"),
-        ));
-    }
+    no_literal(key, "a path to an async fn", input)?;
     input.parse::<Path>().map_err(|e| {
         syn::Error::new(
             e.span(),
@@ -237,17 +243,7 @@ fn path_value(key: &str, meta: &ParseNestedMeta<'_>) -> syn::Result<Path> {
 /// `key = method`: the name of a method of the type.
 fn method_value(key: &str, meta: &ParseNestedMeta<'_>) -> syn::Result<Ident> {
     let input = value(key, "method_name", meta)?;
-    if input.peek(Lit) {
-        let lit: Lit = input.parse()?;
-        let hint = match &lit {
-            Lit::Str(s) => format!(": write `{key} = {}` without quotes", s.value()),
-            _ => String::new(),
-        };
-        return Err(syn::Error::new(
-            lit.span(),
-            format!("expected the name of an async method after `{key} =`, found a literal{hint}"),
-        ));
-    }
+    no_literal(key, "the name of an async method", input)?;
     let method = input.parse::<Ident>().map_err(|e| {
         syn::Error::new(
             e.span(),
