@@ -9,7 +9,9 @@ use syn::{Attribute, Ident, Lit, LitStr, Path, Token, WherePredicate};
 
 use crate::ctxt::Ctxt;
 
-pub(crate) const FIELD_KEYS: &[&str] = &["skip", "close", "enter", "timeout", "group", "name"];
+pub(crate) const FIELD_KEYS: &[&str] = &[
+    "skip", "close", "enter", "timeout", "group", "name", "boxed",
+];
 pub(crate) const CONTAINER_KEYS: &[&str] = &[
     "concurrent",
     "timeout",
@@ -36,6 +38,7 @@ pub(crate) struct FieldAttrs {
     pub(crate) timeout: Option<Timeout>,
     pub(crate) group: Option<LitStr>,
     pub(crate) name: Option<LitStr>,
+    pub(crate) boxed: Option<Span>,
     /// Every key given, with its span, for rules that span several keys.
     pub(crate) keys: Vec<(&'static str, Span)>,
 }
@@ -330,6 +333,7 @@ pub(crate) fn field_attrs(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
     let mut timeout = None;
     let mut group = None;
     let mut name = None;
+    let mut boxed = None;
     for_each_key(
         cx,
         attrs,
@@ -346,6 +350,7 @@ pub(crate) fn field_attrs(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
                 "timeout" => timeout = Some(timeout_value(meta)?),
                 "group" => group = Some(string_value(key, "\"io\"", meta)?),
                 "name" => name = Some(string_value(key, "\"label\"", meta)?),
+                "boxed" => boxed = Some(flag(key, meta)?),
                 _ => {}
             }
             Ok(())
@@ -359,6 +364,7 @@ pub(crate) fn field_attrs(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
     out.timeout = timeout;
     out.group = group;
     out.name = name;
+    out.boxed = boxed;
     out
 }
 

@@ -2,7 +2,7 @@
 //! that field's type `AsyncResource`; `#[resource(bound = "...")]` replaces the
 //! inference.
 
-use proc_macro2::{TokenStream, TokenTree};
+use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote};
 use syn::{Generics, Ident, Type, WhereClause, WherePredicate};
 
@@ -48,8 +48,11 @@ pub(crate) fn where_clause(input: &Input<'_>, krate: &syn::Path) -> Option<Where
         Some(bound) => clause.predicates.extend(bound.iter().cloned()),
         None if !params.is_empty() => {
             let mut seen: Vec<String> = Vec::new();
-            for field in input.all_fields().filter(|f| f.uses_trait()) {
-                if !mentions(field.ty.to_token_stream(), &params) {
+            let own: [&Ident; 2] = [input.ident, &Ident::new("Self", Span::call_site())];
+            for field in input.all_fields().filter(|f| f.is_resource()) {
+                // A type that contains itself would make the bound circular; its impl is
+                // the one being written.
+                if !mentions(field.ty.to_token_stream(), &params) || mentions_any(field.ty, &own) {
                     continue;
                 }
                 let ty = resource_type(field.ty);
@@ -58,7 +61,13 @@ pub(crate) fn where_clause(input: &Input<'_>, krate: &syn::Path) -> Option<Where
                     continue;
                 }
                 seen.push(key);
-                let predicate: WherePredicate = syn::parse_quote!(#ty: #krate::AsyncResource);
+                let predicate: WherePredicate = if field.uses_trait() {
+                    syn::parse_quote!(#ty: #krate::AsyncResource)
+                } else {
+                    // Closed by a user function: the close future holds `&mut FieldType`
+                    // across its awaits, so the field must be `Send`.
+                    syn::parse_quote!(#ty: ::core::marker::Send)
+                };
                 clause.predicates.push(predicate);
             }
             // The trait requires `Send`; a parameter held by a skipped field needs it too.

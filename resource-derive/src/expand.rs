@@ -37,7 +37,7 @@ fn krate(input: &Input<'_>) -> Path {
 /// A stub impl so that one attribute error is not followed by a cascade of "trait not
 /// implemented" errors where the type is used.
 fn fallback(input: &Input<'_>) -> TokenStream {
-    let krate = default_krate();
+    let krate = krate(input);
     let ident = input.ident;
     let (impl_generics, ty_generics, _) = input.generics.split_for_impl();
     // The trait requires `Send`; without the bound a generic type would draw a second,
@@ -70,6 +70,21 @@ fn fallback(input: &Input<'_>) -> TokenStream {
     }
 }
 
+/// One of the expansion's own locals. Mixed-site hygiene: no user name can reach it,
+/// and it shadows no user name, so `close = __field0` or a user's `__closer` function
+/// still mean the user's items.
+fn local(name: &str) -> Ident {
+    Ident::new(name, Span::mixed_site())
+}
+
+/// The label of the block a non-matching variant breaks out of.
+fn fields_label() -> syn::Lifetime {
+    syn::Lifetime {
+        apostrophe: Span::mixed_site(),
+        ident: local("__fields"),
+    }
+}
+
 /// One field as the expansion sees it: where it is bound, how it is labelled.
 struct Slot<'f, 'a> {
     field: &'f Field<'a>,
@@ -93,15 +108,19 @@ fn slots<'f, 'a>(
         .map(|(i, field)| {
             // Spanned at the field's type, so a type error in the generated call points
             // at the field.
-            let binding = Ident::new(&format!("__field{i}"), field.ty_span());
+            let binding = Ident::new(
+                &format!("__field{i}"),
+                field.ty_span().resolved_at(Span::mixed_site()),
+            );
             Slot {
                 field,
                 binding,
                 label: LitStr::new(&field_label(variant, field), field.span()),
-                recursive: bound::mentions_any(
-                    field.ty,
-                    &[ident, &Ident::new("Self", Span::call_site())],
-                ),
+                recursive: field.attrs.boxed.is_some()
+                    || bound::mentions_any(
+                        field.ty,
+                        &[ident, &Ident::new("Self", Span::call_site())],
+                    ),
             }
         })
         .collect()
@@ -109,7 +128,7 @@ fn slots<'f, 'a>(
 
 fn field_label(variant: Option<&Ident>, field: &Field<'_>) -> String {
     match variant {
-        Some(v) => format!("{v}.{}", field.label()),
+        Some(v) => format!("{}.{}", syn::ext::IdentExt::unraw(v), field.label()),
         None => field.label(),
     }
 }
@@ -117,13 +136,14 @@ fn field_label(variant: Option<&Ident>, field: &Field<'_>) -> String {
 /// `let Self { a: __field0, 1: __field1, .. } = &mut *self;`, or for a variant a
 /// `let ... else` that leaves the variant's labelled block when another one is active.
 fn bind(variant: Option<&Ident>, slots: &[Slot<'_, '_>]) -> TokenStream {
+    let l_fields = fields_label();
     let members = slots.iter().map(|s| {
         let member: &Member = &s.field.member;
         let binding = &s.binding;
         quote!(#member: #binding)
     });
     match variant {
-        Some(v) => quote!(let Self::#v { #(#members,)* .. } = &mut *self else { break '__fields };),
+        Some(v) => quote!(let Self::#v { #(#members,)* .. } = &mut *self else { break #l_fields };),
         None => quote!(let Self { #(#members,)* .. } = &mut *self;),
     }
 }
@@ -144,6 +164,9 @@ fn user_call(krate: &Path, path: &Path, arg: TokenStream) -> TokenStream {
         .segments
         .last()
         .map_or_else(Span::call_site, |s| s.ident.span());
+    // Call-site hygiene here, unlike the other locals: rustc reports a mixed-site span
+    // at the derive, and these two must point at the user's path. They are bound after
+    // the path is resolved, so they cannot capture it.
     let fut = Ident::new("__user_future", span);
     let call = Ident::new("__user_call", span);
     quote_spanned! {span=>
@@ -174,7 +197,8 @@ fn enter_future(krate: &Path, slot: &Slot<'_, '_>) -> Option<TokenStream> {
         Step::Custom(path) => user_call(krate, path, quote!(#binding)),
         Step::Nothing => return None,
     };
-    Some(maybe_boxed(krate, slot, fut))
+    let fut = maybe_boxed(krate, slot, fut);
+    Some(quote!(move || #fut))
 }
 
 fn close_future(krate: &Path, slot: &Slot<'_, '_>) -> TokenStream {
@@ -183,7 +207,8 @@ fn close_future(krate: &Path, slot: &Slot<'_, '_>) -> TokenStream {
         Step::Custom(path) => user_call(krate, path, quote!(#binding)),
         Step::Trait | Step::Nothing => quote!(#krate::AsyncResource::close(#binding)),
     };
-    maybe_boxed(krate, slot, fut)
+    let fut = maybe_boxed(krate, slot, fut);
+    quote!(move || #fut)
 }
 
 /// A hook method's future, spanned at the method name.
@@ -208,6 +233,7 @@ fn hook_call(krate: &Path, hook: &Ident, receiver: TokenStream) -> TokenStream {
 /// The enter of one struct or variant: fields in declaration order, stopping at the
 /// first failure.
 fn enter_fields(krate: &Path, variant: Option<&Ident>, slots: &[Slot<'_, '_>]) -> TokenStream {
+    let l_enter = local("__enter");
     if slots.is_empty() {
         return quote!();
     }
@@ -215,8 +241,8 @@ fn enter_fields(krate: &Path, variant: Option<&Ident>, slots: &[Slot<'_, '_>]) -
     let steps = slots.iter().map(|slot| {
         let label = &slot.label;
         match enter_future(krate, slot) {
-            Some(fut) => quote!(__enter.field(#label, #fut).await),
-            None => quote!(__enter.pass()),
+            Some(fut) => quote!(#l_enter.field(#label, #fut).await),
+            None => quote!(#l_enter.pass()),
         }
     });
     quote! {
@@ -227,6 +253,7 @@ fn enter_fields(krate: &Path, variant: Option<&Ident>, slots: &[Slot<'_, '_>]) -
 
 /// The rollback of one struct or variant: entered fields closed in reverse.
 fn rollback_fields(krate: &Path, variant: Option<&Ident>, slots: &[Slot<'_, '_>]) -> TokenStream {
+    let l_enter = local("__enter");
     if slots.is_empty() {
         return quote!();
     }
@@ -236,8 +263,8 @@ fn rollback_fields(krate: &Path, variant: Option<&Ident>, slots: &[Slot<'_, '_>]
         let deadline = deadline(krate, slot.field.attrs.timeout.map(|t| t.millis));
         let fut = close_future(krate, slot);
         quote! {
-            if __enter.needs_rollback(#index) {
-                __enter.rollback(#label, #deadline, #fut).await;
+            if #l_enter.needs_rollback(#index) {
+                #l_enter.rollback(#label, #deadline, #fut).await;
             }
         }
     });
@@ -246,6 +273,12 @@ fn rollback_fields(krate: &Path, variant: Option<&Ident>, slots: &[Slot<'_, '_>]
         #(#steps)*
     }
 }
+
+/// The most futures one `join!` in the expansion takes.
+const JOIN_CHUNK: usize = 32;
+
+/// The most fields one concurrent step closes (the runtime tracks them in a `u128`).
+pub(crate) const MAX_GROUP: usize = 128;
 
 /// One step of a close: a field alone, or the fields of a group closed concurrently.
 enum CloseStep<'s, 'f, 'a> {
@@ -290,6 +323,8 @@ fn close_order<'s, 'f, 'a>(
 /// Tells the closer which fields the close will close, in order, so that a whole-close
 /// deadline can name the ones it never reached.
 fn close_plan(concurrent: bool, variant: Option<&Ident>, slots: &[Slot<'_, '_>]) -> TokenStream {
+    let l_fields = fields_label();
+    let l_closer = local("__closer");
     if slots.is_empty() {
         return quote!();
     }
@@ -300,12 +335,12 @@ fn close_plan(concurrent: bool, variant: Option<&Ident>, slots: &[Slot<'_, '_>])
             CloseStep::Group(members) => members.into_iter().map(|s| &s.label).collect(),
         });
     let check = match variant {
-        Some(v) => quote!(let Self::#v { .. } = &*self else { break '__fields };),
+        Some(v) => quote!(let Self::#v { .. } = &*self else { break #l_fields };),
         None => quote!(),
     };
     quote! {
         #check
-        __closer.plan(&[#(#labels),*]);
+        #l_closer.plan(&[#(#labels),*]);
     }
 }
 
@@ -316,6 +351,9 @@ fn close_fields(
     variant: Option<&Ident>,
     slots: &[Slot<'_, '_>],
 ) -> TokenStream {
+    let l_closer = local("__closer");
+    let l_group = local("__group");
+    let l_outcome = local("__outcome");
     if slots.is_empty() {
         return quote!();
     }
@@ -328,8 +366,8 @@ fn close_fields(
                 let deadline = deadline(krate, slot.field.attrs.timeout.map(|t| t.millis));
                 let fut = close_future(krate, slot);
                 quote! {
-                    let __outcome = __closer.field(#label, #deadline, #fut).await;
-                    __closer.record(__outcome);
+                    let #l_outcome = #l_closer.field(#label, #deadline, #fut).await;
+                    #l_closer.record(#l_outcome);
                 }
             }
             CloseStep::Group(members) => {
@@ -337,12 +375,18 @@ fn close_fields(
                 let closes = members.iter().enumerate().map(|(index, s)| {
                     let deadline = deadline(krate, s.field.attrs.timeout.map(|t| t.millis));
                     let fut = close_future(krate, s);
-                    quote!(__group.field(#index, #deadline, #fut))
+                    quote!(#l_group.field(#index, #deadline, #fut))
                 });
+                // `join!` recurses once per future; chunks keep a large group under
+                // the macro recursion limit.
+                let closes: Vec<TokenStream> = closes.collect();
+                let joins = closes
+                    .chunks(JOIN_CHUNK)
+                    .map(|chunk| quote!(async { #krate::__private::tokio::join!(#(#chunk),*); }));
                 quote! {
                     {
-                        let __group = __closer.group(&[#(#labels),*]);
-                        #krate::__private::tokio::join!(#(#closes),*);
+                        let #l_group = #l_closer.group(&[#(#labels),*]);
+                        #krate::__private::tokio::join!(#(#joins),*);
                     }
                 }
             }
@@ -359,6 +403,7 @@ fn each_variant(
     input: &Input<'_>,
     mut per_variant: impl FnMut(Option<&Ident>, &[Slot<'_, '_>]) -> TokenStream,
 ) -> TokenStream {
+    let l_fields = fields_label();
     let bodies: Vec<TokenStream> = match &input.data {
         Data::Struct(fields) => vec![per_variant(None, &slots(input.ident, None, fields))],
         Data::Enum(variants) => variants
@@ -368,7 +413,7 @@ fn each_variant(
         Data::Union(_) => Vec::new(),
     };
     let bodies = bodies.into_iter().filter(|b| !b.is_empty());
-    quote! { #( '__fields: { #bodies } )* }
+    quote! { #( #l_fields: { #bodies } )* }
 }
 
 fn has_resource_fields(input: &Input<'_>) -> bool {
@@ -442,25 +487,29 @@ pub(crate) fn generate(input: &Input<'_>) -> TokenStream {
     let concurrent = attrs.concurrent.is_some();
     let active = has_resource_fields(input);
 
+    let l_enter = local("__enter");
+    let l_closer = local("__closer");
+    let l_this = local("__this");
     let enter_body = if active || attrs.after_enter.is_some() {
         let enter = each_variant(input, |v, s| enter_fields(&krate, v, s));
         let rollback = each_variant(input, |v, s| rollback_fields(&krate, v, s));
         let after_enter = attrs.after_enter.as_ref().map(|hook| {
-            let call = hook_call(&krate, hook, quote!(self));
+            let call = hook_call(&krate, hook, quote!(#l_this));
             quote! {
-                if !__enter.failed() {
-                    __enter.hook("after_enter", #call).await;
+                if !#l_enter.failed() {
+                    let #l_this = &mut *self;
+                    #l_enter.hook("after_enter", move || #call).await;
                 }
             }
         });
         quote! {
-            let mut __enter = #krate::__private::Enterer::new(#type_name);
+            let mut #l_enter = #krate::__private::Enterer::new(#type_name);
             #enter
             #after_enter
-            if __enter.failed() {
+            if #l_enter.failed() {
                 #rollback
             }
-            __enter.finish()
+            #l_enter.finish()
         }
     } else {
         quote!(::core::result::Result::Ok(()))
@@ -468,15 +517,20 @@ pub(crate) fn generate(input: &Input<'_>) -> TokenStream {
 
     let close_body = if active || attrs.before_close.is_some() {
         let before_close = attrs.before_close.as_ref().map(|hook| {
-            let call = hook_call(&krate, hook, quote!(&mut *self));
-            quote!(__closer.hook("before_close", #call).await;)
+            let call = hook_call(&krate, hook, quote!(#l_this));
+            quote! {
+                {
+                    let #l_this = &mut *self;
+                    #l_closer.hook("before_close", move || #call).await;
+                }
+            }
         });
         let plan = each_variant(input, |v, s| close_plan(concurrent, v, s));
         let fields = each_variant(input, |v, s| close_fields(&krate, concurrent, v, s));
         let run = match attrs.timeout {
             None => quote! {
                 {
-                    let __closer = &mut __closer;
+                    let #l_closer = &mut #l_closer;
                     #plan
                     #before_close
                     #fields
@@ -484,27 +538,27 @@ pub(crate) fn generate(input: &Input<'_>) -> TokenStream {
             },
             Some(timeout) => {
                 let ms = timeout.millis;
+                let l_deadline = local("__deadline");
+                let l_outcome = local("__outcome");
                 quote! {
-                    let __deadline = ::core::time::Duration::from_millis(#ms);
-                    let __finished = {
-                        let __closer = &mut __closer;
+                    let #l_deadline = ::core::time::Duration::from_millis(#ms);
+                    let #l_outcome = {
+                        let #l_closer = &mut #l_closer;
                         #plan
-                        #krate::__private::within_deadline(__deadline, async move {
+                        #krate::__private::within_deadline(#l_deadline, async move {
                             #before_close
                             #fields
                         })
                         .await
                     };
-                    if !__finished {
-                        __closer.deadline_passed(__deadline);
-                    }
+                    #l_closer.deadline_outcome(#l_deadline, #l_outcome);
                 }
             }
         };
         quote! {
-            let mut __closer = #krate::__private::Closer::new(#type_name);
+            let mut #l_closer = #krate::__private::Closer::new(#type_name);
             #run
-            __closer.finish()
+            #l_closer.finish()
         }
     } else {
         quote!(::core::result::Result::Ok(()))

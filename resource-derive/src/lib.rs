@@ -64,6 +64,7 @@ mod valid;
 /// | `#[resource(group = "io")]` | fields of one group close concurrently, as one step |
 /// | `#[resource(name = "db")]` | the label in paths and spans (default: the field name) |
 /// | `#[resource(skip)]` | explicitly not a resource |
+/// | `#[resource(boxed)]` | box this field's enter and close futures: needed when the field's type contains this type through another type or an alias (a field that names the type itself, or `Self`, is boxed without it) |
 ///
 /// `E` is any error that converts into `Box<dyn Error + Send + Sync>`. Any
 /// `#[resource(...)]` other than `skip` marks the field as a resource.
@@ -78,6 +79,10 @@ mod valid;
 /// | `#[resource(after_enter = method)]` | `async fn(&mut self) -> Result<(), E>` run once every field is entered |
 /// | `#[resource(bound = "T: Trait")]` | replace the inferred where-clause predicates |
 /// | `#[resource(crate = "path")]` | where the runtime crate is, when it is re-exported or renamed |
+///
+/// Hooks run on every enter or close: a `before_close` that has nothing left to do on
+/// a second close (or on a value never entered) should do nothing, so that the derived
+/// close stays idempotent, as the fields' closes are.
 ///
 /// # Generics
 ///

@@ -66,7 +66,7 @@ fn enter_path_calls_the_function_with_the_field() {
     let out = expand(syn::parse_quote! {
         struct S { #[resource(enter = connect, close = disconnect)] a: A }
     });
-    assert!(has(&out, "__enter.field(\"a\", {"), "{out}");
+    assert!(has(&out, "__enter.field(\"a\", move || {"), "{out}");
     assert!(has(&out, "let __user_future = connect(__field0);"), "{out}");
     assert!(
         has(&out, "let __user_future = disconnect(__field0);"),
@@ -164,7 +164,10 @@ fn container_timeout_bounds_the_whole_close() {
         "{out}"
     );
     assert!(has(&out, "within_deadline(__deadline"), "{out}");
-    assert!(has(&out, "__closer.deadline_passed(__deadline)"), "{out}");
+    assert!(
+        has(&out, "__closer.deadline_outcome(__deadline, __outcome)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -174,7 +177,7 @@ fn before_close_runs_before_the_fields() {
         struct S { #[resource] a: A }
     });
     let hook = squash(
-        "__closer.hook(\"before_close\", { #[allow(unused_imports)] use ::resource_runtime::__private::{ViaCheck as _, ViaFuture as _}; let __user_future = Self::drain(&mut *self);",
+        "let __this = &mut *self; __closer.hook(\"before_close\", move || { #[allow(unused_imports)] use ::resource_runtime::__private::{ViaCheck as _, ViaFuture as _}; let __user_future = Self::drain(__this);",
     );
     let hook_at = out.find(&hook).expect(&out);
     assert!(hook_at < out.find(&squash("__closer.field(\"a\"")).unwrap());
@@ -187,7 +190,7 @@ fn after_enter_runs_once_every_field_is_entered() {
         struct S { #[resource] a: A }
     });
     let hook = squash(
-        "if !__enter.failed() { __enter.hook(\"after_enter\", { #[allow(unused_imports)] use ::resource_runtime::__private::{ViaCheck as _, ViaFuture as _}; let __user_future = Self::warm_up(self);",
+        "if !__enter.failed() { let __this = &mut *self; __enter.hook(\"after_enter\", move || { #[allow(unused_imports)] use ::resource_runtime::__private::{ViaCheck as _, ViaFuture as _}; let __user_future = Self::warm_up(__this);",
     );
     let hook_at = out.find(&hook).expect(&out);
     assert!(out.find(&squash("__enter.field(\"a\"")).unwrap() < hook_at);
@@ -304,6 +307,64 @@ fn every_attribute_error_is_reported_at_once() {
             "missing {message:?} in {out}"
         );
     }
+}
+
+#[test]
+fn boxed_and_self_containing_fields_get_boxed_futures() {
+    let out = expand(syn::parse_quote! {
+        struct Node { #[resource(boxed)] peer: Option<Box<Peer>>, #[resource] kids: Vec<Node>, #[resource] plain: A }
+    });
+    assert!(
+        has(
+            &out,
+            "move || ::resource_runtime::__private::boxed(::resource_runtime::AsyncResource::close(__field0))"
+        ),
+        "{out}"
+    );
+    assert!(
+        has(
+            &out,
+            "move || ::resource_runtime::__private::boxed(::resource_runtime::AsyncResource::close(__field1))"
+        ),
+        "{out}"
+    );
+    assert!(
+        has(
+            &out,
+            "move || ::resource_runtime::AsyncResource::close(__field2)"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn large_groups_are_joined_in_chunks_and_capped() {
+    let fields: Vec<syn::Field> = (0..40)
+        .map(|i| {
+            let name = quote::format_ident!("f{i}");
+            syn::parse_quote!(#[resource] #name: A)
+        })
+        .collect();
+    let out = expand(syn::parse_quote! {
+        #[resource(concurrent)]
+        struct Wide { #(#fields),* }
+    });
+    // 40 members: one join of two chunks (32 + 8), each joined inside an async block.
+    assert_eq!(out.matches("tokio::join!").count(), 3, "{out}");
+    let fields: Vec<syn::Field> = (0..129)
+        .map(|i| {
+            let name = quote::format_ident!("f{i}");
+            syn::parse_quote!(#[resource] #name: A)
+        })
+        .collect();
+    let out = expand(syn::parse_quote! {
+        #[resource(concurrent)]
+        struct Wider { #(#fields),* }
+    });
+    assert!(
+        has(&out, "closes more than 128 fields in one concurrent step"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 use crate::ast::{Data, Field, Input};
 use crate::ctxt::Ctxt;
+use crate::expand::MAX_GROUP;
 
 pub(crate) fn check(input: &Input<'_>, cx: &Ctxt) {
     match &input.data {
@@ -62,8 +63,29 @@ fn check_fields<'f, 'a: 'f>(
     fields: impl Iterator<Item = &'f Field<'a>>,
     cx: &Ctxt,
 ) {
+    let fields: Vec<&Field<'a>> = fields.filter(|f| f.is_resource()).collect();
+    let mut groups: Vec<(String, usize)> = Vec::new();
+    for field in &fields {
+        let name = match (&input.attrs.concurrent, &field.attrs.group) {
+            (Some(_), _) => "`concurrent`".to_owned(),
+            (None, Some(group)) => format!("group `{}`", group.value()),
+            (None, None) => continue,
+        };
+        match groups.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, count)) => {
+                *count += 1;
+                if *count == MAX_GROUP + 1 {
+                    cx.error_at(
+                        field.span(),
+                        format!("{name} closes more than {MAX_GROUP} fields in one concurrent step: split them into several groups"),
+                    );
+                }
+            }
+            None => groups.push((name, 1)),
+        }
+    }
     let mut labels: Vec<String> = Vec::new();
-    for field in fields.filter(|f| f.is_resource()) {
+    for field in fields {
         if let (Some(_), Some(group)) = (input.attrs.concurrent, &field.attrs.group) {
             cx.error_spanned_by(
                 group,

@@ -6,7 +6,9 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-pub use crate::step::{Closer, Deadline, Enterer, Group, NoDeadline, Step, Timed, within_deadline};
+pub use crate::step::{
+    Closer, Deadline, DeadlineOutcome, Enterer, Group, NoDeadline, Step, Timed, within_deadline,
+};
 pub use ::tokio;
 
 use crate::error::{BoxError, ResourceError};

@@ -80,8 +80,10 @@ pub trait AsyncResource: Send {
     fn close(&mut self) -> impl Future<Output = Result<(), ResourceError>> + Send;
 }
 
-/// `Some` is entered and closed; after `close` the option is `None`, so the value is
-/// dropped and a second close does nothing.
+/// `Some` is entered and closed; the value is taken out of the option before its close
+/// starts, so after `close` the option is `None` even when the close failed, timed out,
+/// panicked or was cancelled, and a second close does nothing. This is how a field is
+/// dropped at its deadline: wrap it in an `Option`.
 impl<T: AsyncResource> AsyncResource for Option<T> {
     async fn enter(&mut self) -> Result<(), ResourceError> {
         match self {
@@ -91,12 +93,12 @@ impl<T: AsyncResource> AsyncResource for Option<T> {
     }
 
     async fn close(&mut self) -> Result<(), ResourceError> {
-        let Some(inner) = self else {
+        // Taken first: the close future owns the value, so a close that times out,
+        // panics or is cancelled still drops it.
+        let Some(mut inner) = self.take() else {
             return Ok(());
         };
-        let result = inner.close().await;
-        *self = None;
-        result
+        inner.close().await
     }
 }
 

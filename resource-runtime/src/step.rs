@@ -102,10 +102,14 @@ impl Deadline for Timed {
 pin_project! {
     /// One step: a span named for the operation with the resource type and label, panic
     /// capture on every poll, the deadline, and the label prepended to the path of every
-    /// failure. Allocates nothing when the step succeeds.
-    pub struct Step<F, D> {
+    /// failure. The step's future is made by `make` on the first poll, inside the panic
+    /// guard, so a close that panics before its first `.await` (or before it returns a
+    /// future at all) is caught like any other. Allocates nothing when the step
+    /// succeeds.
+    pub struct Step<M, F, D> {
+        make: Option<M>,
         #[pin]
-        fut: F,
+        fut: Option<F>,
         #[pin]
         deadline: D,
         op: Operation,
@@ -115,9 +119,12 @@ pin_project! {
     }
 }
 
-impl<F, D> Step<F, D> {
+impl<M, F, D> Step<M, F, D>
+where
+    M: FnOnce() -> F,
+{
     #[inline]
-    pub(crate) fn new(ty: &'static str, op: Operation, label: Label, deadline: D, fut: F) -> Self {
+    pub(crate) fn new(ty: &'static str, op: Operation, label: Label, deadline: D, make: M) -> Self {
         // One load of tracing's global max level keeps a disabled span off the hot path.
         let (span, started) = if LevelFilter::current() >= LevelFilter::DEBUG {
             step_span(ty, op, label)
@@ -125,7 +132,8 @@ impl<F, D> Step<F, D> {
             (tracing::Span::none(), None)
         };
         Step {
-            fut,
+            make: Some(make),
+            fut: None,
             deadline,
             op,
             label,
@@ -162,8 +170,9 @@ fn step_span(
     (span, started)
 }
 
-impl<F, D> Future for Step<F, D>
+impl<M, F, D> Future for Step<M, F, D>
 where
+    M: FnOnce() -> F,
     F: Future<Output = Result<(), ResourceError>>,
     D: Deadline,
 {
@@ -172,12 +181,21 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let entered = this.span.enter();
-        let (fut, deadline) = (this.fut, this.deadline);
-        let polled = catch_unwind(AssertUnwindSafe(|| match fut.poll(cx) {
-            Poll::Ready(result) => Poll::Ready(result),
-            Poll::Pending => deadline
-                .poll_expired(cx)
-                .map(|after| Err(ResourceError::timeout(after))),
+        let (make, mut fut, deadline) = (this.make, this.fut, this.deadline);
+        let polled = catch_unwind(AssertUnwindSafe(|| {
+            if let Some(make) = make.take() {
+                fut.set(Some(make()));
+            }
+            let Some(running) = fut.as_mut().as_pin_mut() else {
+                // Polled again after it panicked: it stays failed.
+                return Poll::Ready(Err(ResourceError::other("a step polled after it failed")));
+            };
+            match running.poll(cx) {
+                Poll::Ready(result) => Poll::Ready(result),
+                Poll::Pending => deadline
+                    .poll_expired(cx)
+                    .map(|after| Err(ResourceError::timeout(after))),
+            }
         }));
         let result = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
@@ -290,10 +308,13 @@ impl Closer {
         self.next = 0;
     }
 
-    /// Starts closing one field: `fut` is its close, `deadline` its own deadline. The
+    /// Starts closing one field: `make` makes its close future, `deadline` is its own. The
     /// expansion awaits the step and hands its outcome to [`record`](Self::record).
     #[inline]
-    pub fn field<F, D>(&mut self, label: &'static str, deadline: D, fut: F) -> Step<F, D> {
+    pub fn field<M, F, D>(&mut self, label: &'static str, deadline: D, make: M) -> Step<M, F, D>
+    where
+        M: FnOnce() -> F,
+    {
         self.next += 1;
         self.state().current = Current::Field(label);
         Step::new(
@@ -301,7 +322,7 @@ impl Closer {
             Operation::Close,
             Label::Static(label),
             deadline,
-            fut,
+            make,
         )
     }
 
@@ -314,13 +335,13 @@ impl Closer {
     }
 
     /// Runs a hook of the resource itself (`before_close`).
-    pub async fn hook<F, E>(&mut self, name: &'static str, fut: F)
+    pub async fn hook<M, F>(&mut self, name: &'static str, make: M)
     where
-        F: Future<Output = Result<(), E>>,
-        E: Into<BoxError>,
+        M: FnOnce() -> F,
+        F: Future<Output = Result<(), ResourceError>>,
     {
         self.state().current = Current::Hook(name);
-        let outcome = run_hook(self.ty, Operation::Close, name, fut).await;
+        let outcome = run_hook(self.ty, Operation::Close, name, make).await;
         self.record(outcome);
     }
 
@@ -370,6 +391,18 @@ impl Closer {
         }
     }
 
+    /// Records how a close bounded by a whole-close deadline ended.
+    pub fn deadline_outcome(&mut self, deadline: Duration, outcome: DeadlineOutcome) {
+        match outcome {
+            DeadlineOutcome::InTime => {}
+            DeadlineOutcome::Expired => self.deadline_passed(deadline),
+            DeadlineOutcome::Unbounded(e) => {
+                let e = e.in_hook("close deadline", Operation::Close);
+                self.record(Err(e));
+            }
+        }
+    }
+
     /// The outcome of the whole close.
     pub fn finish(self) -> Result<(), ResourceError> {
         let state = self.state.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -391,8 +424,9 @@ pub struct Group<'c> {
 
 impl Group<'_> {
     /// Closes the member at `index` of the group.
-    pub async fn field<F, D>(&self, index: usize, deadline: D, fut: F)
+    pub async fn field<M, F, D>(&self, index: usize, deadline: D, make: M)
     where
+        M: FnOnce() -> F,
         F: Future<Output = Result<(), ResourceError>>,
         D: Deadline,
     {
@@ -402,7 +436,7 @@ impl Group<'_> {
             Operation::Close,
             Label::Static(label),
             deadline,
-            fut,
+            make,
         );
         let outcome = step.await;
         let mut state = lock(self.state);
@@ -417,18 +451,19 @@ impl Group<'_> {
     }
 }
 
-async fn run_hook<F, E>(
+async fn run_hook<M, F>(
     ty: &'static str,
     op: Operation,
     name: &'static str,
-    fut: F,
+    make: M,
 ) -> Result<(), ResourceError>
 where
-    F: Future<Output = Result<(), E>>,
-    E: Into<BoxError>,
+    M: FnOnce() -> F,
+    F: Future<Output = Result<(), ResourceError>>,
 {
     let span = tracing::debug_span!("resource.hook", resource = ty, hook = name);
-    catch_panic(async { user_result(fut.await) })
+    // The hook's future is made inside the panic guard, like a field's.
+    catch_panic(async move { make().await })
         .instrument(span)
         .await
         .map_err(|e| e.in_hook(name, op))
@@ -454,8 +489,9 @@ impl Enterer {
     }
 
     /// Enters one field; `false` when it failed and entering must stop.
-    pub async fn field<F>(&mut self, label: &'static str, fut: F) -> bool
+    pub async fn field<M, F>(&mut self, label: &'static str, make: M) -> bool
     where
+        M: FnOnce() -> F,
         F: Future<Output = Result<(), ResourceError>>,
     {
         let step = Step::new(
@@ -463,7 +499,7 @@ impl Enterer {
             Operation::Enter,
             Label::Static(label),
             NoDeadline,
-            fut,
+            make,
         );
         match step.await {
             Ok(()) => {
@@ -484,12 +520,12 @@ impl Enterer {
     }
 
     /// Runs a hook of the resource itself (`after_enter`) once every field is entered.
-    pub async fn hook<F, E>(&mut self, name: &'static str, fut: F)
+    pub async fn hook<M, F>(&mut self, name: &'static str, make: M)
     where
-        F: Future<Output = Result<(), E>>,
-        E: Into<BoxError>,
+        M: FnOnce() -> F,
+        F: Future<Output = Result<(), ResourceError>>,
     {
-        if let Err(e) = run_hook(self.ty, Operation::Enter, name, fut).await {
+        if let Err(e) = run_hook(self.ty, Operation::Enter, name, make).await {
             ResourceError::push(&mut self.error, e);
         }
     }
@@ -506,8 +542,9 @@ impl Enterer {
     }
 
     /// Closes one entered field to roll back the failed enter.
-    pub async fn rollback<F, D>(&mut self, label: &'static str, deadline: D, fut: F)
+    pub async fn rollback<M, F, D>(&mut self, label: &'static str, deadline: D, make: M)
     where
+        M: FnOnce() -> F,
         F: Future<Output = Result<(), ResourceError>>,
         D: Deadline,
     {
@@ -516,7 +553,7 @@ impl Enterer {
             Operation::Close,
             Label::Static(label),
             deadline,
-            fut,
+            make,
         );
         if let Err(e) = step.await {
             ResourceError::push(&mut self.error, e.in_rollback());
@@ -544,7 +581,7 @@ pub(crate) async fn close_each_rev<R: crate::AsyncResource>(
             Operation::Close,
             Label::Index(index),
             NoDeadline,
-            item.close(),
+            move || item.close(),
         );
         if let Err(e) = step.await {
             ResourceError::push(&mut error, e);
@@ -567,7 +604,7 @@ pub(crate) async fn enter_each<R: crate::AsyncResource>(
             Operation::Enter,
             Label::Index(index),
             NoDeadline,
-            item.enter(),
+            move || item.enter(),
         );
         if let Err(e) = step.await {
             error = Some(e);
@@ -584,8 +621,43 @@ pub(crate) async fn enter_each<R: crate::AsyncResource>(
     Err(error)
 }
 
-/// Runs `fut` with a deadline: `true` when it finished, `false` when the deadline passed
-/// and the future was dropped. The derive's whole-close deadline uses it.
-pub async fn within_deadline<F: Future<Output = ()>>(deadline: Duration, fut: F) -> bool {
-    tokio::time::timeout(deadline, fut).await.is_ok()
+/// How a close bounded by a whole-close deadline ended.
+#[derive(Debug)]
+pub enum DeadlineOutcome {
+    /// Every step finished in time.
+    InTime,
+    /// The deadline passed and the remaining steps were dropped.
+    Expired,
+    /// The deadline could not be set (a runtime without timers): every step ran to its
+    /// end, and this is why the deadline was not enforced.
+    Unbounded(ResourceError),
+}
+
+/// Runs `fut` with a deadline. The timer is made on the first poll inside a panic
+/// guard: on a runtime built without `enable_time` the steps still run, unbounded, and
+/// the reason is reported instead of a panic escaping the close.
+pub async fn within_deadline<F: Future<Output = ()>>(
+    deadline: Duration,
+    fut: F,
+) -> DeadlineOutcome {
+    let mut fut = pin!(fut);
+    let mut timer = pin!(Timed::after(deadline));
+    let mut timer_error = None;
+    poll_fn(|cx| {
+        if fut.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(match timer_error.take() {
+                Some(e) => DeadlineOutcome::Unbounded(e),
+                None => DeadlineOutcome::InTime,
+            });
+        }
+        if timer_error.is_none() {
+            match catch_unwind(AssertUnwindSafe(|| timer.as_mut().poll_expired(cx))) {
+                Ok(Poll::Ready(_)) => return Poll::Ready(DeadlineOutcome::Expired),
+                Ok(Poll::Pending) => {}
+                Err(payload) => timer_error = Some(ResourceError::from_panic(payload)),
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
