@@ -114,8 +114,10 @@ pin_project! {
         deadline: D,
         op: Operation,
         label: Label,
-        span: tracing::Span,
-        started: Option<tokio::time::Instant>,
+        // Boxed so that a step without a DEBUG subscriber carries one null pointer and
+        // drops nothing: the span is the largest part of a step, and the most costly
+        // to move and drop.
+        trace: Option<Box<Trace>>,
     }
 }
 
@@ -126,10 +128,10 @@ where
     #[inline]
     pub(crate) fn new(ty: &'static str, op: Operation, label: Label, deadline: D, make: M) -> Self {
         // One load of tracing's global max level keeps a disabled span off the hot path.
-        let (span, started) = if LevelFilter::current() >= LevelFilter::DEBUG {
+        let trace = if LevelFilter::current() >= LevelFilter::DEBUG {
             step_span(ty, op, label)
         } else {
-            (tracing::Span::none(), None)
+            None
         };
         Step {
             make: Some(make),
@@ -137,19 +139,20 @@ where
             deadline,
             op,
             label,
-            span,
-            started,
+            trace,
         }
     }
 }
 
+/// The span of a step and when it started, kept only while a subscriber wants them.
+struct Trace {
+    span: tracing::Span,
+    started: tokio::time::Instant,
+}
+
 #[cold]
 #[inline(never)]
-fn step_span(
-    ty: &'static str,
-    op: Operation,
-    label: Label,
-) -> (tracing::Span, Option<tokio::time::Instant>) {
+fn step_span(ty: &'static str, op: Operation, label: Label) -> Option<Box<Trace>> {
     let span = match op {
         Operation::Enter => tracing::debug_span!(
             "resource.enter",
@@ -166,8 +169,13 @@ fn step_span(
             outcome = tracing::field::Empty,
         ),
     };
-    let started = (!span.is_disabled()).then(tokio::time::Instant::now);
-    (span, started)
+    if span.is_disabled() {
+        return None;
+    }
+    Some(Box::new(Trace {
+        span,
+        started: tokio::time::Instant::now(),
+    }))
 }
 
 impl<M, F, D> Future for Step<M, F, D>
@@ -180,7 +188,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let entered = this.span.enter();
+        let entered = this.trace.as_ref().map(|t| t.span.enter());
         let (make, mut fut, deadline) = (this.make, this.fut, this.deadline);
         let polled = catch_unwind(AssertUnwindSafe(|| {
             if let Some(make) = make.take() {
@@ -203,8 +211,8 @@ where
             Err(payload) => Err(ResourceError::from_panic(payload)),
         };
         drop(entered);
-        if let Some(started) = this.started {
-            report(this.span, *this.op, started.elapsed(), &result);
+        if let Some(trace) = this.trace.as_ref() {
+            report(&trace.span, *this.op, trace.started.elapsed(), &result);
         }
         let (label, op) = (*this.label, *this.op);
         Poll::Ready(result.map_err(|e| e.within(&label, op)))
