@@ -388,6 +388,7 @@ fn close_fields(
                         let #l_group = #l_closer.group(&[#(#labels),*]);
                         #krate::__private::tokio::join!(#(#joins),*);
                     }
+                    #l_closer.end_group();
                 }
             }
         });

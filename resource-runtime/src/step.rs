@@ -125,13 +125,18 @@ impl<M, F, D> Step<M, F, D>
 where
     M: FnOnce() -> F,
 {
+    /// A step; `traced` is the resource type when a subscriber wants DEBUG spans.
     #[inline]
-    pub(crate) fn new(ty: &'static str, op: Operation, label: Label, deadline: D, make: M) -> Self {
-        // One load of tracing's global max level keeps a disabled span off the hot path.
-        let trace = if LevelFilter::current() >= LevelFilter::DEBUG {
-            step_span(ty, op, label)
-        } else {
-            None
+    pub(crate) fn new(
+        traced: Option<&'static str>,
+        op: Operation,
+        label: Label,
+        deadline: D,
+        make: M,
+    ) -> Self {
+        let trace = match traced {
+            Some(ty) => step_span(ty, op, label),
+            None => None,
         };
         Step {
             make: Some(make),
@@ -261,18 +266,23 @@ pub(crate) fn user_result<E: Into<BoxError>>(result: Result<(), E>) -> Result<()
 #[derive(Debug)]
 pub struct Closer {
     ty: &'static str,
+    /// Whether steps build spans: decided once for the whole close.
+    trace: bool,
     /// Field labels in close order, a group's members side by side.
     plan: &'static [&'static str],
     /// Index in `plan` of the next field to start.
     next: usize,
-    /// Shared with a running [`Group`], whose fields finish concurrently.
-    state: Mutex<CloseState>,
+    current: Current,
+    error: Option<ResourceError>,
+    /// What the members of a running [`Group`] report as they finish, concurrently.
+    group: Mutex<GroupState>,
 }
 
 #[derive(Debug, Default)]
-struct CloseState {
+struct GroupState {
     error: Option<ResourceError>,
-    current: Current,
+    /// Bit `i` is set once member `i` has finished.
+    done: u128,
 }
 
 /// The step in progress.
@@ -282,11 +292,7 @@ enum Current {
     Idle,
     Hook(&'static str),
     Field(&'static str),
-    /// `done` has bit `i` set once `members[i]` has finished.
-    Group {
-        members: &'static [&'static str],
-        done: u128,
-    },
+    Group(&'static [&'static str]),
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -295,19 +301,24 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Whether a subscriber wants the steps' DEBUG spans: one load of tracing's global
+/// maximum level, so that a disabled span costs nothing more.
+fn tracing_on() -> bool {
+    LevelFilter::current() >= LevelFilter::DEBUG
+}
+
 impl Closer {
     /// A collector for closing a value of type `ty`.
     pub fn new(ty: &'static str) -> Self {
         Closer {
             ty,
+            trace: tracing_on(),
             plan: &[],
             next: 0,
-            state: Mutex::new(CloseState::default()),
+            current: Current::Idle,
+            error: None,
+            group: Mutex::new(GroupState::default()),
         }
-    }
-
-    fn state(&mut self) -> &mut CloseState {
-        self.state.get_mut().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Declares the fields this close will close, in order.
@@ -324,9 +335,9 @@ impl Closer {
         M: FnOnce() -> F,
     {
         self.next += 1;
-        self.state().current = Current::Field(label);
+        self.current = Current::Field(label);
         Step::new(
-            self.ty,
+            self.trace.then_some(self.ty),
             Operation::Close,
             Label::Static(label),
             deadline,
@@ -338,7 +349,7 @@ impl Closer {
     #[inline]
     pub fn record(&mut self, outcome: Result<(), ResourceError>) {
         if let Err(e) = outcome {
-            ResourceError::push(&mut self.state().error, e);
+            ResourceError::push(&mut self.error, e);
         }
     }
 
@@ -348,20 +359,31 @@ impl Closer {
         M: FnOnce() -> F,
         F: Future<Output = Result<(), ResourceError>>,
     {
-        self.state().current = Current::Hook(name);
+        self.current = Current::Hook(name);
         let outcome = run_hook(self.ty, Operation::Close, name, make).await;
         self.record(outcome);
     }
 
     /// Starts a step of fields that close concurrently; `members` are their labels, and
-    /// each is closed with [`Group::field`] and its index in `members`.
+    /// each is closed with [`Group::field`] and its index in `members`. The expansion
+    /// calls [`end_group`](Self::end_group) once they have all finished.
     pub fn group(&mut self, members: &'static [&'static str]) -> Group<'_> {
         self.next += members.len();
-        self.state().current = Current::Group { members, done: 0 };
+        self.current = Current::Group(members);
+        *self.group.get_mut().unwrap_or_else(|p| p.into_inner()) = GroupState::default();
         Group {
             ty: self.ty,
+            trace: self.trace,
             members,
-            state: &self.state,
+            state: &self.group,
+        }
+    }
+
+    /// Takes the failures of the finished group, in the order they happened.
+    pub fn end_group(&mut self) {
+        let state = self.group.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = state.error.take() {
+            ResourceError::push(&mut self.error, e);
         }
     }
 
@@ -370,32 +392,36 @@ impl Closer {
     /// closed.
     pub fn deadline_passed(&mut self, deadline: Duration) {
         let unreached = self.plan.get(self.next..).unwrap_or(&[]);
-        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         let timeout =
             |label: &'static str| ResourceError::timeout(deadline).within(&label, Operation::Close);
-        let before = state.error.as_ref().map_or(0, |e| e.failures().len());
-        match state.current {
+        let mut cut = Vec::new();
+        match self.current {
             Current::Idle => {}
-            Current::Hook(name) => ResourceError::push(
-                &mut state.error,
-                ResourceError::timeout(deadline).in_hook(name, Operation::Close),
-            ),
-            Current::Field(label) => ResourceError::push(&mut state.error, timeout(label)),
-            Current::Group { members, done } => {
+            Current::Hook(name) => {
+                cut.push(ResourceError::timeout(deadline).in_hook(name, Operation::Close));
+            }
+            Current::Field(label) => cut.push(timeout(label)),
+            Current::Group(members) => {
+                // The members that finished before the deadline have reported already.
+                self.end_group();
+                let done = lock(&self.group).done;
                 for (i, label) in members.iter().enumerate() {
                     if i >= 128 || done & (1 << i) == 0 {
-                        ResourceError::push(&mut state.error, timeout(label));
+                        cut.push(timeout(label));
                     }
                 }
             }
         }
-        for label in unreached {
-            let e = ResourceError::not_reached(deadline).within(label, Operation::Close);
-            ResourceError::push(&mut state.error, e);
+        cut.extend(
+            unreached
+                .iter()
+                .map(|label| ResourceError::not_reached(deadline).within(label, Operation::Close)),
+        );
+        if cut.is_empty() {
+            cut.push(ResourceError::timeout(deadline).in_hook("close deadline", Operation::Close));
         }
-        if state.error.as_ref().map_or(0, |e| e.failures().len()) == before {
-            let e = ResourceError::timeout(deadline).in_hook("close deadline", Operation::Close);
-            ResourceError::push(&mut state.error, e);
+        for e in cut {
+            ResourceError::push(&mut self.error, e);
         }
     }
 
@@ -413,8 +439,7 @@ impl Closer {
 
     /// The outcome of the whole close.
     pub fn finish(self) -> Result<(), ResourceError> {
-        let state = self.state.into_inner().unwrap_or_else(|p| p.into_inner());
-        match state.error {
+        match self.error {
             None => Ok(()),
             Some(e) => Err(e),
         }
@@ -426,8 +451,9 @@ impl Closer {
 #[derive(Debug)]
 pub struct Group<'c> {
     ty: &'static str,
+    trace: bool,
     members: &'static [&'static str],
-    state: &'c Mutex<CloseState>,
+    state: &'c Mutex<GroupState>,
 }
 
 impl Group<'_> {
@@ -440,7 +466,7 @@ impl Group<'_> {
     {
         let label = self.members.get(index).copied().unwrap_or("?");
         let step = Step::new(
-            self.ty,
+            self.trace.then_some(self.ty),
             Operation::Close,
             Label::Static(label),
             deadline,
@@ -448,10 +474,8 @@ impl Group<'_> {
         );
         let outcome = step.await;
         let mut state = lock(self.state);
-        if let Current::Group { done, .. } = &mut state.current
-            && index < 128
-        {
-            *done |= 1 << index;
+        if index < 128 {
+            state.done |= 1 << index;
         }
         if let Err(e) = outcome {
             ResourceError::push(&mut state.error, e);
@@ -482,6 +506,7 @@ where
 #[derive(Debug)]
 pub struct Enterer {
     ty: &'static str,
+    trace: bool,
     entered: usize,
     error: Option<ResourceError>,
 }
@@ -491,6 +516,7 @@ impl Enterer {
     pub fn new(ty: &'static str) -> Self {
         Enterer {
             ty,
+            trace: tracing_on(),
             entered: 0,
             error: None,
         }
@@ -503,7 +529,7 @@ impl Enterer {
         F: Future<Output = Result<(), ResourceError>>,
     {
         let step = Step::new(
-            self.ty,
+            self.trace.then_some(self.ty),
             Operation::Enter,
             Label::Static(label),
             NoDeadline,
@@ -557,7 +583,7 @@ impl Enterer {
         D: Deadline,
     {
         let step = Step::new(
-            self.ty,
+            self.trace.then_some(self.ty),
             Operation::Close,
             Label::Static(label),
             deadline,
@@ -583,9 +609,10 @@ pub(crate) async fn close_each_rev<R: crate::AsyncResource>(
     items: &mut [R],
 ) -> Result<(), ResourceError> {
     let mut error = None;
+    let traced = tracing_on().then_some(ty);
     for (index, item) in items.iter_mut().enumerate().rev() {
         let step = Step::new(
-            ty,
+            traced,
             Operation::Close,
             Label::Index(index),
             NoDeadline,
@@ -606,9 +633,10 @@ pub(crate) async fn enter_each<R: crate::AsyncResource>(
 ) -> Result<(), ResourceError> {
     let mut failed_at = None;
     let mut error = None;
+    let traced = tracing_on().then_some(ty);
     for (index, item) in items.iter_mut().enumerate() {
         let step = Step::new(
-            ty,
+            traced,
             Operation::Enter,
             Label::Index(index),
             NoDeadline,
