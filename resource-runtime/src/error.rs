@@ -78,6 +78,8 @@ enum Cause {
     Timeout(Duration),
     /// Never started: the whole-close deadline passed before its turn.
     NotReached(Duration),
+    /// A detached close still running when [`wait_detached`](crate::wait_detached) gave up.
+    StillRunning(Duration),
     Panic(String),
     Source(BoxError),
 }
@@ -142,6 +144,11 @@ impl ResourceError {
     /// A field the whole-close deadline passed before its turn came.
     pub(crate) fn not_reached(deadline: Duration) -> Self {
         Self::leaf(Cause::NotReached(deadline))
+    }
+
+    /// A detached close that had not finished after `waited`.
+    pub(crate) fn still_running(waited: Duration) -> Self {
+        Self::leaf(Cause::StillRunning(waited))
     }
 
     /// A step that panicked, from the payload `catch_unwind` returned.
@@ -290,7 +297,12 @@ impl ResourceError {
     /// Whether any failure is a step that missed its deadline, or a field a whole-close
     /// deadline left unclosed.
     pub fn is_timeout(&self) -> bool {
-        self.any_leaf(|c| matches!(c, Cause::Timeout(_) | Cause::NotReached(_)))
+        self.any_leaf(|c| {
+            matches!(
+                c,
+                Cause::Timeout(_) | Cause::NotReached(_) | Cause::StillRunning(_)
+            )
+        })
     }
 
     /// Whether any failure is a caught panic.
@@ -301,7 +313,7 @@ impl ResourceError {
     /// The deadline of a single timeout failure.
     pub fn deadline(&self) -> Option<Duration> {
         match self.as_leaf()?.cause {
-            Cause::Timeout(d) | Cause::NotReached(d) => Some(d),
+            Cause::Timeout(d) | Cause::NotReached(d) | Cause::StillRunning(d) => Some(d),
             _ => None,
         }
     }
@@ -357,6 +369,7 @@ impl fmt::Display for Leaf {
                 f,
                 "not closed: the close deadline of {d:?} passed before its turn"
             ),
+            Cause::StillRunning(d) => write!(f, "detached close still running after {d:?}"),
             Cause::Panic(m) => write!(f, "panicked: {m}"),
             Cause::Source(e) => write!(f, "{e}"),
         }
@@ -391,6 +404,7 @@ impl fmt::Debug for ResourceError {
                     Cause::Closed(what) => d.field("closed", what),
                     Cause::Timeout(deadline) => d.field("timeout", deadline),
                     Cause::NotReached(deadline) => d.field("not_reached", deadline),
+                    Cause::StillRunning(waited) => d.field("still_running", waited),
                     Cause::Panic(message) => d.field("panic", message),
                     Cause::Source(source) => d.field("source", source),
                 };

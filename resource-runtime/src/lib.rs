@@ -75,15 +75,22 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod adapters;
+mod detached;
 mod error;
 mod resource;
+mod scope;
+mod stack;
 mod step;
+pub mod testing;
 
 #[doc(hidden)]
 pub mod __private;
 
+pub use crate::detached::{detached_in_flight, wait_detached};
 pub use crate::error::{BoxError, Operation, ResourceError};
 pub use crate::resource::AsyncResource;
+pub use crate::scope::{Managed, scope};
+pub use crate::stack::{ResourceStack, Slot};
 
 #[cfg(feature = "derive")]
 pub use resource_derive::AsyncResource;

@@ -303,7 +303,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Whether a subscriber wants the steps' DEBUG spans: one load of tracing's global
 /// maximum level, so that a disabled span costs nothing more.
-fn tracing_on() -> bool {
+pub(crate) fn tracing_on() -> bool {
     LevelFilter::current() >= LevelFilter::DEBUG
 }
 

@@ -1,0 +1,256 @@
+//! Using a resource: [`scope`] (enter, body, close, whatever happens) and [`Managed`]
+//! (a guard that derefs to the resource and closes it when told to, or in the
+//! background when dropped).
+
+use std::future::{Future, poll_fn};
+use std::ops::{Deref, DerefMut};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::pin::pin;
+
+use crate::AsyncResource;
+use crate::detached::detach;
+use crate::error::ResourceError;
+use crate::testing;
+
+/// What a guard says when it is dropped with its resource still open.
+#[derive(Debug, Clone, Copy)]
+enum Dropped {
+    /// A `Managed` nobody closed: a bug in the caller, so a warning.
+    Managed,
+    /// A scope whose future was dropped: cancellation, a normal event in async Rust.
+    Scope,
+}
+
+/// Owns a resource between enter and close; dropped before the close finished, it
+/// hands the resource to a detached close.
+struct Guard<R: AsyncResource + 'static> {
+    resource: Option<R>,
+    /// Counted as open by [`testing`] (entered, not yet closed).
+    counted: bool,
+    dropped: Dropped,
+}
+
+impl<R: AsyncResource + 'static> Guard<R> {
+    fn new(resource: R, dropped: Dropped) -> Self {
+        Guard {
+            resource: Some(resource),
+            counted: false,
+            dropped,
+        }
+    }
+
+    fn get(&self) -> &R {
+        // `resource` is `None` only after `close` or `take`, which consume the guard's
+        // owner, so no caller can reach this with it empty.
+        self.resource
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("guard used after close"))
+    }
+
+    fn get_mut(&mut self) -> &mut R {
+        self.resource
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("guard used after close"))
+    }
+
+    async fn enter(&mut self) -> Result<(), ResourceError> {
+        let result = self.get_mut().enter().await;
+        match result {
+            Ok(()) => {
+                testing::opened::<R>();
+                self.counted = true;
+                Ok(())
+            }
+            Err(e) => {
+                // A failed enter has closed what it brought up: nothing is left to close.
+                self.resource = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes the resource and drops it. If this future is dropped half-way, the guard
+    /// is still armed and its drop finishes the close in the background.
+    async fn close(&mut self) -> Result<(), ResourceError> {
+        let result = self.get_mut().close().await;
+        self.resource = None;
+        if std::mem::take(&mut self.counted) {
+            testing::closed::<R>();
+        }
+        result
+    }
+
+    fn take(&mut self) -> Option<R> {
+        if std::mem::take(&mut self.counted) {
+            testing::closed::<R>();
+        }
+        self.resource.take()
+    }
+}
+
+impl<R: AsyncResource + 'static> Drop for Guard<R> {
+    fn drop(&mut self) {
+        let Some(resource) = self.resource.take() else {
+            return;
+        };
+        let ty = std::any::type_name::<R>();
+        match self.dropped {
+            Dropped::Managed => tracing::warn!(
+                resource = ty,
+                "`Managed<{ty}>` dropped without `close().await`: closing it in the background; call `close` to see its outcome"
+            ),
+            Dropped::Scope => tracing::debug!(
+                resource = ty,
+                "scope over `{ty}` dropped before it finished: closing it in the background"
+            ),
+        }
+        detach(resource, ty, self.counted);
+    }
+}
+
+/// Enters `resource`, runs `body` with it, and closes it, whatever happens: Python's
+/// `async with`, with the cases Python leaves open closed too.
+///
+/// - A failed enter never runs the body: its error is returned (the enter has already
+///   closed what it brought up).
+/// - When the body returns, the resource is closed; a close error is returned instead
+///   of the body's value. The body's own `Result` stays inside `T`.
+/// - When the body panics, the resource is closed (the outcome is logged), then the
+///   panic resumes.
+/// - When the future of `scope` is dropped half-way (a `select!`, a timeout, a
+///   cancelled task), the resource is closed as a detached task on the current runtime;
+///   [`wait_detached`](crate::wait_detached) waits for such closes.
+///
+/// The resource is owned by the scope, and so must be `'static`: a detached close can
+/// outlive the caller's stack frame, and could not if it borrowed from it.
+///
+/// ```
+/// use resource_runtime::{AsyncResource, ResourceError, scope};
+/// use tokio_util::sync::CancellationToken;
+///
+/// #[derive(AsyncResource)]
+/// struct Worker {
+///     #[resource]
+///     stop: CancellationToken,
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), ResourceError> {
+/// let stop = CancellationToken::new();
+/// let answer = scope(Worker { stop: stop.clone() }, async |worker: &mut Worker| {
+///     assert!(!worker.stop.is_cancelled());
+///     42
+/// })
+/// .await?;
+/// assert_eq!(answer, 42);
+/// assert!(stop.is_cancelled()); // closed on the way out
+/// # Ok(())
+/// # }
+/// ```
+pub async fn scope<R, F, T>(resource: R, body: F) -> Result<T, ResourceError>
+where
+    R: AsyncResource + 'static,
+    F: AsyncFnOnce(&mut R) -> T,
+{
+    let mut guard = Guard::new(resource, Dropped::Scope);
+    guard.enter().await?;
+    let outcome = {
+        let mut running = pin!(body(guard.get_mut()));
+        poll_fn(
+            |cx| match catch_unwind(AssertUnwindSafe(|| running.as_mut().poll(cx))) {
+                Ok(poll) => poll.map(Ok),
+                Err(payload) => std::task::Poll::Ready(Err(payload)),
+            },
+        )
+        .await
+    };
+    let closed = guard.close().await;
+    match outcome {
+        Ok(value) => closed.map(|()| value),
+        Err(panic) => {
+            let ty = std::any::type_name::<R>();
+            match &closed {
+                Ok(()) => tracing::error!(
+                    resource = ty,
+                    "the body of a scope over `{ty}` panicked; the resource was closed"
+                ),
+                Err(error) => tracing::error!(
+                    resource = ty,
+                    %error,
+                    "the body of a scope over `{ty}` panicked; closing the resource failed too: {error}"
+                ),
+            }
+            resume_unwind(panic)
+        }
+    }
+}
+
+/// A guard over an entered resource: derefs to it, and is closed with
+/// [`close`](Managed::close).
+///
+/// Dropped without `close`, it logs a warning naming the type and closes the resource
+/// as a detached task on the current tokio runtime ([`wait_detached`](crate::wait_detached)
+/// waits for it); without a runtime it logs an error and the resource is dropped. It
+/// never blocks a runtime thread to close.
+///
+/// ```
+/// use resource_runtime::{AsyncResource, Managed, ResourceError};
+/// use tokio_util::sync::CancellationToken;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), ResourceError> {
+/// let stop = CancellationToken::new();
+/// let token = Managed::enter(stop.clone()).await?;
+/// assert!(!token.is_cancelled()); // derefs to the resource
+/// token.close().await?;
+/// assert!(stop.is_cancelled());
+/// # Ok(())
+/// # }
+/// ```
+pub struct Managed<R: AsyncResource + 'static> {
+    guard: Guard<R>,
+}
+
+impl<R: AsyncResource + 'static> Managed<R> {
+    /// Enters `resource` and guards it. A failed enter returns its error and leaves
+    /// nothing open.
+    pub async fn enter(resource: R) -> Result<Self, ResourceError> {
+        let mut guard = Guard::new(resource, Dropped::Managed);
+        guard.enter().await?;
+        Ok(Managed { guard })
+    }
+
+    /// Closes the resource. If this future is dropped before it finishes, the close is
+    /// finished in the background.
+    pub async fn close(mut self) -> Result<(), ResourceError> {
+        self.guard.close().await
+    }
+
+    /// Disarms the guard and hands the resource back, still entered: closing it is the
+    /// caller's job again.
+    pub fn into_inner(mut self) -> R {
+        self.guard
+            .take()
+            .unwrap_or_else(|| unreachable!("a Managed always holds its resource"))
+    }
+}
+
+impl<R: AsyncResource + 'static> Deref for Managed<R> {
+    type Target = R;
+
+    fn deref(&self) -> &R {
+        self.guard.get()
+    }
+}
+
+impl<R: AsyncResource + 'static> DerefMut for Managed<R> {
+    fn deref_mut(&mut self) -> &mut R {
+        self.guard.get_mut()
+    }
+}
+
+impl<R: AsyncResource + std::fmt::Debug + 'static> std::fmt::Debug for Managed<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Managed").field(self.guard.get()).finish()
+    }
+}
