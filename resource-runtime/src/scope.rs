@@ -149,7 +149,7 @@ impl<R: AsyncResource + 'static> Drop for Guard<R> {
 /// ```
 pub async fn scope<R, F, T>(resource: R, body: F) -> Result<T, ResourceError>
 where
-    R: AsyncResource + 'static,
+    R: AsyncResource + 'static, // 'static: if the scope is dropped, a detached close outlives the caller
     F: AsyncFnOnce(&mut R) -> T,
 {
     let mut guard = Guard::new(resource, Dropped::Scope);
