@@ -81,7 +81,15 @@ mod resource;
 mod scope;
 mod stack;
 mod step;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+#[cfg(not(feature = "testing"))]
+mod testing {
+    //! Without the `testing` feature nothing is counted, and counting costs nothing.
+    pub(crate) fn opened<R: 'static>() {}
+    pub(crate) fn closed<R: 'static>() {}
+}
 
 #[doc(hidden)]
 pub mod __private;

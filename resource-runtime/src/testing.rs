@@ -1,4 +1,10 @@
-//! For a user's own tests: did everything that was entered get closed?
+//! For a user's own tests: did everything that was entered get closed? Enabled by the
+//! `testing` feature:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! resource-runtime = { version = "0.1", features = ["testing"] }
+//! ```
 //!
 //! Every resource entered through [`scope`](crate::scope()) or
 //! [`Managed`](crate::Managed) counts as open until its close has run, explicitly, at

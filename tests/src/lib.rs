@@ -229,3 +229,258 @@ pub fn paths(error: &ResourceError) -> Vec<String> {
 pub fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
 }
+
+/// What happened to the [`Tracked`] resources sharing one [`Tracker`], as counts.
+///
+/// `close_done` is bumped by the close's last line, so a close that was cancelled
+/// half-way (its future dropped) counts in `close_started` but not in `close_done`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tally {
+    /// `enter` calls that started.
+    pub enter_started: usize,
+    /// `enter` calls that ran to their end.
+    pub enter_done: usize,
+    /// `close` calls that started.
+    pub close_started: usize,
+    /// `close` calls that ran to their end.
+    pub close_done: usize,
+    /// Values dropped (their `Drop` ran).
+    pub dropped: usize,
+}
+
+#[derive(Debug)]
+struct TrackerState {
+    enter_started: AtomicUsize,
+    enter_done: AtomicUsize,
+    close_started: AtomicUsize,
+    close_done: AtomicUsize,
+    dropped: AtomicUsize,
+    gate: tokio::sync::watch::Sender<bool>,
+}
+
+/// The shared counters of [`Tracked`] resources, and the gate their gated closes wait
+/// for. Clones share one state.
+#[derive(Debug, Clone)]
+pub struct Tracker(Arc<TrackerState>);
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tracker {
+    /// Counters at zero and a closed gate.
+    pub fn new() -> Self {
+        Tracker(Arc::new(TrackerState {
+            enter_started: AtomicUsize::new(0),
+            enter_done: AtomicUsize::new(0),
+            close_started: AtomicUsize::new(0),
+            close_done: AtomicUsize::new(0),
+            dropped: AtomicUsize::new(0),
+            gate: tokio::sync::watch::channel(false).0,
+        }))
+    }
+
+    /// A copy of the counters now.
+    pub fn tally(&self) -> Tally {
+        let s = &self.0;
+        Tally {
+            enter_started: s.enter_started.load(Ordering::SeqCst),
+            enter_done: s.enter_done.load(Ordering::SeqCst),
+            close_started: s.close_started.load(Ordering::SeqCst),
+            close_done: s.close_done.load(Ordering::SeqCst),
+            dropped: s.dropped.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Opens the gate: every gated close waiting for it (now or later) goes on.
+    pub fn release(&self) {
+        self.0.gate.send_replace(true);
+    }
+}
+
+/// A resource implemented by hand whose enter and close have await points, counted in
+/// a [`Tracker`].
+///
+/// `Tag` only gives each test its own type, so the process-wide counts of
+/// `resource_runtime::testing` and the type named in logs and errors are the test's
+/// own: `Tracked<MyTestTag>`.
+///
+/// - `enter` counts its start, yields to the runtime `enter_yields` times
+///   ([`tokio::task::yield_now`]), then counts its end.
+/// - `close` counts its start, yields `close_yields` times, waits for
+///   [`Tracker::release`] if built [`gated`](Self::gated) (forever if it never comes),
+///   then counts its end. Every call counts: it is not idempotent by itself.
+/// - `Drop` counts too.
+pub struct Tracked<Tag: 'static = ()> {
+    tracker: Tracker,
+    enter_yields: usize,
+    close_yields: usize,
+    gated: bool,
+    _tag: std::marker::PhantomData<fn() -> Tag>,
+}
+
+impl<Tag: 'static> fmt::Debug for Tracked<Tag> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(std::any::type_name::<Self>())
+            .field("enter_yields", &self.enter_yields)
+            .field("close_yields", &self.close_yields)
+            .field("gated", &self.gated)
+            .finish()
+    }
+}
+
+impl<Tag: 'static> Tracked<Tag> {
+    /// A resource counted in `tracker`, without await points.
+    pub fn new(tracker: &Tracker) -> Self {
+        Tracked {
+            tracker: tracker.clone(),
+            enter_yields: 0,
+            close_yields: 0,
+            gated: false,
+            _tag: std::marker::PhantomData,
+        }
+    }
+
+    /// Makes `enter` yield `n` times before it finishes.
+    #[must_use]
+    pub fn enter_yields(mut self, n: usize) -> Self {
+        self.enter_yields = n;
+        self
+    }
+
+    /// Makes `close` yield `n` times before it finishes.
+    #[must_use]
+    pub fn close_yields(mut self, n: usize) -> Self {
+        self.close_yields = n;
+        self
+    }
+
+    /// Makes `close` wait for [`Tracker::release`] before it finishes.
+    #[must_use]
+    pub fn gated(mut self) -> Self {
+        self.gated = true;
+        self
+    }
+}
+
+impl<Tag: 'static> Drop for Tracked<Tag> {
+    fn drop(&mut self) {
+        self.tracker.0.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl<Tag: 'static> AsyncResource for Tracked<Tag> {
+    async fn enter(&mut self) -> Result<(), ResourceError> {
+        self.tracker.0.enter_started.fetch_add(1, Ordering::SeqCst);
+        for _ in 0..self.enter_yields {
+            tokio::task::yield_now().await;
+        }
+        self.tracker.0.enter_done.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<(), ResourceError> {
+        self.tracker.0.close_started.fetch_add(1, Ordering::SeqCst);
+        for _ in 0..self.close_yields {
+            tokio::task::yield_now().await;
+        }
+        if self.gated {
+            let mut gate = self.tracker.0.gate.subscribe();
+            // The sender lives in the tracker this resource holds: it cannot be dropped.
+            let _ = gate.wait_for(|open| *open).await;
+        }
+        self.tracker.0.close_done.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// One `tracing` event seen by [`Events`].
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Its level.
+    pub level: tracing::Level,
+    /// Its message (the `message` field), formatted.
+    pub message: String,
+    /// Its other fields, formatted.
+    pub fields: std::collections::BTreeMap<String, String>,
+}
+
+impl Event {
+    /// Whether the message or any field mentions `needle`.
+    pub fn mentions(&self, needle: &str) -> bool {
+        self.message.contains(needle) || self.fields.values().any(|v| v.contains(needle))
+    }
+}
+
+/// A `tracing` layer that keeps every event, installed as the thread's default
+/// subscriber: events emitted on this thread (a drop on the test thread, a task polled
+/// by a current-thread runtime) are captured.
+#[derive(Debug, Clone, Default)]
+pub struct Events {
+    seen: Arc<Mutex<Vec<Event>>>,
+}
+
+struct EventFields<'a>(&'a mut Event);
+
+impl tracing::field::Visit for EventFields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        let value = format!("{value:?}");
+        if field.name() == "message" {
+            self.0.message = value;
+        } else {
+            self.0.fields.insert(field.name().to_owned(), value);
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0.message = value.to_owned();
+        } else {
+            self.0.fields.insert(field.name().to_owned(), value.to_owned());
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut seen = Event {
+            level: *event.metadata().level(),
+            message: String::new(),
+            fields: std::collections::BTreeMap::new(),
+        };
+        event.record(&mut EventFields(&mut seen));
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(seen);
+    }
+}
+
+impl Events {
+    /// Installs a capture as this thread's default subscriber until the guard drops.
+    pub fn install() -> (Events, tracing::subscriber::DefaultGuard) {
+        use tracing_subscriber::layer::SubscriberExt;
+        let events = Events::default();
+        let subscriber = tracing_subscriber::registry().with(events.clone());
+        (events, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// Every event so far, oldest first.
+    pub fn all(&self) -> Vec<Event> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The events at `level` that mention `needle` (see [`Event::mentions`]).
+    pub fn at(&self, level: tracing::Level, needle: &str) -> Vec<Event> {
+        self.all()
+            .into_iter()
+            .filter(|e| e.level == level && e.mentions(needle))
+            .collect()
+    }
+}
