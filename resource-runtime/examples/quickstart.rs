@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use resource_runtime::{AsyncResource, ResourceError};
+use resource_runtime::{AsyncResource, Managed, ResourceError, scope, wait_detached};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -140,19 +140,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tokio::fs::create_dir_all(&dir).await?;
     let path = dir.join("provider.log");
 
-    println!("== a provider that closes cleanly");
-    let mut provider = Provider::open(&path, Duration::from_millis(20)).await?;
-    provider.enter().await?;
-    for prompt in ["hello", "how are you", "bye"] {
-        provider.ask(prompt).await?;
+    println!("== a provider used in a scope: entered, used, closed on the way out");
+    let provider = Provider::open(&path, Duration::from_millis(20)).await?;
+    let asked = scope(provider, async |provider: &mut Provider| {
+        for prompt in ["hello", "how are you", "bye"] {
+            provider.ask(prompt).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        Ok::<_, io::Error>(provider.client.sent)
+    })
+    .await;
+    steps.print();
+    match &asked {
+        Ok(sent) => println!("scope: ok, the body's result: {sent:?}"),
+        Err(e) => println!("scope: close failed\n{e}"),
     }
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    let closed = provider.close().await;
-    steps.print();
-    println!("close: {}", outcome(&closed));
-    // A second close finds every field closed already and succeeds: the close contract.
-    println!("second close: {}", outcome(&provider.close().await));
-    steps.print();
     let log = tokio::fs::read_to_string(&path).await?;
     println!(
         "the log file holds {} lines, none lost in a buffer:",
@@ -161,12 +163,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     for line in log.lines() {
         println!("    {line}");
     }
-    closed?;
+    asked??;
 
-    println!("\n== a provider whose SDK client hangs on disconnect");
-    let mut provider = Provider::open(&path, Duration::from_secs(3600)).await?;
-    provider.enter().await?;
+    println!("\n== a managed provider whose SDK client hangs on disconnect");
+    let provider = Managed::enter(Provider::open(&path, Duration::from_secs(3600)).await?).await?;
+    let mut provider = provider;
     provider.ask("one more").await?;
+    let beats = provider.beats.clone();
     let closed = provider.close().await;
     steps.print();
     println!("close: {}", outcome(&closed));
@@ -178,11 +181,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             failure.is_timeout()
         );
     }
+    let stopped_at = beats.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(20)).await;
     println!(
         "heartbeat stopped: {}, log flushed: {}",
-        provider.heartbeat.is_finished(),
+        beats.load(Ordering::Relaxed) == stopped_at,
         tokio::fs::read_to_string(&path).await?.contains("one more")
     );
+
+    println!("\n== a provider dropped without close, and shutdown");
+    let forgotten = Managed::enter(Provider::open(&path, Duration::from_millis(20)).await?).await?;
+    drop(forgotten); // a warning, and the close runs in the background
+    // Before exiting, wait for every close that was left to the background.
+    wait_detached(Duration::from_secs(5)).await?;
+    steps.print();
+    println!("every detached close finished");
 
     tokio::fs::remove_dir_all(&dir).await?;
     Ok(())
@@ -217,6 +230,7 @@ impl StepLog {
 
 #[derive(Default)]
 struct Fields {
+    message: String,
     resource: String,
     path: String,
     elapsed_us: u64,
@@ -239,8 +253,10 @@ impl tracing::field::Visit for Fields {
     }
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "path" {
-            self.path = format!("{value:?}");
+        match field.name() {
+            "path" => self.path = format!("{value:?}"),
+            "message" => self.message = format!("{value:?}"),
+            _ => {}
         }
     }
 }
@@ -266,11 +282,24 @@ where
     }
 
     fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() <= tracing::Level::WARN {
+            let mut fields = Fields::default();
+            event.record(&mut fields);
+            let row = format!("{}: {}", event.metadata().level(), fields.message);
+            self.rows
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(row);
+            return;
+        }
         let Some(span) = ctx.event_span(event) else {
             return;
         };
         let name = span.name();
-        let Some(step) = name.strip_prefix("resource.") else {
+        let Some(step) = name
+            .strip_prefix("resource.")
+            .filter(|s| *s == "enter" || *s == "close")
+        else {
             return;
         };
         let mut done = Fields::default();
