@@ -65,6 +65,17 @@
 //! deadline is dropped and reported as a timeout. The attributes are described on the
 //! [derive](derive@AsyncResource).
 //!
+//! To use a resource so that it is closed on every way out, take one of:
+//!
+//! - [`scope()`]: enter, run a body, close — also when the body panics, and as a
+//!   detached task when the scope's future is dropped half-way;
+//! - [`Managed`]: a guard that derefs to the resource, closed with
+//!   [`close`](Managed::close), and closed in the background if dropped;
+//! - [`ResourceStack`]: resources known only at run time, closed last-in first-out.
+//!
+//! Before a program exits, [`wait_detached`] waits for the closes left to the
+//! background.
+//!
 //! [`AsyncResource`] is implemented for `Option<T>`, `Box<T>`, `&mut T` and `Vec<T>`,
 //! and for the tokio types whose drop loses something: `BufWriter<W>` (flush and
 //! shutdown), `tokio::fs::File` (flush and sync), `TcpStream` (shutdown),

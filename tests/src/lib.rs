@@ -438,17 +438,15 @@ impl tracing::field::Visit for EventFields<'_> {
         if field.name() == "message" {
             self.0.message = value.to_owned();
         } else {
-            self.0.fields.insert(field.name().to_owned(), value.to_owned());
+            self.0
+                .fields
+                .insert(field.name().to_owned(), value.to_owned());
         }
     }
 }
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _: tracing_subscriber::layer::Context<'_, S>,
-    ) {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         let mut seen = Event {
             level: *event.metadata().level(),
             message: String::new(),

@@ -241,9 +241,7 @@ async fn managed_close_dropped_after_any_number_of_polls_finishes_in_the_backgro
         assert!(n < 100, "the close never completed");
     }
     let polls = polls_to_complete.unwrap();
-    eprintln!(
-        "Managed::close harness: n = 0..={polls}, {cancelled_mid_close} cancelled mid-close"
-    );
+    eprintln!("Managed::close harness: n = 0..={polls}, {cancelled_mid_close} cancelled mid-close");
     assert!(polls > CLOSE_YIELDS, "{polls}");
     assert!(cancelled_mid_close >= CLOSE_YIELDS, "{cancelled_mid_close}");
 }
