@@ -10,6 +10,7 @@ use std::pin::pin;
 use crate::AsyncResource;
 use crate::detached::detach;
 use crate::error::ResourceError;
+use crate::step::catch_panic;
 use crate::testing;
 
 /// What a guard says when it is dropped with its resource still open.
@@ -54,7 +55,8 @@ impl<R: AsyncResource + 'static> Guard<R> {
     }
 
     async fn enter(&mut self) -> Result<(), ResourceError> {
-        let result = self.get_mut().enter().await;
+        // A panicking enter is a failed enter: caught, and nothing is entered.
+        let result = catch_panic(self.get_mut().enter()).await;
         match result {
             Ok(()) => {
                 testing::opened::<R>();
@@ -72,7 +74,9 @@ impl<R: AsyncResource + 'static> Guard<R> {
     /// Closes the resource and drops it. If this future is dropped half-way, the guard
     /// is still armed and its drop finishes the close in the background.
     async fn close(&mut self) -> Result<(), ResourceError> {
-        let result = self.get_mut().close().await;
+        // A panicking close is reported like a failed one: the resource is still
+        // dropped, and the caller gets the error instead of the unwind.
+        let result = catch_panic(self.get_mut().close()).await;
         self.resource = None;
         if std::mem::take(&mut self.counted) {
             testing::closed::<R>();
@@ -113,8 +117,9 @@ impl<R: AsyncResource + 'static> Drop for Guard<R> {
 ///
 /// - A failed enter never runs the body: its error is returned (the enter has already
 ///   closed what it brought up).
-/// - When the body returns, the resource is closed; a close error is returned instead
-///   of the body's value. The body's own `Result` stays inside `T`.
+/// - When the body returns, the resource is closed; a close error (a panic in the close
+///   included, caught) is returned instead of the body's value. The body's own `Result`
+///   stays inside `T`.
 /// - When the body panics, the resource is closed (the outcome is logged), then the
 ///   panic resumes.
 /// - When the future of `scope` is dropped half-way (a `select!`, a timeout, a
