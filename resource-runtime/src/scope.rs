@@ -29,6 +29,15 @@ struct Guard<R: AsyncResource + 'static> {
     /// Counted as open by [`testing`] (entered, not yet closed).
     counted: bool,
     dropped: Dropped,
+    phase: Phase,
+}
+
+/// Where the guard's resource is in its life, for the message when it is dropped.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Entering,
+    Open,
+    Closing,
 }
 
 impl<R: AsyncResource + 'static> Guard<R> {
@@ -37,6 +46,7 @@ impl<R: AsyncResource + 'static> Guard<R> {
             resource: Some(resource),
             counted: false,
             dropped,
+            phase: Phase::Entering,
         }
     }
 
@@ -61,6 +71,7 @@ impl<R: AsyncResource + 'static> Guard<R> {
             Ok(()) => {
                 testing::opened::<R>();
                 self.counted = true;
+                self.phase = Phase::Open;
                 Ok(())
             }
             Err(e) => {
@@ -76,6 +87,7 @@ impl<R: AsyncResource + 'static> Guard<R> {
     async fn close(&mut self) -> Result<(), ResourceError> {
         // A panicking close is reported like a failed one: the resource is still
         // dropped, and the caller gets the error instead of the unwind.
+        self.phase = Phase::Closing;
         let result = catch_panic(self.get_mut().close()).await;
         self.resource = None;
         if std::mem::take(&mut self.counted) {
@@ -98,12 +110,20 @@ impl<R: AsyncResource + 'static> Drop for Guard<R> {
             return;
         };
         let ty = std::any::type_name::<R>();
-        match self.dropped {
-            Dropped::Managed => tracing::warn!(
+        match (self.dropped, self.phase) {
+            (Dropped::Managed, Phase::Open) => tracing::warn!(
                 resource = ty,
                 "`Managed<{ty}>` dropped without `close().await`: closing it in the background; call `close` to see its outcome"
             ),
-            Dropped::Scope => tracing::debug!(
+            (Dropped::Managed, Phase::Entering) => tracing::debug!(
+                resource = ty,
+                "`Managed::enter` of `{ty}` was cancelled: closing what it entered in the background"
+            ),
+            (Dropped::Managed, Phase::Closing) => tracing::debug!(
+                resource = ty,
+                "the close of `Managed<{ty}>` was cancelled: finishing it in the background"
+            ),
+            (Dropped::Scope, _) => tracing::debug!(
                 resource = ty,
                 "scope over `{ty}` dropped before it finished: closing it in the background"
             ),
@@ -226,13 +246,14 @@ impl<R: AsyncResource + 'static> Managed<R> {
     }
 
     /// Closes the resource. If this future is dropped before it finishes, the close is
-    /// finished in the background.
+    /// run again from the start in the background (a resource's close must allow that,
+    /// as it must allow a second close).
     pub async fn close(mut self) -> Result<(), ResourceError> {
         self.guard.close().await
     }
 
     /// Disarms the guard and hands the resource back, still entered: closing it is the
-    /// caller's job again.
+    /// caller's job again, and the `testing` leak counter no longer counts it.
     pub fn into_inner(mut self) -> R {
         self.guard
             .take()

@@ -241,8 +241,11 @@ impl ResourceStack {
     }
 
     /// Closes every entry, last in first out, whatever the others do. Every entry is
-    /// removed, so a second close does nothing.
+    /// removed, so a second close does nothing, and the slots given so far reach nothing
+    /// any more.
     pub async fn close(&mut self) -> Result<(), ResourceError> {
+        // Slots given so far stop reaching anything, even entries pushed after the close.
+        self.id = NEXT_STACK.fetch_add(1, Ordering::Relaxed);
         let traced = tracing_on().then_some("ResourceStack");
         let mut error = None;
         while let Some(entry) = self.entries.pop() {

@@ -78,12 +78,11 @@ async fn scope_dropped_after_any_number_of_polls_closes_the_resource_exactly_onc
         let body_finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let finished = body_finished.clone();
         let mut fut: Pin<Box<dyn Future<Output = Result<u32, ResourceError>>>> =
-            Box::pin(scope(resource, async move |r: &mut ScopeRes| {
+            Box::pin(scope(resource, async move |_: &mut ScopeRes| {
                 for _ in 0..BODY_YIELDS {
                     tokio::task::yield_now().await;
                 }
                 assert_eq!(testing::open_count::<ScopeRes>(), 1);
-                let _ = r;
                 finished.store(true, std::sync::atomic::Ordering::SeqCst);
                 42
             }));

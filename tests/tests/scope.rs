@@ -230,3 +230,27 @@ async fn a_failed_enter_is_rolled_back_by_the_enter_alone() {
     );
     assert_eq!(testing::open_count::<Pair>(), 0);
 }
+
+#[tokio::test]
+async fn a_panic_in_enter_is_returned_as_an_error_and_the_body_never_runs() {
+    let log = Log::new();
+    let probe = log.probe("a").panic_on_enter();
+    let closes = probe.close_counter();
+    let ran = body_counter();
+    let ran_in = ran.clone();
+    let outcome = tokio::spawn(scope(probe, async move |_: &mut Probe| {
+        ran_in.fetch_add(1, Ordering::SeqCst);
+    }))
+    .await;
+    resource_runtime::wait_detached(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let error = outcome
+        .expect("a panic in enter comes back as an error, not an unwind")
+        .expect_err("the enter failed");
+    assert!(error.is_panic(), "{error:?}");
+    let message = error.failures().find_map(|f| f.panic_message());
+    assert_eq!(message, Some("probe a panicked in enter"));
+    assert_eq!(ran.load(Ordering::SeqCst), 0, "the body must not run");
+    assert_eq!(closes.get(), 0, "a failed enter is not closed");
+}
