@@ -88,6 +88,8 @@
 mod adapters;
 mod detached;
 mod error;
+mod executor;
+mod limiter;
 mod resource;
 mod scope;
 mod stack;
@@ -107,6 +109,8 @@ pub mod __private;
 
 pub use crate::detached::{detached_in_flight, wait_detached};
 pub use crate::error::{BoxError, Operation, ResourceError};
+pub use crate::executor::{AsyncExecutor, Executor, RateLimitedExecutor, TaskHandle};
+pub use crate::limiter::RateLimiter;
 pub use crate::resource::AsyncResource;
 pub use crate::scope::{Managed, scope};
 pub use crate::stack::{ResourceStack, Slot};

@@ -1,0 +1,479 @@
+//! [`AsyncExecutor`]: bounded concurrency with a graceful shutdown, the [`Executor`]
+//! protocol, and [`RateLimitedExecutor`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::AsyncResource;
+use crate::error::ResourceError;
+use crate::limiter::RateLimiter;
+
+/// Something that runs futures: a provider written against it works with any executor.
+///
+/// ```
+/// use resource_runtime::{AsyncExecutor, Executor, ResourceError};
+///
+/// async fn double<E: Executor>(executor: &E, x: u32) -> Result<u32, ResourceError> {
+///     executor.execute(async move { x * 2 }).await
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), ResourceError> {
+/// assert_eq!(double(&AsyncExecutor::new(4), 21).await?, 42);
+/// # Ok(())
+/// # }
+/// ```
+pub trait Executor: AsyncResource {
+    /// Runs `fut` and returns its output, or an error: the executor is closed, the task
+    /// was aborted at shutdown, or it panicked.
+    fn execute<F>(&self, fut: F) -> impl Future<Output = Result<F::Output, ResourceError>> + Send
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static;
+}
+
+/// Runs futures as tokio tasks, at most `max_concurrency` at once, and shuts down
+/// without losing or leaking work. A cheap handle: every clone shares one executor.
+///
+/// - [`execute`](Self::execute) waits for a slot, runs the future as a task and returns
+///   its output; [`spawn`](Self::spawn) returns a handle once a slot is free, so a
+///   producer is held back while the executor is full; [`map`](Self::map) runs a
+///   function over many items and keeps their order.
+/// - A task's panic reaches its caller as an error for which
+///   [`ResourceError::is_panic`] is true.
+/// - Closing stops new work at once (a closed error), lets running tasks and callers
+///   already waiting for a slot finish up to the shutdown deadline, then aborts the rest
+///   and reports how many it aborted. Concurrent closes, from any clone, all wait for
+///   the same shutdown.
+/// - Nothing of a task outlives it: the executor keeps counts, not a set of handles.
+///
+/// ```
+/// use std::time::Duration;
+/// use resource_runtime::{AsyncExecutor, AsyncResource};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), resource_runtime::ResourceError> {
+/// let mut executor = AsyncExecutor::new(8).with_shutdown_timeout(Duration::from_secs(5));
+/// let squares = executor.map(1..=4_u64, |x| async move { x * x }).await;
+/// let squares: Vec<u64> = squares.into_iter().collect::<Result<_, _>>()?;
+/// assert_eq!(squares, [1, 4, 9, 16]);
+/// executor.close().await?;
+/// assert!(executor.execute(async {}).await.unwrap_err().is_closed());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AsyncExecutor {
+    inner: Arc<Exec>,
+}
+
+struct Exec {
+    max_concurrency: usize,
+    shutdown_timeout: Duration,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    /// Fired when the shutdown deadline passes: running tasks and slot waiters stop.
+    abort: CancellationToken,
+    /// Callers waiting for a slot.
+    waiting: AtomicUsize,
+    waiting_done: Notify,
+    /// Tasks and waiters stopped by the deadline.
+    aborted: Arc<AtomicUsize>,
+    lifecycle: Mutex<Lifecycle>,
+    closed: Notify,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    Open,
+    Closing,
+    /// Shut down; how many tasks and waiters the deadline stopped.
+    Closed {
+        aborted: usize,
+    },
+}
+
+/// The default shutdown deadline.
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl std::fmt::Debug for AsyncExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncExecutor")
+            .field("max_concurrency", &self.inner.max_concurrency)
+            .field("shutdown_timeout", &self.inner.shutdown_timeout)
+            .field("in_flight", &self.in_flight())
+            .field("lifecycle", &*self.inner.lifecycle())
+            .finish()
+    }
+}
+
+impl AsyncExecutor {
+    /// An executor running at most `max_concurrency` tasks at once, with a shutdown
+    /// deadline of 30 s. A `max_concurrency` of 0 runs nothing: every call fails with an
+    /// error that says so.
+    pub fn new(max_concurrency: usize) -> Self {
+        Self::build(max_concurrency, DEFAULT_SHUTDOWN_TIMEOUT)
+    }
+
+    /// The same executor with `timeout` as the shutdown deadline: how long a close lets
+    /// running and waiting work finish before it aborts the rest.
+    #[must_use]
+    pub fn with_shutdown_timeout(self, timeout: Duration) -> Self {
+        Self::build(self.inner.max_concurrency, timeout)
+    }
+
+    fn build(max_concurrency: usize, shutdown_timeout: Duration) -> Self {
+        let permits = max_concurrency.min(Semaphore::MAX_PERMITS);
+        AsyncExecutor {
+            inner: Arc::new(Exec {
+                max_concurrency,
+                shutdown_timeout,
+                permits: Arc::new(Semaphore::new(permits)),
+                tracker: TaskTracker::new(),
+                abort: CancellationToken::new(),
+                waiting: AtomicUsize::new(0),
+                waiting_done: Notify::new(),
+                aborted: Arc::new(AtomicUsize::new(0)),
+                lifecycle: Mutex::new(Lifecycle::Open),
+                closed: Notify::new(),
+            }),
+        }
+    }
+
+    /// How many tasks are running now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.tracker.len()
+    }
+
+    /// The most tasks that run at once.
+    pub fn max_concurrency(&self) -> usize {
+        self.inner.max_concurrency
+    }
+
+    /// Waits for a slot, then starts `fut` as a task and returns its handle; the handle
+    /// resolves to the output. Waiting here is the executor's backpressure.
+    pub async fn spawn<F>(&self, fut: F) -> Result<TaskHandle<F::Output>, ResourceError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let exec = &*self.inner;
+        exec.check_open()?;
+        let permit = {
+            let _waiting = Waiting::new(exec);
+            tokio::select! {
+                biased;
+                () = exec.abort.cancelled() => {
+                    exec.aborted.fetch_add(1, Ordering::Relaxed);
+                    return Err(ResourceError::closed("AsyncExecutor"));
+                }
+                permit = exec.permits.clone().acquire_owned() => {
+                    permit.map_err(|_| ResourceError::closed("AsyncExecutor"))?
+                }
+            }
+        };
+        Ok(self.start(permit, fut))
+    }
+
+    fn start<F>(&self, permit: OwnedSemaphorePermit, fut: F) -> TaskHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let exec = &*self.inner;
+        let abort = exec.abort.clone();
+        let aborted = exec.aborted.clone();
+        let handle = exec.tracker.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                biased;
+                () = abort.cancelled() => {
+                    aborted.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+                output = fut => Some(output),
+            }
+        });
+        TaskHandle { handle }
+    }
+
+    /// Runs `fut` as a task once a slot is free and returns its output.
+    pub async fn execute<F>(&self, fut: F) -> Result<F::Output, ResourceError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn(fut).await?.await
+    }
+
+    /// Runs `f` over every item, as many at once as the executor allows, and returns
+    /// the outputs in the order of the items. Each output is the task's result, so one
+    /// failure loses none of the others.
+    pub async fn map<I, F, Fut>(
+        &self,
+        items: I,
+        mut f: F,
+    ) -> Vec<Result<Fut::Output, ResourceError>>
+    where
+        I: IntoIterator,
+        F: FnMut(I::Item) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        let mut started = Vec::new();
+        for item in items {
+            started.push(self.spawn(f(item)).await);
+        }
+        let mut outputs = Vec::with_capacity(started.len());
+        for task in started {
+            outputs.push(match task {
+                Ok(handle) => handle.await,
+                Err(e) => Err(e),
+            });
+        }
+        outputs
+    }
+
+    /// Shuts the executor down; see the type's documentation. Every clone sees the same
+    /// shutdown, and a second close returns the first one's outcome.
+    pub async fn shutdown(&self) -> Result<(), ResourceError> {
+        let exec = self.inner.clone();
+        let lead = {
+            let mut lifecycle = exec.lifecycle();
+            match *lifecycle {
+                Lifecycle::Open => {
+                    *lifecycle = Lifecycle::Closing;
+                    true
+                }
+                Lifecycle::Closing => false,
+                Lifecycle::Closed { aborted } => return exec.outcome(aborted),
+            }
+        };
+        if lead {
+            // The shutdown runs as a task of its own, so that a caller who stops
+            // waiting for it does not leave the executor half closed.
+            let runner = exec.clone();
+            let task = tokio::spawn(async move { runner.run_shutdown().await });
+            let _ = task.await;
+        }
+        loop {
+            let closed = exec.closed.notified();
+            let mut closed = std::pin::pin!(closed);
+            closed.as_mut().enable();
+            if let Lifecycle::Closed { aborted } = *exec.lifecycle() {
+                return exec.outcome(aborted);
+            }
+            closed.await;
+        }
+    }
+}
+
+impl Exec {
+    fn lifecycle(&self) -> MutexGuard<'_, Lifecycle> {
+        // One assignment at a time: a poisoned lock still holds a valid state.
+        self.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_open(&self) -> Result<(), ResourceError> {
+        if self.max_concurrency == 0 {
+            return Err(ResourceError::other(
+                "an AsyncExecutor with a max_concurrency of 0 runs nothing: give it at least 1",
+            ));
+        }
+        match *self.lifecycle() {
+            Lifecycle::Open => Ok(()),
+            _ => Err(ResourceError::closed("AsyncExecutor")),
+        }
+    }
+
+    async fn run_shutdown(&self) {
+        let drained = tokio::time::timeout(self.shutdown_timeout, async {
+            // Callers already waiting for a slot still run; nobody new can start waiting.
+            loop {
+                let done = self.waiting_done.notified();
+                let mut done = std::pin::pin!(done);
+                done.as_mut().enable();
+                if self.waiting.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                done.await;
+            }
+            self.tracker.close();
+            self.tracker.wait().await;
+        })
+        .await;
+        if drained.is_err() {
+            self.abort.cancel();
+            self.tracker.close();
+            self.tracker.wait().await;
+        }
+        self.permits.close();
+        let aborted = self.aborted.load(Ordering::Relaxed);
+        *self.lifecycle() = Lifecycle::Closed { aborted };
+        self.closed.notify_waiters();
+    }
+
+    fn outcome(&self, aborted: usize) -> Result<(), ResourceError> {
+        if aborted == 0 {
+            return Ok(());
+        }
+        Err(ResourceError::other(format!(
+            "the shutdown deadline of {:?} passed: {aborted} task(s) still running or waiting for a slot were aborted",
+            self.shutdown_timeout
+        )))
+    }
+}
+
+/// Counts a caller waiting for a slot, for as long as it waits.
+struct Waiting<'a>(&'a Exec);
+
+impl<'a> Waiting<'a> {
+    fn new(exec: &'a Exec) -> Self {
+        exec.waiting.fetch_add(1, Ordering::AcqRel);
+        Waiting(exec)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.0.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.waiting_done.notify_waiters();
+        }
+    }
+}
+
+/// A task started by [`AsyncExecutor::spawn`]: resolves to its output, or to an error if
+/// it panicked or was aborted at shutdown.
+#[derive(Debug)]
+pub struct TaskHandle<T> {
+    handle: JoinHandle<Option<T>>,
+}
+
+impl<T> TaskHandle<T> {
+    /// Stops the task at its next await point; awaiting the handle then gives an error.
+    pub fn abort(&self) {
+        self.handle.abort();
+    }
+}
+
+impl<T> Future for TaskHandle<T> {
+    type Output = Result<T, ResourceError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.handle)
+            .poll(cx)
+            .map(|joined| match joined {
+                Ok(Some(output)) => Ok(output),
+                Ok(None) => Err(ResourceError::closed("AsyncExecutor")),
+                Err(e) if e.is_panic() => Err(ResourceError::from_panic(e.into_panic())),
+                Err(e) => Err(ResourceError::other(e)),
+            })
+    }
+}
+
+impl AsyncResource for AsyncExecutor {
+    /// Shuts the executor down for every clone; see [`shutdown`](AsyncExecutor::shutdown).
+    async fn close(&mut self) -> Result<(), ResourceError> {
+        self.shutdown().await
+    }
+}
+
+impl Executor for AsyncExecutor {
+    fn execute<F>(&self, fut: F) -> impl Future<Output = Result<F::Output, ResourceError>> + Send
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        AsyncExecutor::execute(self, fut)
+    }
+}
+
+/// An [`AsyncExecutor`] whose every task first takes tokens from a [`RateLimiter`]:
+/// bounded concurrency under a provider's rate limit.
+///
+/// Closing it closes the limiter first, so callers still waiting for tokens wake with a
+/// closed error, then shuts the executor down.
+///
+/// ```
+/// use std::time::Duration;
+/// use resource_runtime::{AsyncExecutor, AsyncResource, RateLimitedExecutor, RateLimiter};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), resource_runtime::ResourceError> {
+/// let mut executor = RateLimitedExecutor::new(
+///     RateLimiter::new(10, Duration::from_secs(1)).with_burst(1),
+///     AsyncExecutor::new(4),
+/// );
+/// let start = tokio::time::Instant::now();
+/// for i in 0..3 {
+///     assert_eq!(executor.execute(async move { i }).await?, i);
+/// }
+/// assert_eq!(start.elapsed(), Duration::from_millis(200));
+/// executor.close().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug, resource_derive::AsyncResource)]
+#[resource(crate = "crate")]
+pub struct RateLimitedExecutor {
+    // Declared first, closed last: the tasks drain after the limiter stopped admitting.
+    #[resource]
+    executor: AsyncExecutor,
+    #[resource]
+    limiter: RateLimiter,
+}
+
+impl RateLimitedExecutor {
+    /// Runs every task of `executor` under `limiter`.
+    pub fn new(limiter: RateLimiter, executor: AsyncExecutor) -> Self {
+        RateLimitedExecutor { executor, limiter }
+    }
+
+    /// The limiter, to pause it (`pause_until`) or read it.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// The executor underneath.
+    pub fn executor(&self) -> &AsyncExecutor {
+        &self.executor
+    }
+
+    /// Takes one token, then runs `fut` like [`AsyncExecutor::execute`].
+    pub async fn execute<F>(&self, fut: F) -> Result<F::Output, ResourceError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.execute_weighted(1, fut).await
+    }
+
+    /// Takes `tokens` tokens (a request that costs more), then runs `fut`.
+    pub async fn execute_weighted<F>(&self, tokens: u32, fut: F) -> Result<F::Output, ResourceError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.limiter.acquire(tokens).await?;
+        self.executor.execute(fut).await
+    }
+}
+
+impl Executor for RateLimitedExecutor {
+    fn execute<F>(&self, fut: F) -> impl Future<Output = Result<F::Output, ResourceError>> + Send
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        RateLimitedExecutor::execute(self, fut)
+    }
+}

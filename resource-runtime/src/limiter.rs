@@ -1,0 +1,363 @@
+//! [`RateLimiter`]: `rate` tokens per `period` with a `burst`, scheduled by GCRA on
+//! tokio's clock, fair between waiters.
+
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+use crate::AsyncResource;
+use crate::error::ResourceError;
+
+/// A rate limiter: at most `rate` tokens per `period`, with bursts of up to `burst`
+/// tokens, shared by every clone.
+///
+/// It schedules from ideal arrival times (the generic cell rate algorithm): each token
+/// moves a theoretical arrival time forward by `period / rate`, and a request is
+/// admitted once that time is within `burst` tokens of now. So the configured rate
+/// holds exactly, even at burst 1, and a caller that waited consumes its tokens like
+/// any other (many waiters released together cannot overshoot the rate).
+///
+/// - [`acquire`](Self::acquire) waits, first come first served: a waiter is never
+///   overtaken by a later one, whatever their weights. A cancelled `acquire` gives its
+///   place up at once.
+/// - [`try_acquire`](Self::try_acquire) never waits, and never jumps the queue.
+/// - A request for more than `burst` tokens could never be admitted: it is an error at
+///   once, not a hang.
+/// - [`pause_until`](Self::pause_until) holds every caller back until an instant: the
+///   answer to a `429` with `Retry-After`.
+/// - It runs on tokio's clock, so `tokio::time::pause` drives it in tests.
+/// - Closing it wakes every waiter with an error for which
+///   [`ResourceError::is_closed`] is true; later calls fail the same way.
+///
+/// ```
+/// use std::time::Duration;
+/// use resource_runtime::RateLimiter;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), resource_runtime::ResourceError> {
+/// let limiter = RateLimiter::new(10, Duration::from_secs(1)).with_burst(2);
+/// let start = tokio::time::Instant::now();
+/// for _ in 0..4 {
+///     limiter.acquire(1).await?;
+/// }
+/// // Two at once (the burst), then one every 100 ms.
+/// assert_eq!(start.elapsed(), Duration::from_millis(200));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RateLimiter {
+    inner: Arc<Limiter>,
+}
+
+struct Limiter {
+    /// The time one token takes, in nanoseconds; 0 when the configuration is invalid.
+    interval_ns: u64,
+    burst: u32,
+    /// Why the configuration cannot work, if it cannot.
+    invalid: Option<String>,
+    rate: u32,
+    period: Duration,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// The theoretical arrival time: when the limiter is back to a full burst.
+    tat: Option<Instant>,
+    /// Nobody is admitted before this.
+    paused_until: Option<Instant>,
+    /// Waiters in arrival order (ids only grow).
+    queue: BTreeMap<u64, Option<Waker>>,
+    next_id: u64,
+    closed: bool,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("rate", &self.inner.rate)
+            .field("period", &self.inner.period)
+            .field("burst", &self.inner.burst)
+            .field("waiting", &self.inner.lock().queue.len())
+            .field("closed", &self.inner.lock().closed)
+            .finish()
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl RateLimiter {
+    /// `rate` tokens per `period`, with a burst of `rate` (use
+    /// [`with_burst`](Self::with_burst) to change it).
+    ///
+    /// A rate of 0 or a zero period cannot admit anything: every request then fails
+    /// with an error that says so.
+    pub fn new(rate: u32, period: Duration) -> Self {
+        Self::build(rate, period, rate)
+    }
+
+    /// The same limiter with bursts of up to `burst` tokens.
+    #[must_use]
+    pub fn with_burst(self, burst: u32) -> Self {
+        let inner = &self.inner;
+        Self::build(inner.rate, inner.period, burst)
+    }
+
+    fn build(rate: u32, period: Duration, burst: u32) -> Self {
+        let interval_ns = if rate == 0 {
+            0
+        } else {
+            nanos(period) / u64::from(rate)
+        };
+        let invalid = if rate == 0 {
+            Some(
+                "a rate limiter with a rate of 0 admits nothing: give a rate of at least 1"
+                    .to_owned(),
+            )
+        } else if interval_ns == 0 {
+            Some(format!(
+                "a rate of {rate} per {period:?} is under a nanosecond a token: use a longer period or a lower rate"
+            ))
+        } else if burst == 0 {
+            Some(
+                "a rate limiter with a burst of 0 admits nothing: give a burst of at least 1"
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
+        RateLimiter {
+            inner: Arc::new(Limiter {
+                interval_ns,
+                burst,
+                invalid,
+                rate,
+                period,
+                state: Mutex::new(State {
+                    tat: None,
+                    paused_until: None,
+                    queue: BTreeMap::new(),
+                    next_id: 0,
+                    closed: false,
+                }),
+            }),
+        }
+    }
+
+    /// The configured burst.
+    pub fn burst(&self) -> u32 {
+        self.inner.burst
+    }
+
+    /// How many callers are waiting in [`acquire`](Self::acquire).
+    pub fn waiting(&self) -> usize {
+        self.inner.lock().queue.len()
+    }
+
+    /// Takes `n` tokens now if the limiter admits them and nobody is waiting; never
+    /// waits. `Ok(false)` means "not now".
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resource_runtime::RateLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), resource_runtime::ResourceError> {
+    /// let limiter = RateLimiter::new(1, Duration::from_secs(1));
+    /// assert!(limiter.try_acquire(1)?);
+    /// assert!(!limiter.try_acquire(1)?);
+    /// assert!(limiter.try_acquire(2).is_err()); // more than the burst: never
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn try_acquire(&self, n: u32) -> Result<bool, ResourceError> {
+        self.inner.check(n)?;
+        let mut state = self.inner.lock();
+        if state.closed {
+            return Err(ResourceError::closed("RateLimiter"));
+        }
+        if !state.queue.is_empty() {
+            return Ok(false);
+        }
+        let now = Instant::now();
+        Ok(self.inner.take_if_ready(&mut state, now, n).is_none())
+    }
+
+    /// Waits, first come first served, until `n` tokens are admitted, and takes them.
+    ///
+    /// Fails at once when `n` is more than the burst, and with a closed error when the
+    /// limiter is closed, also while waiting. Dropping the future gives its place up.
+    pub async fn acquire(&self, n: u32) -> Result<(), ResourceError> {
+        let limiter = &*self.inner;
+        limiter.check(n)?;
+        let id = {
+            let mut state = limiter.lock();
+            if state.closed {
+                return Err(ResourceError::closed("RateLimiter"));
+            }
+            if state.queue.is_empty()
+                && limiter
+                    .take_if_ready(&mut state, Instant::now(), n)
+                    .is_none()
+            {
+                return Ok(());
+            }
+            let id = state.next_id;
+            state.next_id += 1;
+            state.queue.insert(id, None);
+            id
+        };
+        let queued = Queued { limiter, id };
+        let mut sleep = pin!(None::<Sleep>);
+        poll_fn(|cx| {
+            loop {
+                let mut state = limiter.lock();
+                if state.closed {
+                    return Poll::Ready(Err(ResourceError::closed("RateLimiter")));
+                }
+                let head = state.queue.first_key_value().map(|(head, _)| *head);
+                if head != Some(id) {
+                    if let Some(waker) = state.queue.get_mut(&id) {
+                        *waker = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+                let now = Instant::now();
+                let Some(at) = limiter.take_if_ready(&mut state, now, n) else {
+                    state.queue.remove(&id);
+                    wake_head(&mut state);
+                    return Poll::Ready(Ok(()));
+                };
+                if let Some(waker) = state.queue.get_mut(&id) {
+                    *waker = Some(cx.waker().clone());
+                }
+                drop(state);
+                match sleep.as_mut().as_pin_mut() {
+                    Some(timer) => {
+                        if timer.deadline() != at {
+                            timer.reset(at);
+                        }
+                    }
+                    None => sleep.set(Some(tokio::time::sleep_until(at))),
+                }
+                let Some(timer) = sleep.as_mut().as_pin_mut() else {
+                    return Poll::Pending;
+                };
+                if timer.poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // The time has come: take the tokens on the next turn of the loop.
+            }
+        })
+        .await
+        .inspect(|()| queued.admitted())
+    }
+
+    /// Admits nobody before `until`, for every caller (a `429` with `Retry-After` from
+    /// an API, say). A later call with an earlier instant does not shorten the pause.
+    pub fn pause_until(&self, until: Instant) {
+        let mut state = self.inner.lock();
+        state.paused_until = Some(state.paused_until.map_or(until, |p| p.max(until)));
+        // The head recomputes its time; the others wait behind it anyway.
+        wake_head(&mut state);
+    }
+
+    /// Closes the limiter: every waiter wakes with a closed error, and every later call
+    /// fails the same way. Closing a closed limiter does nothing.
+    pub fn close_now(&self) {
+        let mut state = self.inner.lock();
+        state.closed = true;
+        for waker in state.queue.values_mut().filter_map(Option::take) {
+            waker.wake();
+        }
+    }
+}
+
+/// Takes a waiter out of the queue when its `acquire` ends, however it ends, and lets
+/// the next one take its turn.
+struct Queued<'a> {
+    limiter: &'a Limiter,
+    id: u64,
+}
+
+impl Queued<'_> {
+    /// The tokens were taken and the waiter left the queue already.
+    fn admitted(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        let mut state = self.limiter.lock();
+        let was_head = state.queue.first_key_value().map(|(head, _)| *head) == Some(self.id);
+        state.queue.remove(&self.id);
+        if was_head {
+            wake_head(&mut state);
+        }
+    }
+}
+
+fn wake_head(state: &mut State) {
+    if let Some(waker) = state.queue.values_mut().next().and_then(Option::take) {
+        waker.wake();
+    }
+}
+
+impl Limiter {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update of the state is a handful of assignments that cannot panic
+        // half-way: a poisoned lock still guards consistent state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check(&self, n: u32) -> Result<(), ResourceError> {
+        if let Some(why) = &self.invalid {
+            return Err(ResourceError::other(why.clone()));
+        }
+        if n > self.burst {
+            return Err(ResourceError::other(format!(
+                "{n} tokens can never be admitted by a rate limiter with a burst of {}: ask for at most {} at a time, or raise the burst",
+                self.burst, self.burst
+            )));
+        }
+        Ok(())
+    }
+
+    /// Takes `n` tokens if they are admitted at `now`; otherwise the instant they will
+    /// be.
+    fn take_if_ready(&self, state: &mut State, now: Instant, n: u32) -> Option<Instant> {
+        let tat = state.tat.map_or(now, |tat| tat.max(now));
+        let n = u64::from(n);
+        // Admitted once `tat + n·T - burst·T <= now`: `tat` is at most `burst - n`
+        // tokens ahead of now.
+        let ahead = self.interval_ns.saturating_mul(u64::from(self.burst) - n);
+        let mut ready = tat
+            .checked_sub(Duration::from_nanos(ahead))
+            .unwrap_or(now)
+            .max(now);
+        if let Some(paused) = state.paused_until {
+            ready = ready.max(paused);
+        }
+        if ready > now {
+            return Some(ready);
+        }
+        state.tat = Some(tat + Duration::from_nanos(self.interval_ns.saturating_mul(n)));
+        None
+    }
+}
+
+impl AsyncResource for RateLimiter {
+    /// Closes the limiter for every clone; see [`close_now`](RateLimiter::close_now).
+    async fn close(&mut self) -> Result<(), ResourceError> {
+        self.close_now();
+        Ok(())
+    }
+}
