@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use crate::AsyncResource;
 use crate::error::{Operation, ResourceError};
-use crate::step::catch_panic;
+use crate::step::{DeadlineOutcome, catch_panic, within_deadline};
 use crate::testing;
 
 struct Registry {
@@ -36,12 +36,23 @@ fn pending() -> std::sync::MutexGuard<'static, BTreeMap<u64, &'static str>> {
 }
 
 /// Takes a close out of the registry when its task ends, however it ends: finished,
-/// panicked, or dropped by a runtime shutting down.
-struct Registered(u64);
+/// panicked, or dropped by a runtime shutting down, which is logged as the loss it is.
+struct Registered {
+    id: u64,
+    ty: &'static str,
+    finished: bool,
+}
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        pending().remove(&self.0);
+        if !self.finished {
+            let ty = self.ty;
+            tracing::error!(
+                resource = ty,
+                "the runtime shut down before the detached close of `{ty}` finished: it is dropped without being closed; call `wait_detached` before the runtime ends"
+            );
+        }
+        pending().remove(&self.id);
         REGISTRY.changed.notify_waiters();
     }
 }
@@ -57,20 +68,26 @@ pub(crate) fn detach<R: AsyncResource + 'static>(mut resource: R, ty: &'static s
                 resource = ty,
                 "no tokio runtime to close `{ty}` on: it is dropped without being closed"
             );
+            // Not closed: the `testing` counter keeps counting it as open.
             drop(resource);
-            if counted {
-                testing::closed::<R>();
-            }
+            let _ = counted;
             return;
         }
     };
     let id = REGISTRY.next_id.fetch_add(1, Ordering::Relaxed);
     pending().insert(id, ty);
-    let registered = Registered(id);
+    let mut registered = Registered {
+        id,
+        ty,
+        finished: false,
+    };
     let span = tracing::debug_span!("resource.detached_close", resource = ty);
     let task = async move {
-        let _registered = registered;
-        match catch_panic(resource.close()).await {
+        // The close is made inside the panic guard, so a panic before its first await
+        // is caught too.
+        let outcome = catch_panic(async { resource.close().await }).await;
+        registered.finished = true;
+        match outcome {
             Ok(()) => tracing::debug!(resource = ty, "detached close of `{ty}` finished"),
             Err(error) => tracing::error!(
                 resource = ty,
@@ -82,6 +99,7 @@ pub(crate) fn detach<R: AsyncResource + 'static>(mut resource: R, ty: &'static s
         if counted {
             testing::closed::<R>();
         }
+        drop(registered);
     };
     handle.spawn(task.instrument(span));
 }
@@ -109,23 +127,26 @@ pub(crate) fn detach<R: AsyncResource + 'static>(mut resource: R, ty: &'static s
 /// The error holds one timeout failure for each close still running, at the path of
 /// the type it closes; those closes go on as long as the runtime runs.
 pub async fn wait_detached(timeout: Duration) -> Result<(), ResourceError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let changed = REGISTRY.changed.notified();
-        let mut changed = std::pin::pin!(changed);
-        // Registered before the check, so a close that ends in between is not missed.
-        changed.as_mut().enable();
-        if pending().is_empty() {
-            return Ok(());
+    let all_done = async {
+        loop {
+            let changed = REGISTRY.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            // Registered before the check, so a close that ends in between is not missed.
+            changed.as_mut().enable();
+            if pending().is_empty() {
+                return;
+            }
+            changed.await;
         }
-        if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            break;
-        }
+    };
+    // The timer is made lazily and guarded: a huge timeout or a runtime without timers
+    // waits without a deadline instead of panicking.
+    match within_deadline(timeout, all_done).await {
+        // Every close pending meanwhile finished; closes started since are not waited for.
+        DeadlineOutcome::InTime | DeadlineOutcome::Unbounded(_) => return Ok(()),
+        DeadlineOutcome::Expired => {}
     }
     let unfinished: Vec<&'static str> = pending().values().copied().collect();
-    if unfinished.is_empty() {
-        return Ok(());
-    }
     let mut error: Option<ResourceError> = None;
     for ty in unfinished {
         let leaf = ResourceError::still_running(timeout).within(&ty, Operation::Close);

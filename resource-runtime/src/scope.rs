@@ -15,16 +15,29 @@ use crate::testing;
 
 /// What a guard says when it is dropped with its resource still open.
 #[derive(Debug, Clone, Copy)]
-enum Dropped {
+pub(crate) enum Dropped {
     /// A `Managed` nobody closed: a bug in the caller, so a warning.
     Managed,
     /// A scope whose future was dropped: cancellation, a normal event in async Rust.
     Scope,
+    /// A `ResourceStack::enter` whose future was dropped while the resource entered.
+    Stack,
+}
+
+/// Where the guard's resource is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Entering,
+    Open,
+    Closing,
+    /// Closed: the guard holds the closed value, and its drop has nothing to do.
+    Closed,
 }
 
 /// Owns a resource between enter and close; dropped before the close finished, it
 /// hands the resource to a detached close.
-struct Guard<R: AsyncResource + 'static> {
+pub(crate) struct Guard<R: AsyncResource + 'static> {
+    /// `None` only once the resource was handed back (`take`).
     resource: Option<R>,
     /// Counted as open by [`testing`] (entered, not yet closed).
     counted: bool,
@@ -32,16 +45,8 @@ struct Guard<R: AsyncResource + 'static> {
     phase: Phase,
 }
 
-/// Where the guard's resource is in its life, for the message when it is dropped.
-#[derive(Debug, Clone, Copy)]
-enum Phase {
-    Entering,
-    Open,
-    Closing,
-}
-
 impl<R: AsyncResource + 'static> Guard<R> {
-    fn new(resource: R, dropped: Dropped) -> Self {
+    pub(crate) fn new(resource: R, dropped: Dropped) -> Self {
         Guard {
             resource: Some(resource),
             counted: false,
@@ -51,22 +56,32 @@ impl<R: AsyncResource + 'static> Guard<R> {
     }
 
     fn get(&self) -> &R {
-        // `resource` is `None` only after `close` or `take`, which consume the guard's
-        // owner, so no caller can reach this with it empty.
+        // `resource` is `None` only after `take`, which consumes the guard's owner, so
+        // no caller can reach this with it empty.
         self.resource
             .as_ref()
-            .unwrap_or_else(|| unreachable!("guard used after close"))
+            .unwrap_or_else(|| unreachable!("guard used after its resource was taken"))
     }
 
     fn get_mut(&mut self) -> &mut R {
         self.resource
             .as_mut()
-            .unwrap_or_else(|| unreachable!("guard used after close"))
+            .unwrap_or_else(|| unreachable!("guard used after its resource was taken"))
     }
 
-    async fn enter(&mut self) -> Result<(), ResourceError> {
-        // A panicking enter is a failed enter: caught, and nothing is entered.
-        let result = catch_panic(self.get_mut().enter()).await;
+    fn uncount(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            testing::closed::<R>();
+        }
+    }
+
+    /// Enters the resource. On failure nothing is left open: an enter that returned an
+    /// error has closed what it brought up (the close contract); one that panicked may
+    /// not have, so the resource is closed too.
+    pub(crate) async fn enter(&mut self) -> Result<(), ResourceError> {
+        let resource = self.get_mut();
+        // Inside the panic guard: a panic before the enter's future exists is caught too.
+        let result = catch_panic(async { resource.enter().await }).await;
         match result {
             Ok(()) => {
                 testing::opened::<R>();
@@ -75,37 +90,46 @@ impl<R: AsyncResource + 'static> Guard<R> {
                 Ok(())
             }
             Err(e) => {
-                // A failed enter has closed what it brought up: nothing is left to close.
+                if e.is_panic() {
+                    let resource = self.get_mut();
+                    let _ = catch_panic(async { resource.close().await }).await;
+                }
+                self.phase = Phase::Closed;
                 self.resource = None;
                 Err(e)
             }
         }
     }
 
-    /// Closes the resource and drops it. If this future is dropped half-way, the guard
-    /// is still armed and its drop finishes the close in the background.
-    async fn close(&mut self) -> Result<(), ResourceError> {
-        // A panicking close is reported like a failed one: the resource is still
-        // dropped, and the caller gets the error instead of the unwind.
-        self.phase = Phase::Closing;
-        let result = catch_panic(self.get_mut().close()).await;
-        self.resource = None;
-        if std::mem::take(&mut self.counted) {
-            testing::closed::<R>();
+    /// Closes the resource and keeps the closed value. If this future is dropped
+    /// half-way, the guard is still armed and its drop finishes the close in the
+    /// background. Closing a closed guard does nothing.
+    pub(crate) async fn close(&mut self) -> Result<(), ResourceError> {
+        if self.phase == Phase::Closed || self.resource.is_none() {
+            return Ok(());
         }
+        self.phase = Phase::Closing;
+        let resource = self.get_mut();
+        // A panicking close is reported like a failed one, and the caller gets the
+        // error instead of the unwind.
+        let result = catch_panic(async { resource.close().await }).await;
+        self.phase = Phase::Closed;
+        self.uncount();
         result
     }
 
-    fn take(&mut self) -> Option<R> {
-        if std::mem::take(&mut self.counted) {
-            testing::closed::<R>();
-        }
+    /// Hands the resource back, disarmed.
+    pub(crate) fn take(&mut self) -> Option<R> {
+        self.uncount();
         self.resource.take()
     }
 }
 
 impl<R: AsyncResource + 'static> Drop for Guard<R> {
     fn drop(&mut self) {
+        if self.phase == Phase::Closed {
+            return;
+        }
         let Some(resource) = self.resource.take() else {
             return;
         };
@@ -119,7 +143,7 @@ impl<R: AsyncResource + 'static> Drop for Guard<R> {
                 resource = ty,
                 "`Managed::enter` of `{ty}` was cancelled: closing what it entered in the background"
             ),
-            (Dropped::Managed, Phase::Closing) => tracing::debug!(
+            (Dropped::Managed, _) => tracing::debug!(
                 resource = ty,
                 "the close of `Managed<{ty}>` was cancelled: finishing it in the background"
             ),
@@ -127,8 +151,12 @@ impl<R: AsyncResource + 'static> Drop for Guard<R> {
                 resource = ty,
                 "scope over `{ty}` dropped before it finished: closing it in the background"
             ),
+            (Dropped::Stack, _) => tracing::debug!(
+                resource = ty,
+                "`ResourceStack::enter` of `{ty}` was cancelled: closing what it entered in the background"
+            ),
         }
-        detach(resource, ty, self.counted);
+        detach(resource, ty, std::mem::take(&mut self.counted));
     }
 }
 
@@ -258,6 +286,15 @@ impl<R: AsyncResource + 'static> Managed<R> {
         self.guard
             .take()
             .unwrap_or_else(|| unreachable!("a Managed always holds its resource"))
+    }
+}
+
+/// A `Managed` field of a derived struct closes with the struct. The closed value stays
+/// inside, so the guard still derefs to it (its operations then fail as closed ones do);
+/// a second close does nothing, and the guard's drop has nothing left to do.
+impl<R: AsyncResource + 'static> AsyncResource for Managed<R> {
+    async fn close(&mut self) -> Result<(), ResourceError> {
+        self.guard.close().await
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::AsyncResource;
 use crate::error::{BoxError, Operation, ResourceError};
+use crate::scope::{Dropped, Guard};
 use crate::step::{Label, NoDeadline, Step, Timed, tracing_on, user_result};
 
 type BoxFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ResourceError>> + Send + 'a>>;
@@ -155,13 +156,21 @@ impl ResourceStack {
     }
 
     /// Enters `resource` and pushes it. A failed enter returns its error and pushes
-    /// nothing (the enter has closed what it brought up).
+    /// nothing (the enter has closed what it brought up; a panicking enter is caught and
+    /// closed too). If this future is dropped while the resource enters, the resource is
+    /// closed in the background.
     pub async fn enter<R: AsyncResource + 'static>(
         &mut self,
-        mut resource: R,
+        resource: R,
     ) -> Result<Slot<R>, ResourceError> {
-        resource.enter().await?;
-        Ok(self.push(resource))
+        let mut guard = Guard::new(resource, Dropped::Stack);
+        guard.enter().await?;
+        match guard.take() {
+            Some(resource) => Ok(self.push(resource)),
+            None => Err(ResourceError::other(
+                "the resource was taken while it entered",
+            )),
+        }
     }
 
     /// Pushes a resource that is already entered.
@@ -247,24 +256,30 @@ impl ResourceStack {
         // Slots given so far stop reaching anything, even entries pushed after the close.
         self.id = NEXT_STACK.fetch_add(1, Ordering::Relaxed);
         let traced = tracing_on().then_some("ResourceStack");
+        let step_timeout = self.step_timeout;
         let mut error = None;
-        while let Some(entry) = self.entries.pop() {
-            let index = self.entries.len();
+        // Each entry is closed where it stands and removed once its step has ended: if
+        // this future is dropped half-way, the entry being closed is still on the stack,
+        // and the stack's drop closes it with the rest.
+        while let Some(index) = self.entries.len().checked_sub(1) {
+            let Some(entry) = self.entries.last_mut() else {
+                break;
+            };
             let outcome = match entry {
-                Entry::Resource { mut resource, .. } => {
-                    let close = move || async move { resource.close_boxed().await };
-                    run_entry(traced, self.step_timeout, index, close).await
+                Entry::Resource { resource, .. } => {
+                    run_entry(traced, step_timeout, index, || resource.close_boxed()).await
                 }
                 Entry::Defer { step } => {
-                    let run = move || async move {
+                    let run = || async move {
                         match step {
-                            Some(step) => step.await,
+                            Some(step) => step.as_mut().await,
                             None => Ok(()),
                         }
                     };
-                    run_entry(traced, self.step_timeout, index, run).await
+                    run_entry(traced, step_timeout, index, run).await
                 }
             };
+            self.entries.pop();
             if let Err(e) = outcome {
                 ResourceError::push(&mut error, e);
             }

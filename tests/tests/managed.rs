@@ -97,7 +97,9 @@ async fn a_panic_in_enter_is_returned_as_an_error() {
         .expect("a panic in enter comes back as an error, not an unwind")
         .expect_err("the enter failed");
     assert!(error.is_panic(), "{error:?}");
-    assert_eq!(closes.get(), 0);
+    // A panicking enter may have opened something before it panicked: it is closed
+    // once (closing what was never entered is fine by the close contract).
+    assert_eq!(closes.get(), 1);
     assert!(events.at(Level::WARN, type_name::<Probe>()).is_empty());
 }
 
@@ -176,7 +178,8 @@ fn dropped_outside_any_runtime_logs_an_error_and_drops_the_resource() {
     let tally = tracker.tally();
     assert_eq!(tally.dropped, 1, "the resource is dropped: {tally:?}");
     assert_eq!(tally.close_started, 0, "nothing could close it: {tally:?}");
-    assert_eq!(testing::open_count::<R>(), 0);
+    // It was never closed: the leak counter keeps counting it, so a test sees the leak.
+    assert_eq!(testing::open_count::<R>(), 1);
 }
 
 struct IntoInnerTag;

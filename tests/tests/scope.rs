@@ -252,5 +252,7 @@ async fn a_panic_in_enter_is_returned_as_an_error_and_the_body_never_runs() {
     let message = error.failures().find_map(|f| f.panic_message());
     assert_eq!(message, Some("probe a panicked in enter"));
     assert_eq!(ran.load(Ordering::SeqCst), 0, "the body must not run");
-    assert_eq!(closes.get(), 0, "a failed enter is not closed");
+    // A panicking enter may have opened something before it panicked: it is closed
+    // once (closing what was never entered is fine by the close contract).
+    assert_eq!(closes.get(), 1, "a panicked enter is closed once");
 }
