@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use resource_runtime::{AsyncResource, Managed, ResourceError, scope, wait_detached};
+use resource_runtime::{
+    AsyncExecutor, AsyncResource, Managed, RateLimitedExecutor, RateLimiter, ResourceError, scope,
+    wait_detached,
+};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -72,6 +75,9 @@ struct Provider {
     heartbeat: JoinHandle<()>,
     #[resource]
     stop: CancellationToken,
+    /// Background jobs: at most 4 at once, 100 a second in bursts of 5.
+    #[resource]
+    jobs: RateLimitedExecutor,
     #[resource(enter = connect, close = disconnect, timeout = "300ms")]
     client: SdkClient,
     #[resource(skip)]
@@ -98,6 +104,10 @@ impl Provider {
             log: BufWriter::new(tokio::fs::File::create(path).await?),
             heartbeat,
             stop,
+            jobs: RateLimitedExecutor::new(
+                RateLimiter::new(100, Duration::from_secs(1)).with_burst(5),
+                AsyncExecutor::new(4),
+            ),
             client: SdkClient {
                 connected: false,
                 sent: 0,
@@ -146,6 +156,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         for prompt in ["hello", "how are you", "bye"] {
             provider.ask(prompt).await?;
         }
+        // 20 jobs submitted at once run under the provider's rate limit.
+        let started = tokio::time::Instant::now();
+        let jobs: Vec<_> = (0..20_u64)
+            .map(|i| {
+                let executor = provider.jobs.clone();
+                tokio::spawn(async move { executor.execute(async move { i * i }).await })
+            })
+            .collect();
+        let mut done = 0;
+        for job in jobs {
+            if matches!(job.await, Ok(Ok(_))) {
+                done += 1;
+            }
+        }
+        println!(
+            "{done} jobs at 100/s in bursts of 5 took {:.0?} (the rate allows 150 ms)",
+            started.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(30)).await;
         Ok::<_, io::Error>(provider.client.sent)
     })
@@ -219,7 +247,7 @@ impl StepLog {
     fn print(&self) {
         let rows = std::mem::take(&mut *self.rows.lock().unwrap_or_else(|p| p.into_inner()));
         println!(
-            "    {:<3} {:<6} {:<10} {:<10} {:>10}  outcome",
+            "    {:<3} {:<6} {:<20} {:<10} {:>10}  outcome",
             "#", "step", "type", "field", "took"
         );
         for (i, row) in rows.iter().enumerate() {
@@ -313,7 +341,7 @@ where
             us => format!("{:.1} ms", us as f64 / 1_000.0),
         };
         let row = format!(
-            "{step:<6} {:<10} {:<10} {took:>10}  {}",
+            "{step:<6} {:<20} {:<10} {took:>10}  {}",
             fields.resource, fields.path, done.outcome
         );
         self.rows
