@@ -154,6 +154,11 @@ impl AsyncExecutor {
         self.inner.tracker.len()
     }
 
+    /// How many callers are waiting for a slot.
+    pub fn waiting(&self) -> usize {
+        self.inner.waiting.load(Ordering::Acquire)
+    }
+
     /// The most tasks that run at once.
     pub fn max_concurrency(&self) -> usize {
         self.inner.max_concurrency
@@ -168,17 +173,17 @@ impl AsyncExecutor {
     {
         let exec = &*self.inner;
         exec.check_open()?;
-        let permit = {
-            let _waiting = Waiting::new(exec);
-            tokio::select! {
-                biased;
-                () = exec.abort.cancelled() => {
-                    exec.aborted.fetch_add(1, Ordering::Relaxed);
-                    return Err(ResourceError::closed("AsyncExecutor"));
-                }
-                permit = exec.permits.clone().acquire_owned() => {
-                    permit.map_err(|_| ResourceError::closed("AsyncExecutor"))?
-                }
+        // Counted as waiting until its task is tracked, so a shutdown that sees no
+        // waiters and an empty tracker cannot miss it.
+        let _waiting = Waiting::new(exec);
+        let permit = tokio::select! {
+            biased;
+            () = exec.abort.cancelled() => {
+                exec.aborted.fetch_add(1, Ordering::Relaxed);
+                return Err(ResourceError::closed("AsyncExecutor"));
+            }
+            permit = exec.permits.clone().acquire_owned() => {
+                permit.map_err(|_| ResourceError::closed("AsyncExecutor"))?
             }
         };
         Ok(self.start(permit, fut))
@@ -244,7 +249,8 @@ impl AsyncExecutor {
     }
 
     /// Shuts the executor down; see the type's documentation. Every clone sees the same
-    /// shutdown, and a second close returns the first one's outcome.
+    /// shutdown: closes made while it runs wait for it and return its outcome, and a
+    /// close made after it returns `Ok(())` at once.
     pub async fn shutdown(&self) -> Result<(), ResourceError> {
         let exec = self.inner.clone();
         let lead = {
@@ -255,7 +261,8 @@ impl AsyncExecutor {
                     true
                 }
                 Lifecycle::Closing => false,
-                Lifecycle::Closed { aborted } => return exec.outcome(aborted),
+                // The close contract: closing a closed executor is `Ok` at once.
+                Lifecycle::Closed { .. } => return Ok(()),
             }
         };
         if lead {
@@ -295,24 +302,32 @@ impl Exec {
         }
     }
 
-    async fn run_shutdown(&self) {
-        let drained = tokio::time::timeout(self.shutdown_timeout, async {
-            // Callers already waiting for a slot still run; nobody new can start waiting.
-            loop {
-                let done = self.waiting_done.notified();
-                let mut done = std::pin::pin!(done);
-                done.as_mut().enable();
-                if self.waiting.load(Ordering::Acquire) == 0 {
-                    break;
-                }
-                done.await;
+    /// Returns once no caller is waiting for a slot (nobody new can start waiting once
+    /// the executor is closing).
+    async fn no_waiters(&self) {
+        loop {
+            let done = self.waiting_done.notified();
+            let mut done = std::pin::pin!(done);
+            done.as_mut().enable();
+            if self.waiting.load(Ordering::Acquire) == 0 {
+                return;
             }
+            done.await;
+        }
+    }
+
+    async fn run_shutdown(&self) {
+        let drained = crate::step::within_deadline(self.shutdown_timeout, async {
+            // Callers already waiting for a slot still run.
+            self.no_waiters().await;
             self.tracker.close();
             self.tracker.wait().await;
         })
         .await;
-        if drained.is_err() {
+        if matches!(drained, crate::step::DeadlineOutcome::Expired) {
             self.abort.cancel();
+            // Waiters and tasks on other threads count themselves as they stop.
+            self.no_waiters().await;
             self.tracker.close();
             self.tracker.wait().await;
         }

@@ -56,8 +56,13 @@ pub struct RateLimiter {
 }
 
 struct Limiter {
-    /// The time one token takes, in nanoseconds; 0 when the configuration is invalid.
-    interval_ns: u64,
+    /// The period in nanoseconds. Times are kept scaled by `rate` (a token is
+    /// `period_ns` scaled units), so the rate holds exactly whatever it is.
+    period_ns: u128,
+    /// Where scaled times count from.
+    epoch: Instant,
+    /// The token interval is a whole number of timer ticks.
+    whole_ticks: bool,
     burst: u32,
     /// Why the configuration cannot work, if it cannot.
     invalid: Option<String>,
@@ -67,8 +72,8 @@ struct Limiter {
 }
 
 struct State {
-    /// The theoretical arrival time: when the limiter is back to a full burst.
-    tat: Option<Instant>,
+    /// The theoretical arrival time, scaled: when the limiter is back to a full burst.
+    tat: Option<u128>,
     /// Nobody is admitted before this.
     paused_until: Option<Instant>,
     /// Waiters in arrival order (ids only grow).
@@ -89,10 +94,6 @@ impl std::fmt::Debug for RateLimiter {
     }
 }
 
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
 impl RateLimiter {
     /// `rate` tokens per `period`, with a burst of `rate` (use
     /// [`with_burst`](Self::with_burst) to change it).
@@ -111,20 +112,16 @@ impl RateLimiter {
     }
 
     fn build(rate: u32, period: Duration, burst: u32) -> Self {
-        let interval_ns = if rate == 0 {
-            0
-        } else {
-            nanos(period) / u64::from(rate)
-        };
         let invalid = if rate == 0 {
             Some(
                 "a rate limiter with a rate of 0 admits nothing: give a rate of at least 1"
                     .to_owned(),
             )
-        } else if interval_ns == 0 {
-            Some(format!(
-                "a rate of {rate} per {period:?} is under a nanosecond a token: use a longer period or a lower rate"
-            ))
+        } else if period.is_zero() {
+            Some(
+                "a rate limiter with a zero period has no rate: give a period of at least 1ns"
+                    .to_owned(),
+            )
         } else if burst == 0 {
             Some(
                 "a rate limiter with a burst of 0 admits nothing: give a burst of at least 1"
@@ -135,7 +132,10 @@ impl RateLimiter {
         };
         RateLimiter {
             inner: Arc::new(Limiter {
-                interval_ns,
+                period_ns: period.as_nanos(),
+                epoch: Instant::now(),
+                whole_ticks: rate > 0
+                    && period.as_nanos() % (u128::from(rate) * TIMER_TICK.as_nanos()) == 0,
                 burst,
                 invalid,
                 rate,
@@ -187,7 +187,7 @@ impl RateLimiter {
             return Ok(false);
         }
         let now = Instant::now();
-        Ok(self.inner.take_if_ready(&mut state, now, n).is_none())
+        Ok(self.inner.take_if_ready(&mut state, now, n, None).is_none())
     }
 
     /// Waits, first come first served, until `n` tokens are admitted, and takes them.
@@ -204,7 +204,7 @@ impl RateLimiter {
             }
             if state.queue.is_empty()
                 && limiter
-                    .take_if_ready(&mut state, Instant::now(), n)
+                    .take_if_ready(&mut state, Instant::now(), n, None)
                     .is_none()
             {
                 return Ok(());
@@ -230,7 +230,8 @@ impl RateLimiter {
                     return Poll::Pending;
                 }
                 let now = Instant::now();
-                let Some(at) = limiter.take_if_ready(&mut state, now, n) else {
+                let slept_until = sleep.as_ref().as_pin_ref().map(|timer| timer.deadline());
+                let Some(at) = limiter.take_if_ready(&mut state, now, n, slept_until) else {
                     state.queue.remove(&id);
                     wake_head(&mut state);
                     return Poll::Ready(Ok(()));
@@ -305,6 +306,9 @@ impl Drop for Queued<'_> {
     }
 }
 
+/// The tick of tokio's timer wheel.
+const TIMER_TICK: Duration = Duration::from_millis(1);
+
 fn wake_head(state: &mut State) {
     if let Some(waker) = state.queue.values_mut().next().and_then(Option::take) {
         waker.wake();
@@ -331,25 +335,56 @@ impl Limiter {
         Ok(())
     }
 
+    /// `now` in scaled units since the epoch.
+    fn scaled(&self, at: Instant) -> u128 {
+        at.saturating_duration_since(self.epoch).as_nanos() * u128::from(self.rate)
+    }
+
+    /// The first instant at or after a scaled time.
+    fn instant(&self, scaled: u128) -> Instant {
+        let rate = u128::from(self.rate.max(1));
+        let ns = scaled.div_ceil(rate);
+        let ns = u64::try_from(ns).unwrap_or(u64::MAX);
+        self.epoch + Duration::from_nanos(ns)
+    }
+
     /// Takes `n` tokens if they are admitted at `now`; otherwise the instant they will
     /// be.
-    fn take_if_ready(&self, state: &mut State, now: Instant, n: u32) -> Option<Instant> {
-        let tat = state.tat.map_or(now, |tat| tat.max(now));
-        let n = u64::from(n);
+    ///
+    /// `slept_until` is, for the head of the queue, the instant its timer was set for.
+    /// Timers fire on a 1 ms tick, so the head wakes up to 1 ms after that instant; if
+    /// the next token were counted from the wake-up, a limiter at 1 ms a token would
+    /// lose most of a tick on every token and run near half its rate. So the head's
+    /// tokens count from the instant it slept until — when the interval is a whole
+    /// number of ticks, the only case where that keeps every two admissions at least
+    /// one interval apart on a ticking clock.
+    fn take_if_ready(
+        &self,
+        state: &mut State,
+        now: Instant,
+        n: u32,
+        slept_until: Option<Instant>,
+    ) -> Option<Instant> {
+        let now_s = self.scaled(now);
+        let floor = match slept_until {
+            Some(at) if self.whole_ticks && at < now => self.scaled(at),
+            _ => now_s,
+        };
+        let tat = state.tat.map_or(now_s, |tat| tat.max(floor));
         // Admitted once `tat + n·T - burst·T <= now`: `tat` is at most `burst - n`
-        // tokens ahead of now.
-        let ahead = self.interval_ns.saturating_mul(u64::from(self.burst) - n);
-        let mut ready = tat
-            .checked_sub(Duration::from_nanos(ahead))
-            .unwrap_or(now)
-            .max(now);
-        if let Some(paused) = state.paused_until {
-            ready = ready.max(paused);
+        // tokens ahead of now (`T` is `period_ns` in scaled units).
+        let ahead = self.period_ns * u128::from(self.burst - n);
+        let ready_s = tat.saturating_sub(ahead).max(now_s);
+        let mut ready = (ready_s > now_s).then(|| self.instant(ready_s));
+        if let Some(paused) = state.paused_until
+            && paused > now
+        {
+            ready = Some(ready.map_or(paused, |r| r.max(paused)));
         }
-        if ready > now {
-            return Some(ready);
+        if ready.is_some() {
+            return ready;
         }
-        state.tat = Some(tat + Duration::from_nanos(self.interval_ns.saturating_mul(n)));
+        state.tat = Some(tat + self.period_ns * u128::from(n));
         None
     }
 }
@@ -359,5 +394,29 @@ impl AsyncResource for RateLimiter {
     async fn close(&mut self) -> Result<(), ResourceError> {
         self.close_now();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_finer_than_a_nanosecond_a_token_holds() {
+        // 600 million a second is 1.67 ns a token: rounding the interval to whole
+        // nanoseconds would admit 1 million in a millisecond's burst.
+        let burst = 1_000_000;
+        let limiter = RateLimiter::new(600_000_000, Duration::from_secs(1)).with_burst(burst);
+        let mut admitted = 0_u32;
+        while limiter.try_acquire(1).unwrap() {
+            admitted += 1;
+        }
+        assert_eq!(admitted, burst);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let mut refilled = 0_u32;
+        while limiter.try_acquire(1).unwrap() {
+            refilled += 1;
+        }
+        assert_eq!(refilled, 600_000);
     }
 }

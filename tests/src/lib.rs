@@ -482,3 +482,56 @@ impl Events {
             .collect()
     }
 }
+
+/// How many tasks are inside a section at once, and the most ever seen: each task
+/// holds a [`GaugeGuard`] from [`Gauge::enter`] while it is inside. Clones share one
+/// gauge.
+#[derive(Debug, Clone, Default)]
+pub struct Gauge {
+    now: Arc<AtomicUsize>,
+    max: Arc<AtomicUsize>,
+}
+
+impl Gauge {
+    /// A gauge at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts one more inside until the guard drops, and updates the maximum.
+    pub fn enter(&self) -> GaugeGuard {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+        GaugeGuard(self.clone())
+    }
+
+    /// How many are inside now.
+    pub fn current(&self) -> usize {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    /// The most that were ever inside at once.
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::SeqCst)
+    }
+}
+
+/// One task inside a [`Gauge`]'s section; leaves it when dropped.
+#[derive(Debug)]
+pub struct GaugeGuard(Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Every decimal number written in `text`, in order: `numbers_in("3 of 100ms")` is
+/// `[3, 100]`. For checking a count an error message reports without matching its
+/// wording.
+pub fn numbers_in(text: &str) -> Vec<u64> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}

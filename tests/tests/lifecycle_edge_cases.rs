@@ -3,7 +3,7 @@
 //! registry, so each test uses its own resource type.
 
 use std::future::Future;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use resource_runtime::{AsyncResource, Managed, ResourceError, ResourceStack, testing};

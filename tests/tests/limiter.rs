@@ -1,0 +1,592 @@
+//! `RateLimiter` (DESIGN.md, "Runtime types"): `rate` per `period` with a `burst`,
+//! scheduled from ideal arrival times (GCRA), FIFO between waiters, on tokio's clock.
+//!
+//! Every test runs on tokio's paused clock: the instants recorded are virtual and
+//! exact, so the schedule itself is asserted, never a wall-clock duration.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use resource_runtime::{AsyncResource, RateLimiter, ResourceError};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep, sleep_until};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Awaits `fut`, which must finish without any time passing: a future that waits on
+/// the clock (or forever) is cut off after an hour of virtual time and fails the test.
+async fn at_once<T>(fut: impl Future<Output = T>) -> T {
+    let start = Instant::now();
+    let out = tokio::time::timeout(HOUR, fut)
+        .await
+        .expect("the call waited instead of returning at once");
+    assert_eq!(start.elapsed(), Duration::ZERO, "the call waited");
+    out
+}
+
+/// One admission in a contended run.
+#[derive(Debug, Clone, Copy)]
+struct Admitted {
+    waiter: usize,
+    ticket: usize,
+    tokens: u32,
+    at: Instant,
+}
+
+/// What a contended run saw: the tickets in the order they joined the queue, and the
+/// admissions in the order they happened.
+#[derive(Debug)]
+struct Run {
+    queued: Vec<usize>,
+    admitted: Vec<Admitted>,
+}
+
+/// `waiters` tasks loop taking tickets until `total` are handed out; for each ticket a
+/// task records that it queues, acquires `weight(ticket)` tokens, and records the
+/// admission with its instant.
+async fn contend(
+    limiter: &RateLimiter,
+    waiters: usize,
+    total: usize,
+    weight: fn(usize) -> u32,
+) -> Run {
+    let next = Arc::new(AtomicUsize::new(0));
+    let queued = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let admitted = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let mut tasks = JoinSet::new();
+    for waiter in 0..waiters {
+        let (limiter, next) = (limiter.clone(), next.clone());
+        let (queued, admitted) = (queued.clone(), admitted.clone());
+        tasks.spawn(async move {
+            loop {
+                let ticket = next.fetch_add(1, Ordering::SeqCst);
+                if ticket >= total {
+                    break;
+                }
+                let tokens = weight(ticket);
+                // Nothing between this push and the acquire's first poll: the push
+                // order is the order of arrival at the limiter.
+                queued.lock().unwrap().push(ticket);
+                limiter.acquire(tokens).await.unwrap();
+                admitted.lock().unwrap().push(Admitted {
+                    waiter,
+                    ticket,
+                    tokens,
+                    at: Instant::now(),
+                });
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let queued = queued.lock().unwrap().clone();
+    let admitted = admitted.lock().unwrap().clone();
+    assert_eq!(admitted.len(), total);
+    Run { queued, admitted }
+}
+
+/// The most tokens admitted in any closed window `[t, t + w]`, over windows starting
+/// at an admission (the worst window always does).
+fn most_tokens_in_window(admitted: &[Admitted], w: Duration) -> u64 {
+    let mut most = 0;
+    let mut end = 0;
+    let mut tokens = 0_u64;
+    for start in 0..admitted.len() {
+        while end < admitted.len() && admitted[end].at <= admitted[start].at + w {
+            tokens += u64::from(admitted[end].tokens);
+            end += 1;
+        }
+        most = most.max(tokens);
+        tokens -= u64::from(admitted[start].tokens);
+    }
+    most
+}
+
+/// The GCRA bound: at most `burst + rate * w / period` tokens in a window of length `w`.
+fn window_bound(rate: u32, period: Duration, burst: u32, w: Duration) -> u64 {
+    u64::from(burst) + (u128::from(rate) * w.as_nanos() / period.as_nanos()) as u64
+}
+
+fn check_every_window(admitted: &[Admitted], rate: u32, period: Duration, burst: u32) {
+    let interval = period / rate;
+    let windows = [
+        Duration::ZERO,
+        interval,
+        interval * 3 + interval / 2,
+        period,
+        period * 3 + period / 3,
+        period * 10,
+        period * 37,
+    ];
+    for w in windows {
+        let most = most_tokens_in_window(admitted, w);
+        let bound = window_bound(rate, period, burst, w);
+        assert!(
+            most <= bound,
+            "{most} tokens admitted within {w:?}: more than burst {burst} + {rate} per {period:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_limiter_admits_exactly_the_burst_at_once() {
+    let limiter = RateLimiter::new(10, SECOND).with_burst(4);
+    assert_eq!(limiter.burst(), 4);
+    for i in 0..4 {
+        assert!(limiter.try_acquire(1).unwrap(), "token {i} of the burst");
+    }
+    assert!(!limiter.try_acquire(1).unwrap(), "a token past the burst");
+
+    // The default burst is the rate; `acquire` gets the burst at once too.
+    let limiter = RateLimiter::new(5, SECOND);
+    assert_eq!(limiter.burst(), 5);
+    for _ in 0..5 {
+        at_once(limiter.acquire(1)).await.unwrap();
+    }
+    assert!(!limiter.try_acquire(1).unwrap());
+    // Then one token per interval (200 ms).
+    let start = Instant::now();
+    limiter.acquire(1).await.unwrap();
+    assert_eq!(start.elapsed(), ms(200));
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_window_stays_within_burst_plus_rate() {
+    let (rate, period, burst) = (50, SECOND, 5);
+    let limiter = RateLimiter::new(rate, period).with_burst(burst);
+    let run = contend(&limiter, 16, 2000, |_| 1).await;
+    check_every_window(&run.admitted, rate, period, burst);
+    // The bound is reached, so the check above could fail: a burst at the start.
+    assert_eq!(most_tokens_in_window(&run.admitted, Duration::ZERO), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_window_stays_within_burst_plus_rate_with_weighted_requests() {
+    let (rate, period, burst) = (50, SECOND, 5);
+    let limiter = RateLimiter::new(rate, period).with_burst(burst);
+    let run = contend(&limiter, 16, 1500, |ticket| (ticket % 3) as u32 + 1).await;
+    check_every_window(&run.admitted, rate, period, burst);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keeps_the_configured_rate_at_burst_1_with_16_waiters() {
+    // 30 per second: an interval of 33.3 ms, not a whole number of timer ticks, so
+    // rounding must not accumulate into a slower rate.
+    let (rate, total) = (30_u32, 2000_usize);
+    let limiter = RateLimiter::new(rate, SECOND).with_burst(1);
+    let run = contend(&limiter, 16, total, |_| 1).await;
+    let first = run.admitted[0].at;
+    let last = run.admitted[total - 1].at;
+    let achieved = (total - 1) as f64 / (last - first).as_secs_f64();
+    assert!(
+        achieved >= 0.98 * f64::from(rate),
+        "achieved {achieved:.3} per second of {rate}"
+    );
+    assert!(
+        achieved <= f64::from(rate) * 1.000_001,
+        "achieved {achieved:.3} per second: above the rate of {rate}"
+    );
+    check_every_window(&run.admitted, rate, SECOND, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn contended_admissions_follow_the_ideal_schedule_exactly() {
+    // 50 per second at burst 1: one admission every 20 ms, from the first one on.
+    let limiter = RateLimiter::new(50, SECOND).with_burst(1);
+    let start = Instant::now();
+    let run = contend(&limiter, 16, 300, |_| 1).await;
+    for (k, a) in run.admitted.iter().enumerate() {
+        assert_eq!(a.at - start, ms(20) * k as u32, "admission {k}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn looping_waiters_get_equal_shares() {
+    let limiter = RateLimiter::new(100, SECOND).with_burst(1);
+    // Drained first, so that every waiter's first call queues: the shares then show
+    // how the queue serves them, not which task the runtime happened to poll first.
+    assert!(limiter.try_acquire(1).unwrap());
+    let run = contend(&limiter, 16, 2000 + 7, |_| 1).await;
+    let mut shares = [0_usize; 16];
+    for a in &run.admitted {
+        shares[a.waiter] += 1;
+    }
+    let (least, most) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+    assert!(most - least <= 1, "unfair shares: {shares:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_is_never_overtaken_whatever_the_weights() {
+    let limiter = RateLimiter::new(40, SECOND).with_burst(3);
+    let run = contend(&limiter, 16, 1200, |ticket| (ticket * 7 % 3) as u32 + 1).await;
+    let admitted: Vec<usize> = run.admitted.iter().map(|a| a.ticket).collect();
+    assert_eq!(
+        admitted, run.queued,
+        "admissions out of the order of arrival"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_heavy_head_is_not_overtaken_by_a_light_request_or_try_acquire() {
+    let limiter = RateLimiter::new(10, SECOND).with_burst(3);
+    let start = Instant::now();
+    limiter.acquire(3).await.unwrap(); // the whole burst
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let heavy = {
+        let (limiter, order) = (limiter.clone(), order.clone());
+        tokio::spawn(async move {
+            limiter.acquire(3).await.unwrap();
+            order.lock().unwrap().push(("heavy", start.elapsed()));
+        })
+    };
+    sleep(ms(150)).await;
+    // One token is free by now (100 ms), but the heavy waiter is first in line.
+    assert!(
+        !limiter.try_acquire(1).unwrap(),
+        "try_acquire jumped the queue"
+    );
+    let light = {
+        let (limiter, order) = (limiter.clone(), order.clone());
+        tokio::spawn(async move {
+            limiter.acquire(1).await.unwrap();
+            order.lock().unwrap().push(("light", start.elapsed()));
+        })
+    };
+    heavy.await.unwrap();
+    light.await.unwrap();
+    assert_eq!(
+        *order.lock().unwrap(),
+        [("heavy", ms(300)), ("light", ms(400))]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn more_than_the_burst_is_an_error_at_once() {
+    let limiter = RateLimiter::new(10, SECOND).with_burst(3);
+    let err = at_once(limiter.acquire(4)).await.unwrap_err();
+    assert!(!err.is_closed());
+    let message = err.to_string();
+    assert!(
+        message.contains('4') && message.contains("burst"),
+        "an unclear error: {message}"
+    );
+    assert_eq!(
+        limiter.waiting(),
+        0,
+        "a refused request stayed in the queue"
+    );
+    assert!(limiter.try_acquire(4).is_err());
+    assert!(limiter.try_acquire(u32::MAX).is_err());
+    // Nothing was consumed: the whole burst is still there.
+    assert!(limiter.try_acquire(3).unwrap());
+}
+
+async fn record_acquire(
+    limiter: &RateLimiter,
+    name: &'static str,
+    log: &Arc<Mutex<Vec<(&'static str, Instant)>>>,
+) -> tokio::task::JoinHandle<()> {
+    let (limiter, log) = (limiter.clone(), log.clone());
+    let task = tokio::spawn(async move {
+        limiter.acquire(1).await.unwrap();
+        log.lock().unwrap().push((name, Instant::now()));
+    });
+    // Let it reach the queue before the next one.
+    tokio::task::yield_now().await;
+    task
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_acquires_do_not_wedge_the_queue() {
+    let limiter = RateLimiter::new(10, SECOND).with_burst(1); // one per 100 ms
+    let t0 = Instant::now();
+    limiter.acquire(1).await.unwrap(); // the next token comes at 100 ms
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for name in ["a", "b", "c", "d", "e", "f"] {
+        tasks.push(record_acquire(&limiter, name, &log).await);
+    }
+    assert_eq!(limiter.waiting(), 6);
+    sleep(ms(10)).await;
+    // Cancel the head (sleeping for its token), one in the middle and the last one.
+    for i in [0, 2, 5] {
+        tasks[i].abort();
+    }
+    sleep(ms(10)).await;
+    assert_eq!(
+        limiter.waiting(),
+        3,
+        "a cancelled waiter stayed in the queue"
+    );
+    for (i, task) in tasks.into_iter().enumerate() {
+        match i {
+            0 | 2 | 5 => assert!(task.await.unwrap_err().is_cancelled()),
+            _ => task.await.unwrap(),
+        }
+    }
+    let seen: Vec<(&str, Duration)> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(name, at)| (*name, *at - t0))
+        .collect();
+    // The rest take the slots in order, on time: the cancelled ones took no tokens.
+    assert_eq!(seen, [("b", ms(100)), ("d", ms(200)), ("e", ms(300))]);
+    assert_eq!(limiter.waiting(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_that_gives_up_passes_its_turn_on() {
+    let limiter = RateLimiter::new(10, SECOND).with_burst(1);
+    let t0 = Instant::now();
+    limiter.acquire(1).await.unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    // The head gives up after 50 ms (its future is dropped by the timeout).
+    let quitter = {
+        let limiter = limiter.clone();
+        tokio::spawn(async move { tokio::time::timeout(ms(50), limiter.acquire(1)).await })
+    };
+    tokio::task::yield_now().await;
+    let next = record_acquire(&limiter, "next", &log).await;
+    assert_eq!(limiter.waiting(), 2);
+    assert!(
+        quitter.await.unwrap().is_err(),
+        "the head was admitted early"
+    );
+    assert_eq!(limiter.waiting(), 1);
+    next.await.unwrap();
+    let seen: Vec<(&str, Duration)> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(name, at)| (*name, *at - t0))
+        .collect();
+    assert_eq!(seen, [("next", ms(100))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_wakes_every_waiter_with_a_closed_error_and_later_calls_fail() {
+    let limiter = RateLimiter::new(1, SECOND).with_burst(1);
+    limiter.acquire(1).await.unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..5 {
+        let limiter = limiter.clone();
+        waiters.push(tokio::spawn(async move {
+            let out = limiter.acquire(1).await;
+            (out, Instant::now())
+        }));
+    }
+    sleep(ms(10)).await;
+    assert_eq!(limiter.waiting(), 5);
+    let closed_at = Instant::now();
+    let mut closer = limiter.clone();
+    at_once(closer.close()).await.unwrap();
+    for waiter in waiters {
+        let (out, at) = waiter.await.unwrap();
+        let err = out.unwrap_err();
+        assert!(err.is_closed(), "a waiter's error: {err}");
+        assert_eq!(at, closed_at, "a waiter woke late");
+    }
+    assert_eq!(limiter.waiting(), 0);
+    // Later calls fail the same way, even once tokens would be there again.
+    sleep(ms(5000)).await;
+    let err = at_once(limiter.acquire(1)).await.unwrap_err();
+    assert!(err.is_closed(), "{err}");
+    assert!(limiter.try_acquire(1).unwrap_err().is_closed());
+    // Closing again does nothing.
+    at_once(closer.close()).await.unwrap();
+    limiter.close_now();
+    assert!(limiter.try_acquire(1).unwrap_err().is_closed());
+}
+
+/// khive's token bucket never consumed tokens after a wait: waiters released together
+/// all went through. Here the bucket is drained, time passes, and 50 waiters arrive at
+/// once: they are admitted one interval apart, `rate` per period.
+#[tokio::test(start_paused = true)]
+async fn waiters_released_together_after_a_drain_do_not_overshoot() {
+    let limiter = RateLimiter::new(10, SECOND).with_burst(1);
+    assert!(limiter.try_acquire(1).unwrap());
+    assert!(!limiter.try_acquire(1).unwrap());
+    sleep(ms(5000)).await;
+    let t1 = Instant::now();
+    let mut waiters = JoinSet::new();
+    for _ in 0..50 {
+        let limiter = limiter.clone();
+        waiters.spawn(async move {
+            limiter.acquire(1).await.unwrap();
+            Instant::now()
+        });
+    }
+    let mut at = waiters.join_all().await;
+    at.sort();
+    let mut per_period = [0; 5];
+    for (k, t) in at.iter().enumerate() {
+        assert_eq!(*t - t1, ms(100) * k as u32, "admission {k}");
+        per_period[((*t - t1).as_millis() / 1000) as usize] += 1;
+    }
+    assert_eq!(per_period, [10; 5]);
+}
+
+/// The same with a burst: after the wait only the burst is available again, not the
+/// whole time's worth of tokens.
+#[tokio::test(start_paused = true)]
+async fn waiters_released_together_get_the_burst_then_the_rate() {
+    let limiter = RateLimiter::new(10, SECOND); // burst 10
+    for _ in 0..10 {
+        assert!(limiter.try_acquire(1).unwrap());
+    }
+    assert!(!limiter.try_acquire(1).unwrap());
+    sleep(ms(5000)).await;
+    let t1 = Instant::now();
+    let mut waiters = JoinSet::new();
+    for _ in 0..50 {
+        let limiter = limiter.clone();
+        waiters.spawn(async move {
+            limiter.acquire(1).await.unwrap();
+            Instant::now()
+        });
+    }
+    let mut at = waiters.join_all().await;
+    at.sort();
+    for (k, t) in at.iter().enumerate() {
+        let expected = if k < 10 { 0 } else { 100 * (k as u64 - 9) };
+        assert_eq!(*t - t1, ms(expected), "admission {k}");
+    }
+    // After the first period, exactly `rate` per period.
+    for p in 1..4_u64 {
+        let from = t1 + SECOND * p as u32;
+        let n = at
+            .iter()
+            .filter(|t| **t >= from && **t < from + SECOND)
+            .count();
+        assert_eq!(n, 10, "period {p}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_until_holds_try_acquire_until_the_instant() {
+    let limiter = RateLimiter::new(10, SECOND).with_burst(5);
+    let t0 = Instant::now();
+    limiter.pause_until(t0 + SECOND);
+    assert!(
+        !limiter.try_acquire(1).unwrap(),
+        "admitted during the pause"
+    );
+    sleep_until(t0 + ms(999)).await;
+    assert!(
+        !limiter.try_acquire(1).unwrap(),
+        "admitted during the pause"
+    );
+    sleep_until(t0 + SECOND).await;
+    assert!(
+        limiter.try_acquire(1).unwrap(),
+        "not admitted after the pause"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_until_holds_waiters_including_one_already_waiting_for_its_token() {
+    let limiter = RateLimiter::new(10, SECOND).with_burst(1);
+    let t0 = Instant::now();
+    limiter.acquire(1).await.unwrap();
+    // This waiter's token comes at 100 ms; it is sleeping for it.
+    let waiter = {
+        let limiter = limiter.clone();
+        tokio::spawn(async move {
+            limiter.acquire(1).await.unwrap();
+            Instant::now()
+        })
+    };
+    sleep(ms(50)).await;
+    limiter.pause_until(t0 + ms(1000));
+    assert_eq!(waiter.await.unwrap() - t0, ms(1000));
+    // A caller arriving later, after the pause, waits for the rate again.
+    limiter.acquire(1).await.unwrap();
+    assert_eq!(t0.elapsed(), ms(1100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_earlier_pause_does_not_shorten_a_later_one() {
+    let limiter = RateLimiter::new(10, SECOND).with_burst(5);
+    let t0 = Instant::now();
+    limiter.pause_until(t0 + ms(2000));
+    limiter.pause_until(t0 + ms(500));
+    sleep_until(t0 + ms(1000)).await;
+    assert!(!limiter.try_acquire(1).unwrap(), "the pause was shortened");
+    limiter.acquire(1).await.unwrap();
+    assert_eq!(t0.elapsed(), ms(2000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn weighted_acquires_take_their_tokens_worth_of_time() {
+    // 10 per second (100 ms a token), burst 5.
+    let limiter = RateLimiter::new(10, SECOND).with_burst(5);
+    let t0 = Instant::now();
+    let mut at = Vec::new();
+    for _ in 0..5 {
+        limiter.acquire(3).await.unwrap();
+        at.push(t0.elapsed());
+    }
+    // 3 of the burst at once; 2 left, so the next 3 need one more token (100 ms);
+    // after that every request waits for 3 tokens: 300 ms.
+    assert_eq!(at, [0, 100, 400, 700, 1000].map(ms));
+    // A single token after them costs 100 ms.
+    limiter.acquire(1).await.unwrap();
+    assert_eq!(t0.elapsed(), ms(1100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_share_one_limiter() {
+    let limiter = RateLimiter::new(10, SECOND).with_burst(2);
+    let clone = limiter.clone();
+    assert!(limiter.try_acquire(2).unwrap());
+    assert!(
+        !clone.try_acquire(1).unwrap(),
+        "the clone has its own bucket"
+    );
+    let waiter = {
+        let limiter = limiter.clone();
+        tokio::spawn(async move { limiter.acquire(1).await })
+    };
+    sleep(ms(10)).await;
+    assert_eq!(clone.waiting(), 1);
+    clone.close_now();
+    assert!(waiter.await.unwrap().unwrap_err().is_closed());
+    assert!(limiter.try_acquire(1).unwrap_err().is_closed());
+}
+
+fn assert_clear_config_error(err: &ResourceError, mentions: &str) {
+    assert!(
+        !err.is_closed(),
+        "a configuration error reads as closed: {err}"
+    );
+    assert!(
+        err.to_string().contains(mentions),
+        "the error does not mention {mentions:?}: {err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_of_zero_a_zero_period_or_a_burst_of_zero_are_clear_errors() {
+    let cases = [
+        (RateLimiter::new(0, SECOND), "rate"),
+        (RateLimiter::new(0, SECOND).with_burst(5), "rate"),
+        (RateLimiter::new(10, Duration::ZERO), "period"),
+        (RateLimiter::new(10, SECOND).with_burst(0), "burst"),
+    ];
+    for (limiter, mentions) in cases {
+        let err = at_once(limiter.acquire(1)).await.unwrap_err();
+        assert_clear_config_error(&err, mentions);
+        let err = limiter.try_acquire(1).unwrap_err();
+        assert_clear_config_error(&err, mentions);
+        assert_eq!(limiter.waiting(), 0);
+    }
+}
