@@ -135,7 +135,9 @@ impl RateLimiter {
                 period_ns: period.as_nanos(),
                 epoch: Instant::now(),
                 whole_ticks: rate > 0
-                    && period.as_nanos() % (u128::from(rate) * TIMER_TICK.as_nanos()) == 0,
+                    && period
+                        .as_nanos()
+                        .is_multiple_of(u128::from(rate) * TIMER_TICK.as_nanos()),
                 burst,
                 invalid,
                 rate,
