@@ -1,14 +1,14 @@
 //! [`AsyncExecutor`]: bounded concurrency with a graceful shutdown, the [`Executor`]
 //! protocol, and [`RateLimitedExecutor`].
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -87,8 +87,11 @@ struct Exec {
     waiting: AtomicUsize,
     waiting_done: Notify,
     /// Tasks and waiters stopped by the deadline.
-    aborted: Arc<AtomicUsize>,
+    aborted: AtomicUsize,
     lifecycle: Mutex<Lifecycle>,
+    /// Set once the executor stops accepting work: read on every submission without
+    /// taking the lifecycle lock.
+    closing: AtomicBool,
     closed: Notify,
 }
 
@@ -142,8 +145,9 @@ impl AsyncExecutor {
                 abort: CancellationToken::new(),
                 waiting: AtomicUsize::new(0),
                 waiting_done: Notify::new(),
-                aborted: Arc::new(AtomicUsize::new(0)),
+                aborted: AtomicUsize::new(0),
                 lifecycle: Mutex::new(Lifecycle::Open),
+                closing: AtomicBool::new(false),
                 closed: Notify::new(),
             }),
         }
@@ -176,14 +180,20 @@ impl AsyncExecutor {
         // Counted as waiting until its task is tracked, so a shutdown that sees no
         // waiters and an empty tracker cannot miss it.
         let _waiting = Waiting::new(exec);
-        let permit = tokio::select! {
-            biased;
-            () = exec.abort.cancelled() => {
-                exec.aborted.fetch_add(1, Ordering::Relaxed);
-                return Err(ResourceError::closed("AsyncExecutor"));
-            }
-            permit = exec.permits.clone().acquire_owned() => {
-                permit.map_err(|_| ResourceError::closed("AsyncExecutor"))?
+        let permit = match exec.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(ResourceError::closed("AsyncExecutor")),
+            Err(TryAcquireError::NoPermits) => {
+                tokio::select! {
+                    biased;
+                    permit = exec.permits.clone().acquire_owned() => {
+                        permit.map_err(|_| ResourceError::closed("AsyncExecutor"))?
+                    }
+                    () = exec.abort.cancelled() => {
+                        exec.aborted.fetch_add(1, Ordering::Relaxed);
+                        return Err(ResourceError::closed("AsyncExecutor"));
+                    }
+                }
             }
         };
         Ok(self.start(permit, fut))
@@ -194,19 +204,32 @@ impl AsyncExecutor {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let exec = &*self.inner;
-        let abort = exec.abort.clone();
-        let aborted = exec.aborted.clone();
-        let handle = exec.tracker.spawn(async move {
+        // One reference count for the task; cloning the abort token instead would take
+        // the token's lock for every task.
+        let exec = self.inner.clone();
+        let tracker = &self.inner.tracker;
+        let handle = tracker.spawn(async move {
             let _permit = permit;
-            tokio::select! {
-                biased;
-                () = abort.cancelled() => {
-                    aborted.fetch_add(1, Ordering::Relaxed);
-                    None
-                }
-                output = fut => Some(output),
+            let aborted = &exec.aborted;
+            if exec.abort.is_cancelled() {
+                aborted.fetch_add(1, Ordering::Relaxed);
+                return None;
             }
+            let mut fut = pin!(fut);
+            let mut cancelled = pin!(exec.abort.cancelled());
+            // The task's own future first: one that finishes without waiting never
+            // registers with the abort token (that registration is the costly part).
+            poll_fn(|cx| {
+                if let Poll::Ready(output) = fut.as_mut().poll(cx) {
+                    return Poll::Ready(Some(output));
+                }
+                if cancelled.as_mut().poll(cx).is_ready() {
+                    aborted.fetch_add(1, Ordering::Relaxed);
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await
         });
         TaskHandle { handle }
     }
@@ -258,6 +281,7 @@ impl AsyncExecutor {
             match *lifecycle {
                 Lifecycle::Open => {
                     *lifecycle = Lifecycle::Closing;
+                    exec.closing.store(true, Ordering::SeqCst);
                     true
                 }
                 Lifecycle::Closing => false,
@@ -296,10 +320,10 @@ impl Exec {
                 "an AsyncExecutor with a max_concurrency of 0 runs nothing: give it at least 1",
             ));
         }
-        match *self.lifecycle() {
-            Lifecycle::Open => Ok(()),
-            _ => Err(ResourceError::closed("AsyncExecutor")),
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(ResourceError::closed("AsyncExecutor"));
         }
+        Ok(())
     }
 
     /// Returns once no caller is waiting for a slot (nobody new can start waiting once
@@ -317,14 +341,19 @@ impl Exec {
     }
 
     async fn run_shutdown(&self) {
-        let drained = crate::step::within_deadline(self.shutdown_timeout, async {
-            // Callers already waiting for a slot still run.
-            self.no_waiters().await;
-            self.tracker.close();
-            self.tracker.wait().await;
-        })
-        .await;
-        if matches!(drained, crate::step::DeadlineOutcome::Expired) {
+        let expired = if self.shutdown_timeout.is_zero() {
+            true
+        } else {
+            let drained = crate::step::within_deadline(self.shutdown_timeout, async {
+                // Callers already waiting for a slot still run.
+                self.no_waiters().await;
+                self.tracker.close();
+                self.tracker.wait().await;
+            })
+            .await;
+            matches!(drained, crate::step::DeadlineOutcome::Expired)
+        };
+        if expired {
             self.abort.cancel();
             // Waiters and tasks on other threads count themselves as they stop.
             self.no_waiters().await;
@@ -353,14 +382,18 @@ struct Waiting<'a>(&'a Exec);
 
 impl<'a> Waiting<'a> {
     fn new(exec: &'a Exec) -> Self {
-        exec.waiting.fetch_add(1, Ordering::AcqRel);
+        exec.waiting.fetch_add(1, Ordering::SeqCst);
         Waiting(exec)
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        if self.0.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // Only a shutdown waits for the count to reach zero, and it sets `closing`
+        // before it looks: so the (locking) notification is needed only then.
+        if self.0.waiting.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.0.closing.load(Ordering::SeqCst)
+        {
             self.0.waiting_done.notify_waiters();
         }
     }
