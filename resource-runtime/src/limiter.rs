@@ -76,6 +76,9 @@ struct State {
     tat: Option<u128>,
     /// Nobody is admitted before this.
     paused_until: Option<Instant>,
+    /// Until this instant, a request may use time a late head lost (see
+    /// `take_if_ready`).
+    catch_up_until: Option<Instant>,
     /// Waiters in arrival order (ids only grow).
     queue: BTreeMap<u64, Option<Waker>>,
     next_id: u64,
@@ -145,6 +148,7 @@ impl RateLimiter {
                 state: Mutex::new(State {
                     tat: None,
                     paused_until: None,
+                    catch_up_until: None,
                     queue: BTreeMap::new(),
                     next_id: 0,
                     closed: false,
@@ -368,9 +372,16 @@ impl Limiter {
         slept_until: Option<Instant>,
     ) -> Option<Instant> {
         let now_s = self.scaled(now);
-        let floor = match slept_until {
-            Some(at) if self.whole_ticks && at < now => self.scaled(at),
-            _ => now_s,
+        let late_head = slept_until.filter(|at| self.whole_ticks && *at < now);
+        let floor = match late_head {
+            Some(at) => self.scaled(at),
+            // Right after a late head, the next request may still be owed the time the
+            // head lost: a wake-up can come more than one interval late, and then the
+            // next token is due already.
+            None if state.catch_up_until.is_some_and(|until| now <= until) => {
+                now_s.saturating_sub(TIMER_TICK.as_nanos() * u128::from(self.rate))
+            }
+            None => now_s,
         };
         let tat = state.tat.map_or(now_s, |tat| tat.max(floor));
         // Admitted once `tat + n·T - burst·T <= now`: `tat` is at most `burst - n`
@@ -387,6 +398,7 @@ impl Limiter {
             return ready;
         }
         state.tat = Some(tat + self.period_ns * u128::from(n));
+        state.catch_up_until = late_head.map(|_| now + TIMER_TICK);
         None
     }
 }
