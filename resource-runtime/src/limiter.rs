@@ -237,11 +237,12 @@ impl RateLimiter {
                 }
                 let now = Instant::now();
                 let slept_until = sleep.as_ref().as_pin_ref().map(|timer| timer.deadline());
-                let Some(at) = limiter.take_if_ready(&mut state, now, n, slept_until) else {
+                let Some(later) = limiter.take_if_ready(&mut state, now, n, slept_until) else {
                     state.queue.remove(&id);
                     wake_head(&mut state);
                     return Poll::Ready(Ok(()));
                 };
+                let at = later.at();
                 if let Some(waker) = state.queue.get_mut(&id) {
                     *waker = Some(cx.waker().clone());
                 }
@@ -312,6 +313,21 @@ impl Drop for Queued<'_> {
     }
 }
 
+/// Not admitted yet: when it will be, computed only for a caller that waits (the
+/// conversion divides, and `try_acquire` has no use for it).
+struct Later<'a> {
+    limiter: &'a Limiter,
+    ready_s: u128,
+    paused: Option<Instant>,
+}
+
+impl Later<'_> {
+    fn at(&self) -> Instant {
+        let ready = self.limiter.instant(self.ready_s);
+        self.paused.map_or(ready, |paused| ready.max(paused))
+    }
+}
+
 /// The tick of tokio's timer wheel.
 const TIMER_TICK: Duration = Duration::from_millis(1);
 
@@ -370,7 +386,7 @@ impl Limiter {
         now: Instant,
         n: u32,
         slept_until: Option<Instant>,
-    ) -> Option<Instant> {
+    ) -> Option<Later<'_>> {
         let now_s = self.scaled(now);
         let late_head = slept_until.filter(|at| self.whole_ticks && *at < now);
         let floor = match late_head {
@@ -388,14 +404,13 @@ impl Limiter {
         // tokens ahead of now (`T` is `period_ns` in scaled units).
         let ahead = self.period_ns * u128::from(self.burst - n);
         let ready_s = tat.saturating_sub(ahead).max(now_s);
-        let mut ready = (ready_s > now_s).then(|| self.instant(ready_s));
-        if let Some(paused) = state.paused_until
-            && paused > now
-        {
-            ready = Some(ready.map_or(paused, |r| r.max(paused)));
-        }
-        if ready.is_some() {
-            return ready;
+        let paused = state.paused_until.filter(|paused| *paused > now);
+        if ready_s > now_s || paused.is_some() {
+            return Some(Later {
+                limiter: self,
+                ready_s,
+                paused,
+            });
         }
         state.tat = Some(tat + self.period_ns * u128::from(n));
         state.catch_up_until = late_head.map(|_| now + TIMER_TICK);
