@@ -87,6 +87,7 @@
 
 mod adapters;
 mod detached;
+mod endpoint;
 mod error;
 mod executor;
 mod limiter;
@@ -108,6 +109,9 @@ mod testing {
 pub mod __private;
 
 pub use crate::detached::{detached_in_flight, wait_detached};
+pub use crate::endpoint::{
+    Auth, Endpoint, EndpointConfig, EndpointError, ResourceClient, RetryPolicy, Secret,
+};
 pub use crate::error::{BoxError, Operation, ResourceError};
 pub use crate::executor::{AsyncExecutor, Executor, RateLimitedExecutor, TaskHandle};
 pub use crate::limiter::RateLimiter;

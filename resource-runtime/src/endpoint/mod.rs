@@ -1,0 +1,645 @@
+//! [`Endpoint`]: an HTTP API endpoint on reqwest that closes cleanly.
+
+mod config;
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use self::config::{Auth, EndpointConfig, RetryPolicy, Secret};
+use crate::AsyncResource;
+use crate::error::ResourceError;
+use crate::limiter::RateLimiter;
+
+/// A client of an external API: called with a request, it returns the decoded
+/// response or an error. [`Endpoint`] implements it; so can a user's own client that
+/// wraps a vendor SDK and derives [`AsyncResource`].
+pub trait ResourceClient<Req: ?Sized, Resp>: AsyncResource {
+    /// Sends `request` and returns the decoded response.
+    fn call(&self, request: &Req) -> impl Future<Output = Result<Resp, ResourceError>> + Send;
+}
+
+/// The errors of an [`Endpoint`] call, inside a [`ResourceError`]
+/// (`error.downcast_ref::<EndpointError>()`). They name the URL, never the key.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// The API answered with a status that is not a success, after any retries.
+    Status {
+        /// The URL called.
+        url: String,
+        /// The status.
+        status: StatusCode,
+        /// The start of the response body (at most 512 bytes).
+        body: String,
+    },
+    /// An attempt did not finish within the request timeout, after any retries.
+    Timeout {
+        /// The URL called.
+        url: String,
+    },
+    /// The connection could not be made or broke, after any retries.
+    Connect {
+        /// The URL called.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The response was not the JSON the caller expected.
+    Decode {
+        /// The URL called.
+        url: String,
+        /// What the decoder said.
+        message: String,
+    },
+    /// The call was still running when the endpoint's close deadline passed.
+    Cut {
+        /// The URL called.
+        url: String,
+    },
+}
+
+impl fmt::Display for EndpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndpointError::Status { url, status, body } => {
+                write!(f, "{url} answered {status}")?;
+                if !body.is_empty() {
+                    write!(f, ": {body}")?;
+                }
+                Ok(())
+            }
+            EndpointError::Timeout { url } => {
+                write!(f, "{url} did not answer within the request timeout")
+            }
+            EndpointError::Connect { url, message } => {
+                write!(f, "could not reach {url}: {message}")
+            }
+            EndpointError::Decode { url, message } => {
+                write!(
+                    f,
+                    "the response of {url} is not the expected JSON: {message}"
+                )
+            }
+            EndpointError::Cut { url } => {
+                write!(f, "the call to {url} was cut when the endpoint closed")
+            }
+        }
+    }
+}
+
+impl std::error::Error for EndpointError {}
+
+impl EndpointError {
+    /// The HTTP status, for a status error.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            EndpointError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// An HTTP API endpoint: one `reqwest` client, shared by every concurrent call, built
+/// at `enter` and dropped at `close` so that every pooled connection closes.
+///
+/// - [`call`](Self::call) sends a JSON body with the configured method and path and
+///   decodes the JSON response; [`request`](Self::request) is the general case.
+/// - Connect errors, timeouts, `429` and `5xx` are retried with backoff and full
+///   jitter; `Retry-After` (seconds or an HTTP date) is honoured, and with a
+///   [`RateLimiter`] attached it holds every caller back. Other `4xx` fail at once.
+/// - Entering twice keeps the one client. Calls before `enter` or after `close` fail
+///   at once.
+/// - Close: no new calls (a closed error), in-flight calls finish up to the close
+///   deadline, the rest are cut, then the client is dropped. The error names how many
+///   calls were cut.
+///
+/// A cheap handle: every clone is the same endpoint.
+///
+/// ```no_run
+/// use resource_runtime::{Endpoint, EndpointConfig, ResourceError, Secret, scope};
+/// use serde_json::{Value, json};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), ResourceError> {
+/// let config = EndpointConfig::new("https://api.example.com/v1")
+///     .path("chat/completions")
+///     .bearer(Secret::env("EXAMPLE_API_KEY"));
+/// let answer: Value = scope(Endpoint::new(config)?, async |api: &mut Endpoint| {
+///     api.call(&json!({ "prompt": "hello" })).await
+/// })
+/// .await??;
+/// println!("{answer}");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    url: Url,
+    method: Method,
+    headers: HeaderMap,
+    auth: Option<Auth>,
+    config: EndpointConfig,
+    limiter: Option<RateLimiter>,
+    state: Mutex<State>,
+    in_flight: AtomicUsize,
+    idle: Notify,
+    cut: CancellationToken,
+}
+
+#[derive(Default)]
+struct State {
+    client: Option<reqwest::Client>,
+    /// Headers with the key, built at `enter`.
+    auth_headers: HeaderMap,
+    closing: bool,
+    closed: bool,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("name", &self.inner.name)
+            .field("url", &self.inner.url.as_str())
+            .field("method", &self.inner.method)
+            .field("in_flight", &self.inner.in_flight.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(name: &str, field: &str, why: impl fmt::Display) -> ResourceError {
+    ResourceError::other(format!("endpoint `{name}`: `{field}` {why}"))
+}
+
+impl Endpoint {
+    /// Checks `config` (the URL parses, the method and header names are valid) and
+    /// builds the endpoint. Nothing connects until [`enter`](AsyncResource::enter).
+    pub fn new(config: EndpointConfig) -> Result<Endpoint, ResourceError> {
+        let name = config.name.clone();
+        let mut base = Url::parse(&config.base_url).map_err(|e| {
+            invalid(
+                &name,
+                "base_url",
+                format_args!("`{}` is not a URL: {e}", config.base_url),
+            )
+        })?;
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let url = base
+            .join(config.path.trim_start_matches('/'))
+            .map_err(|e| {
+                invalid(
+                    &name,
+                    "path",
+                    format_args!("`{}` does not join the base URL: {e}", config.path),
+                )
+            })?;
+        let method = Method::from_bytes(config.method.as_bytes()).map_err(|_| {
+            invalid(
+                &name,
+                "method",
+                format_args!("`{}` is not an HTTP method", config.method),
+            )
+        })?;
+        let mut headers = HeaderMap::new();
+        let content_type = HeaderValue::from_str(&config.content_type)
+            .map_err(|_| invalid(&name, "content_type", "is not a valid header value"))?;
+        headers.insert(reqwest::header::CONTENT_TYPE, content_type);
+        for (key, value) in &config.headers {
+            let header = HeaderName::from_bytes(key.as_bytes()).map_err(|_| {
+                invalid(
+                    &name,
+                    "headers",
+                    format_args!("`{key}` is not a valid header name"),
+                )
+            })?;
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                invalid(
+                    &name,
+                    "headers",
+                    format_args!("the value of `{key}` is not a valid header value"),
+                )
+            })?;
+            headers.insert(header, value);
+        }
+        if let Some(Auth::Header { name: header, .. }) = &config.auth {
+            HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                invalid(
+                    &name,
+                    "auth.header.name",
+                    format_args!("`{header}` is not a valid header name"),
+                )
+            })?;
+        }
+        Ok(Endpoint {
+            inner: Arc::new(Inner {
+                name,
+                url,
+                method,
+                headers,
+                auth: config.auth.clone(),
+                config,
+                limiter: None,
+                state: Mutex::new(State::default()),
+                in_flight: AtomicUsize::new(0),
+                idle: Notify::new(),
+                cut: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// Every attempt first takes a token from `limiter`, and a `429` with `Retry-After`
+    /// pauses it, so every caller sharing it waits, not only the one that got the
+    /// `429`. Call before the endpoint is cloned.
+    #[must_use]
+    pub fn with_limiter(mut self, limiter: RateLimiter) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.limiter = Some(limiter),
+            None => tracing::warn!(
+                endpoint = %self.inner.name,
+                "`with_limiter` on an endpoint that is already shared: the limiter is not attached"
+            ),
+        }
+        self
+    }
+
+    /// The URL `call` sends to.
+    pub fn url(&self) -> &Url {
+        &self.inner.url
+    }
+
+    /// How many calls are running now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Sends `request` as JSON with the configured method to the configured path, and
+    /// decodes the JSON response.
+    pub async fn call<Req, Resp>(&self, request: &Req) -> Result<Resp, ResourceError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let body = serde_json::to_vec(request).map_err(ResourceError::other)?;
+        let url = self.inner.url.clone();
+        let bytes = self
+            .send(self.inner.method.clone(), url.clone(), Some(body))
+            .await?;
+        decode(&url, &bytes)
+    }
+
+    /// Sends `body` (as JSON, if any) with `method` to `path` under the base URL, and
+    /// decodes the JSON response.
+    pub async fn request<Req, Resp>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Req>,
+    ) -> Result<Resp, ResourceError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let base = &self.inner.url;
+        let url = base.join(path).map_err(|e| {
+            invalid(
+                &self.inner.name,
+                "path",
+                format_args!("`{path}` does not join {base}: {e}"),
+            )
+        })?;
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(ResourceError::other)?;
+        let bytes = self.send(method, url.clone(), body).await?;
+        decode(&url, &bytes)
+    }
+
+    /// Registers a call, runs its attempts, and cuts it if the close deadline passes.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, ResourceError> {
+        let inner = &*self.inner;
+        let (client, auth_headers) = {
+            let state = inner.lock();
+            if state.closing || state.closed {
+                return Err(ResourceError::closed(format!("Endpoint `{}`", inner.name)));
+            }
+            let Some(client) = state.client.clone() else {
+                return Err(ResourceError::other(format!(
+                    "endpoint `{}` was not entered: call `enter().await` (or use it in a `scope`) before calling it",
+                    inner.name
+                )));
+            };
+            inner.in_flight.fetch_add(1, Ordering::AcqRel);
+            (client, state.auth_headers.clone())
+        };
+        let _call = InFlight(inner);
+        let attempts = inner.attempts(&client, &auth_headers, method, &url, body);
+        let mut attempts = pin!(attempts);
+        let mut cut = pin!(inner.cut.cancelled());
+        poll_fn(|cx| {
+            if let Poll::Ready(outcome) = attempts.as_mut().poll(cx) {
+                return Poll::Ready(outcome);
+            }
+            if cut.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(ResourceError::other(EndpointError::Cut {
+                    url: url.to_string(),
+                })));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Counts a call as in flight for as long as it runs, however it ends.
+struct InFlight<'a>(&'a Inner);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+fn decode<Resp: DeserializeOwned>(url: &Url, bytes: &[u8]) -> Result<Resp, ResourceError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ResourceError::other(EndpointError::Decode {
+            url: url.to_string(),
+            message: e.to_string(),
+        })
+    })
+}
+
+/// The start of a body, for an error message.
+fn excerpt(bytes: &[u8]) -> String {
+    const MAX: usize = 512;
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX)]).into_owned();
+    if bytes.len() > MAX {
+        format!("{text}…")
+    } else {
+        text
+    }
+}
+
+/// The delay a `Retry-After` header asks for: seconds, or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Each update is a few assignments: a poisoned lock still guards a valid state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn attempts(
+        &self,
+        client: &reqwest::Client,
+        auth_headers: &HeaderMap,
+        method: Method,
+        url: &Url,
+        body: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, ResourceError> {
+        let policy = &self.config.retry;
+        let attempts = policy.max_attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            if let Some(limiter) = &self.limiter {
+                limiter.acquire(1).await?;
+            }
+            let mut request = client
+                .request(method.clone(), url.clone())
+                .headers(self.headers.clone())
+                .headers(auth_headers.clone());
+            if let Some(body) = &body {
+                request = request.body(body.clone());
+            }
+            let (error, wait) = match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let headers = response.headers().clone();
+                    let bytes = match response.bytes().await {
+                        Ok(bytes) => bytes,
+                        Err(e) => {
+                            let error = transport_error(url, &e);
+                            attempt += 1;
+                            if attempt >= attempts {
+                                return Err(error);
+                            }
+                            tokio::time::sleep(policy.backoff(attempt - 1)).await;
+                            continue;
+                        }
+                    };
+                    if status.is_success() {
+                        return Ok(bytes.to_vec());
+                    }
+                    let error = ResourceError::other(EndpointError::Status {
+                        url: url.to_string(),
+                        status,
+                        body: excerpt(&bytes),
+                    });
+                    let retryable =
+                        status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+                    if !retryable {
+                        return Err(error);
+                    }
+                    let asked = retry_after(&headers).map(|d| d.min(policy.max_delay));
+                    if let (Some(delay), Some(limiter)) = (asked, &self.limiter) {
+                        limiter.pause_until(tokio::time::Instant::now() + delay);
+                    }
+                    (error, asked)
+                }
+                Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
+                    (transport_error(url, &e), None)
+                }
+                Err(e) => return Err(transport_error(url, &e)),
+            };
+            attempt += 1;
+            if attempt >= attempts {
+                return Err(error);
+            }
+            let delay = wait.unwrap_or_else(|| policy.backoff(attempt - 1));
+            tracing::debug!(
+                endpoint = %self.name,
+                attempt,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                %error,
+                "retrying"
+            );
+            // With a limiter the pause holds this caller too; without one, sleep here.
+            if self.limiter.is_none() || wait.is_none() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
+    /// Reads the key and builds the client; a second enter keeps the first client.
+    fn enter(&self) -> Result<(), ResourceError> {
+        let mut state = self.lock();
+        if state.closing || state.closed {
+            return Err(ResourceError::closed(format!("Endpoint `{}`", self.name)));
+        }
+        if state.client.is_some() {
+            return Ok(());
+        }
+        let mut auth_headers = HeaderMap::new();
+        if let Some(auth) = &self.auth {
+            let (header, secret, prefix) = match auth {
+                Auth::Bearer(secret) => (reqwest::header::AUTHORIZATION, secret, "Bearer "),
+                Auth::Header { name, key } => (
+                    HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                        invalid(&self.name, "auth.header.name", "is not a valid header name")
+                    })?,
+                    key,
+                    "",
+                ),
+            };
+            let key = match secret {
+                Secret::Value(key) => key.clone(),
+                Secret::Env(var) => std::env::var(var).map_err(|_| {
+                    invalid(
+                        &self.name,
+                        "auth",
+                        format_args!(
+                            "reads its key from the environment variable `{var}`, which is not set"
+                        ),
+                    )
+                })?,
+            };
+            let mut value = HeaderValue::from_str(&format!("{prefix}{key}")).map_err(|_| {
+                invalid(
+                    &self.name,
+                    "auth",
+                    "holds a key that is not a valid header value",
+                )
+            })?;
+            value.set_sensitive(true);
+            auth_headers.insert(header, value);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(self.config.request_timeout)
+            .connect_timeout(self.config.connect_timeout)
+            .build()
+            .map_err(|e| invalid(&self.name, "client", e))?;
+        state.client = Some(client);
+        state.auth_headers = auth_headers;
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), ResourceError> {
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return Ok(());
+            }
+            state.closing = true;
+        }
+        let drained = crate::step::within_deadline(self.config.close_timeout, async {
+            loop {
+                let idle = self.idle.notified();
+                let mut idle = pin!(idle);
+                idle.as_mut().enable();
+                if self.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        })
+        .await;
+        let cut = self.in_flight.load(Ordering::Acquire);
+        if cut > 0 {
+            self.cut.cancel();
+        }
+        {
+            let mut state = self.lock();
+            // The last clone of the client goes with the calls that held one: then
+            // every pooled connection closes.
+            state.client = None;
+            state.auth_headers.clear();
+            state.closed = true;
+        }
+        match drained {
+            crate::step::DeadlineOutcome::Expired if cut > 0 => Err(ResourceError::other(format!(
+                "endpoint `{}`: {cut} call(s) still running at the close deadline of {:?} were cut",
+                self.name, self.config.close_timeout
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl AsyncResource for Endpoint {
+    /// Reads the key and builds the client. Entering again keeps the same client.
+    async fn enter(&mut self) -> Result<(), ResourceError> {
+        self.inner.enter()
+    }
+
+    /// Stops new calls, lets in-flight ones finish up to the close deadline, cuts the
+    /// rest, and drops the client. For every clone.
+    async fn close(&mut self) -> Result<(), ResourceError> {
+        self.inner.close().await
+    }
+}
+
+impl<Req, Resp> ResourceClient<Req, Resp> for Endpoint
+where
+    Req: Serialize + Sync + ?Sized,
+    Resp: DeserializeOwned,
+{
+    fn call(&self, request: &Req) -> impl Future<Output = Result<Resp, ResourceError>> + Send {
+        Endpoint::call(self, request)
+    }
+}
+
+fn transport_error(url: &Url, error: &reqwest::Error) -> ResourceError {
+    let url = url.to_string();
+    if error.is_timeout() {
+        return ResourceError::other(EndpointError::Timeout { url });
+    }
+    // reqwest's message names the URL; the key is only ever in a sensitive header.
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    ResourceError::other(EndpointError::Connect { url, message })
+}

@@ -1,0 +1,690 @@
+//! A loopback HTTP server for the `Endpoint` tests, with fault modes.
+//!
+//! [`TestServer::start`] binds `127.0.0.1:0` and runs an accept loop of its own on the
+//! current tokio runtime, so the tests can count the TCP connections a client opens and
+//! closes ([`TestServer::accepted`], [`TestServer::open`], [`TestServer::wait_for_open`])
+//! as well as the requests it sends ([`TestServer::received`]).
+//!
+//! What the server answers is scripted: every request takes the next [`Reply`] from a
+//! FIFO queue ([`TestServer::push`], [`TestServer::push_many`]); when the queue is empty
+//! it uses the default reply, which echoes the request: `200` with the JSON body
+//! `{"echo": <the request body as JSON, or null>, "n": <the request's number, from 1>}`.
+//! Besides ordinary responses a reply can be slow ([`Reply::slow`]), never come
+//! ([`Reply::hang`]), reset the connection ([`Reply::reset`]) or carry a body that is
+//! not JSON ([`Reply::malformed_json`]).
+//!
+//! Connections are HTTP/1.1 with keep-alive (or HTTP/2 if the client speaks it with
+//! prior knowledge), served by hyper. Dropping the server, or
+//! [`TestServer::shutdown`], stops the accept loop and closes every connection.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use resource_tests::server::{Reply, TestServer};
+//!
+//! let server = TestServer::start().await;
+//! server.push(Reply::retry_after(429, 1));
+//! // ...point a client at server.url() and call it twice: the first call gets the 429,
+//! // the second the default echo.
+//! assert!(server.wait_for_open(0, std::time::Duration::from_secs(5)).await);
+//! # }
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+/// How often the `wait_for_*` methods look at the counters again.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// What the server does with one request: see the constructors.
+///
+/// A reply is consumed by exactly one request. Headers added with
+/// [`with_header`](Self::with_header) go on the response (for [`slow`](Self::slow), on
+/// the inner reply's response; [`hang`](Self::hang) and [`reset`](Self::reset) send no
+/// response, so they ignore them).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Respond(Respond),
+    Slow(Duration, Box<Kind>),
+    Hang,
+    Reset,
+}
+
+#[derive(Debug, Clone)]
+struct Respond {
+    status: StatusCode,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: ReplyBody,
+}
+
+#[derive(Debug, Clone)]
+enum ReplyBody {
+    Fixed(Bytes),
+    /// `{"echo": <request JSON or null>, "n": <request number>}`.
+    Echo,
+}
+
+fn status_code(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or_else(|_| panic!("{code} is not an HTTP status code"))
+}
+
+impl Reply {
+    fn respond(status: u16, content_type: &'static str, body: ReplyBody) -> Self {
+        Reply {
+            kind: Kind::Respond(Respond {
+                status: status_code(status),
+                headers: vec![(CONTENT_TYPE, HeaderValue::from_static(content_type))],
+                body,
+            }),
+        }
+    }
+
+    /// The default reply: `200` with `{"echo": <request body as JSON, or null>, "n":
+    /// <request number>}` (`null` too when the body is not JSON). Push it to script an
+    /// ordinary success between faults.
+    pub fn echo() -> Self {
+        Self::respond(200, "application/json", ReplyBody::Echo)
+    }
+
+    /// `status` with `body` as JSON (`content-type: application/json`).
+    ///
+    /// # Panics
+    ///
+    /// If `status` is not a valid status code (100 to 999).
+    pub fn json(status: u16, body: serde_json::Value) -> Self {
+        Self::respond(
+            status,
+            "application/json",
+            ReplyBody::Fixed(Bytes::from(body.to_string())),
+        )
+    }
+
+    /// `status` with the empty JSON object `{}` as body.
+    ///
+    /// # Panics
+    ///
+    /// If `status` is not a valid status code.
+    pub fn status(status: u16) -> Self {
+        Self::json(status, serde_json::json!({}))
+    }
+
+    /// `status` (meant for 429 or 503, but any code goes) with `Retry-After: seconds`
+    /// and the body `{}`.
+    ///
+    /// # Panics
+    ///
+    /// If `status` is not a valid status code.
+    pub fn retry_after(status: u16, seconds: u64) -> Self {
+        Self::status(status).with_header(RETRY_AFTER.as_str(), &seconds.to_string())
+    }
+
+    /// `status` with `Retry-After: <date>` and the body `{}`; `date` is sent as given,
+    /// so it may also be malformed on purpose. See [`http_date`] to build one.
+    ///
+    /// # Panics
+    ///
+    /// If `status` is not a valid status code or `date` is not a valid header value.
+    pub fn retry_after_date(status: u16, date: impl AsRef<str>) -> Self {
+        Self::status(status).with_header(RETRY_AFTER.as_str(), date.as_ref())
+    }
+
+    /// `status` with `body` as `text/plain; charset=utf-8`.
+    ///
+    /// # Panics
+    ///
+    /// If `status` is not a valid status code.
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Self::respond(
+            status,
+            "text/plain; charset=utf-8",
+            ReplyBody::Fixed(Bytes::from(body.into())),
+        )
+    }
+
+    /// `200` with `content-type: application/json` and a body that is not valid JSON
+    /// (a truncated object).
+    pub fn malformed_json() -> Self {
+        Self::respond(
+            200,
+            "application/json",
+            ReplyBody::Fixed(Bytes::from_static(br#"{"malformed": tru"#)),
+        )
+    }
+
+    /// Waits `delay` (with [`tokio::time::sleep`], so a paused clock drives it), then
+    /// does what `inner` does. The request counts as received before the wait.
+    pub fn slow(delay: Duration, inner: Reply) -> Self {
+        Reply {
+            kind: Kind::Slow(delay, Box::new(inner.kind)),
+        }
+    }
+
+    /// Never answers: the request stays in flight and its connection open until the
+    /// client gives up (closes the connection) or the server is dropped or shut down.
+    pub fn hang() -> Self {
+        Reply { kind: Kind::Hang }
+    }
+
+    /// Closes the request's TCP connection abruptly, without a response: the socket is
+    /// given `SO_LINGER` 0 before it is closed, so the client receives a TCP RST
+    /// ("connection reset by peer"), not a clean end of stream. Over HTTP/2 this ends
+    /// every stream of the connection.
+    pub fn reset() -> Self {
+        Reply { kind: Kind::Reset }
+    }
+
+    /// Adds a response header (after the ones the constructor set; a second
+    /// `content-type` is sent as a second header line, not a replacement).
+    ///
+    /// # Panics
+    ///
+    /// If `name` or `value` is not a valid header name or value.
+    #[must_use]
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .unwrap_or_else(|e| panic!("invalid header name {name:?}: {e}"));
+        let value = HeaderValue::from_str(value)
+            .unwrap_or_else(|e| panic!("invalid header value {value:?}: {e}"));
+        let mut kind = &mut self.kind;
+        while let Kind::Slow(_, inner) = kind {
+            kind = inner;
+        }
+        if let Kind::Respond(respond) = kind {
+            respond.headers.push((name, value));
+        }
+        self
+    }
+}
+
+/// `t` as an HTTP date (IMF-fixdate, always GMT): `Sun, 06 Nov 1994 08:49:37 GMT`.
+/// Times before 1970 are written as 1970-01-01.
+pub fn http_date(t: SystemTime) -> String {
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let weekday = WEEKDAYS[(days % 7) as usize];
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (all non-negative).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{weekday}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+    )
+}
+
+/// One request as the server received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// Its number, counting from 1 in the order the server finished reading requests.
+    pub n: usize,
+    /// The method, e.g. `"POST"`.
+    pub method: String,
+    /// The path without the query, e.g. `"/v1/chat"`.
+    pub path: String,
+    /// The query string without `?`, if there was one.
+    pub query: Option<String>,
+    /// Every header in the order received, names in lower case, values decoded as
+    /// UTF-8 (lossily).
+    pub headers: Vec<(String, String)>,
+    /// The body, complete.
+    pub body: Bytes,
+}
+
+impl Received {
+    /// The value of the first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON, or `None` when it is empty or not JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// The script and the record, under one lock so that a request's number and its reply
+/// are taken together.
+#[derive(Debug)]
+struct Script {
+    queue: VecDeque<Reply>,
+    default: Reply,
+    received: Vec<Received>,
+}
+
+#[derive(Debug)]
+struct State {
+    accepted: AtomicUsize,
+    open: AtomicUsize,
+    in_flight: AtomicUsize,
+    script: Mutex<Script>,
+}
+
+impl State {
+    fn script(&self) -> MutexGuard<'_, Script> {
+        // A failed assertion elsewhere must not turn into a second, confusing panic here.
+        self.script.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a complete request and takes its reply.
+    fn record(&self, parts: &hyper::http::request::Parts, body: Bytes) -> (usize, Reply) {
+        let mut script = self.script();
+        let n = script.received.len() + 1;
+        script.received.push(Received {
+            n,
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    (
+                        name.as_str().to_owned(),
+                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body,
+        });
+        let reply = match script.queue.pop_front() {
+            Some(reply) => reply,
+            None => script.default.clone(),
+        };
+        (n, reply)
+    }
+}
+
+/// Decrements a counter when dropped, however the owning task ends (returns, panics
+/// or is aborted).
+struct CountGuard<'a>(&'a AtomicUsize);
+
+impl Drop for CountGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts one open connection until dropped; owned by the connection's task.
+struct OpenGuard(Arc<State>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A loopback HTTP server for tests; see the [module docs](self).
+///
+/// Dropping it stops the accept loop and closes every connection (shortly after, on
+/// the runtime: use [`shutdown`](Self::shutdown) to wait for it).
+pub struct TestServer {
+    addr: SocketAddr,
+    url: String,
+    state: Arc<State>,
+    stop: CancellationToken,
+    accept_loop: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestServer")
+            .field("addr", &self.addr)
+            .field("accepted", &self.accepted())
+            .field("open", &self.open())
+            .field("requests", &self.requests())
+            .field("in_flight", &self.in_flight())
+            .field("pending", &self.pending())
+            .finish()
+    }
+}
+
+impl TestServer {
+    /// Binds `127.0.0.1:0` and spawns the accept loop on the current tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, or if the port cannot be bound.
+    pub async fn start() -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the test server to 127.0.0.1:0");
+        let addr = listener.local_addr().expect("the test server's address");
+        let state = Arc::new(State {
+            accepted: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            script: Mutex::new(Script {
+                queue: VecDeque::new(),
+                default: Reply::echo(),
+                received: Vec::new(),
+            }),
+        });
+        let stop = CancellationToken::new();
+        let accept_loop = tokio::spawn(accept_loop(listener, state.clone(), stop.clone()));
+        TestServer {
+            addr,
+            url: format!("http://{addr}"),
+            state,
+            stop,
+            accept_loop: Mutex::new(Some(accept_loop)),
+        }
+    }
+
+    /// The base URL, `http://127.0.0.1:PORT`, without a trailing slash.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// TCP connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.state.accepted.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections open now: accepted and not yet closed by either side. A
+    /// connection counts as closed once the server has dropped its socket, however the
+    /// connection ended.
+    pub fn open(&self) -> usize {
+        self.state.open.load(Ordering::SeqCst)
+    }
+
+    /// Waits until [`open`](Self::open) is `n` or `deadline` (real time) has passed, and
+    /// says whether `open() == n`. For waiting on sockets to close; not a speed test.
+    pub async fn wait_for_open(&self, n: usize, deadline: Duration) -> bool {
+        self.wait_until(deadline, || self.open() == n).await
+    }
+
+    /// Requests received so far (complete, body read).
+    pub fn requests(&self) -> usize {
+        self.state.script().received.len()
+    }
+
+    /// Waits until at least `n` requests have been received or `deadline` (real time)
+    /// has passed, and says whether they have.
+    pub async fn wait_for_requests(&self, n: usize, deadline: Duration) -> bool {
+        self.wait_until(deadline, || self.requests() >= n).await
+    }
+
+    /// Requests whose head has arrived and whose reply has not been handed back yet
+    /// (including slow and hung ones, and resets until the connection is gone).
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Every request received so far, in order.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.script().received.clone()
+    }
+
+    /// Queues a reply for a later request (FIFO).
+    pub fn push(&self, reply: Reply) {
+        self.state.script().queue.push_back(reply);
+    }
+
+    /// Queues replies for later requests, in order.
+    pub fn push_many(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.script().queue.extend(replies);
+    }
+
+    /// Scripted replies not yet used.
+    pub fn pending(&self) -> usize {
+        self.state.script().queue.len()
+    }
+
+    /// Replaces the reply used when the queue is empty (initially [`Reply::echo`]).
+    pub fn set_default(&self, reply: Reply) {
+        self.state.script().default = reply;
+    }
+
+    /// Stops the accept loop (the port no longer accepts connections) and closes every
+    /// connection, then returns: afterwards [`open`](Self::open) is 0. The counters and
+    /// the record stay readable. Calling it again does nothing.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let task = self
+            .accept_loop
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            // A panic in the accept loop would be a bug here; surface it.
+            if let Err(e) = task.await
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+
+    async fn wait_until(&self, deadline: Duration, done: impl Fn() -> bool) -> bool {
+        let end = Instant::now() + deadline;
+        loop {
+            if done() {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    state.accepted.fetch_add(1, Ordering::SeqCst);
+                    state.open.fetch_add(1, Ordering::SeqCst);
+                    // Created before the spawn: a task aborted before its first poll still
+                    // drops it.
+                    let open = OpenGuard(state.clone());
+                    connections.spawn(serve_connection(stream, state.clone(), open));
+                }
+                // A transient failure (e.g. too many open files): try again.
+                Err(_) => tokio::task::yield_now().await,
+            },
+        }
+    }
+    drop(listener);
+    // Aborts every connection task and waits for them: their sockets are dropped.
+    connections.shutdown().await;
+}
+
+/// What a connection's request handlers can do to the connection.
+#[derive(Debug, Default)]
+struct ConnControl {
+    /// Set by a reset reply: the socket gets `SO_LINGER` 0 when dropped.
+    reset: AtomicBool,
+    /// Wakes the connection task to drop the connection at once.
+    reset_now: Notify,
+    /// Cancelled when the connection task ends: ends hung handlers (HTTP/2 runs them as
+    /// tasks of their own).
+    closed: CancellationToken,
+}
+
+/// The accepted socket, which resets the connection when dropped if a reply asked to.
+struct ServerIo {
+    stream: TcpStream,
+    control: Arc<ConnControl>,
+}
+
+impl Drop for ServerIo {
+    fn drop(&mut self) {
+        if self.control.reset.load(Ordering::SeqCst) {
+            // SO_LINGER 0: the close below sends RST instead of FIN.
+            let _ = self.stream.set_zero_linger();
+        }
+    }
+}
+
+impl AsyncRead for ServerIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ServerIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+async fn serve_connection(stream: TcpStream, state: Arc<State>, open: OpenGuard) {
+    // Loopback tests should not wait on Nagle's algorithm.
+    let _ = stream.set_nodelay(true);
+    let control = Arc::new(ConnControl::default());
+    let closed = control.closed.clone().drop_guard();
+    let io = TokioIo::new(ServerIo {
+        stream,
+        control: control.clone(),
+    });
+    let service = {
+        let control = control.clone();
+        hyper::service::service_fn(move |request| handle(request, state.clone(), control.clone()))
+    };
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection(io, service);
+    tokio::select! {
+        // Ends when the client closes, on a protocol error, or (HTTP/1) when a request
+        // asks for `Connection: close`. Errors are the client's business.
+        _ = connection => {}
+        () = control.reset_now.notified() => {}
+    }
+    // The connection (and with it the socket) is gone; now end hung handlers, then stop
+    // counting the connection as open.
+    drop(closed);
+    drop(open);
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    state: Arc<State>,
+    control: Arc<ConnControl>,
+) -> Result<Response<Full<Bytes>>, io::Error> {
+    state.in_flight.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = CountGuard(&state.in_flight);
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+    let (n, reply) = state.record(&parts, body.clone());
+    let mut kind = reply.kind;
+    loop {
+        match kind {
+            Kind::Slow(delay, inner) => {
+                tokio::time::sleep(delay).await;
+                kind = *inner;
+            }
+            Kind::Respond(respond) => return Ok(response(respond, n, &body)),
+            Kind::Hang => {
+                control.closed.cancelled().await;
+                return Err(io::Error::other("hung reply: connection closed"));
+            }
+            Kind::Reset => {
+                control.reset.store(true, Ordering::SeqCst);
+                control.reset_now.notify_one();
+                control.closed.cancelled().await;
+                return Err(io::Error::other("reset reply: connection reset"));
+            }
+        }
+    }
+}
+
+fn response(respond: Respond, n: usize, request_body: &Bytes) -> Response<Full<Bytes>> {
+    let body = match respond.body {
+        ReplyBody::Fixed(body) => body,
+        ReplyBody::Echo => {
+            let echo = serde_json::from_slice::<serde_json::Value>(request_body).ok();
+            Bytes::from(serde_json::json!({ "echo": echo, "n": n }).to_string())
+        }
+    };
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = respond.status;
+    for (name, value) in respond.headers {
+        response.headers_mut().append(name, value);
+    }
+    response
+}

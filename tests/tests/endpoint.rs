@@ -1,0 +1,499 @@
+//! `Endpoint` against a real HTTP server on 127.0.0.1 that counts its TCP
+//! connections. Real clock (reqwest's timers); assertions never bound a duration
+//! from above, and sockets are awaited with a generous deadline.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use resource_runtime::{
+    AsyncExecutor, AsyncResource, Endpoint, EndpointConfig, EndpointError, RateLimiter,
+    ResourceClient, ResourceError, RetryPolicy, Secret, scope,
+};
+use resource_tests::server::{Reply, TestServer};
+use serde_json::{Value, json};
+
+const SOCKETS: Duration = Duration::from_secs(5);
+
+fn config(server: &TestServer) -> EndpointConfig {
+    EndpointConfig::new(server.url())
+        .name("test")
+        .path("v1/echo")
+        .retry(RetryPolicy::new(
+            3,
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+        ))
+        .request_timeout(Duration::from_secs(5))
+        .close_timeout(Duration::from_secs(5))
+}
+
+async fn entered(config: EndpointConfig) -> Endpoint {
+    let mut endpoint = Endpoint::new(config).unwrap();
+    endpoint.enter().await.unwrap();
+    endpoint
+}
+
+fn endpoint_error(error: &ResourceError) -> &EndpointError {
+    error
+        .failures()
+        .find_map(|f| f.downcast_ref::<EndpointError>())
+        .unwrap_or_else(|| panic!("not an endpoint error: {error:?}"))
+}
+
+#[tokio::test]
+async fn a_call_sends_json_and_decodes_the_reply() {
+    let server = TestServer::start().await;
+    let mut endpoint = entered(config(&server)).await;
+    let reply: Value = endpoint.call(&json!({"prompt": "hi"})).await.unwrap();
+    assert_eq!(reply["echo"], json!({"prompt": "hi"}));
+    let received = server.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].method, "POST");
+    assert_eq!(received[0].path, "/v1/echo");
+    assert_eq!(received[0].header("content-type"), Some("application/json"));
+    endpoint.close().await.unwrap();
+    assert!(
+        server.wait_for_open(0, SOCKETS).await,
+        "open: {}",
+        server.open()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_calls_share_one_client_and_few_connections() {
+    let server = TestServer::start().await;
+    let mut endpoint = entered(config(&server)).await;
+    let mut executor = AsyncExecutor::new(8);
+    let calls = executor
+        .map(0..64_u32, |i| {
+            let endpoint = endpoint.clone();
+            async move { endpoint.call::<_, Value>(&json!({ "i": i })).await }
+        })
+        .await;
+    for (i, call) in calls.into_iter().enumerate() {
+        let reply = call.unwrap().unwrap();
+        assert_eq!(reply["echo"]["i"], json!(i));
+    }
+    assert_eq!(server.requests(), 64);
+    // At most 8 at once: the pool reuses its connections instead of opening 64.
+    assert!(server.accepted() <= 8, "accepted {}", server.accepted());
+    executor.close().await.unwrap();
+    endpoint.close().await.unwrap();
+    assert!(
+        server.wait_for_open(0, SOCKETS).await,
+        "open: {}",
+        server.open()
+    );
+}
+
+#[tokio::test]
+async fn a_5xx_is_retried_then_the_call_succeeds() {
+    let server = TestServer::start().await;
+    server.push_many([Reply::status(500), Reply::status(503)]);
+    let mut endpoint = entered(config(&server)).await;
+    let reply: Value = endpoint.call(&json!(1)).await.unwrap();
+    assert_eq!(reply["echo"], json!(1));
+    assert_eq!(server.requests(), 3);
+    endpoint.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let server = TestServer::start().await;
+    server.push(Reply::retry_after(429, 1));
+    let mut endpoint = entered(config(&server).retry(RetryPolicy::new(
+        3,
+        Duration::from_millis(1),
+        Duration::from_secs(5),
+    )))
+    .await;
+    let started = Instant::now();
+    let _: Value = endpoint.call(&json!(1)).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.requests(), 2);
+    endpoint.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn retry_after_pauses_every_caller_of_an_attached_limiter() {
+    let server = TestServer::start().await;
+    server.push(Reply::retry_after(429, 1));
+    let limiter = RateLimiter::new(1_000_000, Duration::from_secs(1));
+    let mut endpoint = Endpoint::new(config(&server).retry(RetryPolicy::new(
+        3,
+        Duration::from_millis(1),
+        Duration::from_secs(5),
+    )))
+    .unwrap()
+    .with_limiter(limiter.clone());
+    endpoint.enter().await.unwrap();
+    let call = {
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move { endpoint.call::<_, Value>(&json!(1)).await })
+    };
+    // Another caller of the same limiter, which never talked to the server: once the
+    // 429 has paused the limiter, it is held back too.
+    let noticed = Instant::now();
+    while limiter.try_acquire(1).unwrap() {
+        assert!(noticed.elapsed() < SOCKETS, "the limiter was never paused");
+        tokio::task::yield_now().await;
+    }
+    let other = Instant::now();
+    limiter.acquire(1).await.unwrap();
+    assert!(
+        other.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        other.elapsed()
+    );
+    call.await.unwrap().unwrap();
+    assert_eq!(server.requests(), 2);
+    endpoint.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_4xx_is_not_retried_and_its_status_and_body_are_visible() {
+    let server = TestServer::start().await;
+    server.push(Reply::json(400, json!({"error": "bad prompt"})));
+    let mut endpoint = entered(config(&server)).await;
+    let error = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
+    assert_eq!(server.requests(), 1);
+    let inner = endpoint_error(&error);
+    assert_eq!(inner.status().map(|s| s.as_u16()), Some(400));
+    assert!(error.to_string().contains("bad prompt"), "{error}");
+    assert!(error.to_string().contains(server.url()), "{error}");
+    endpoint.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn timeouts_are_retried_then_reported() {
+    let server = TestServer::start().await;
+    server.push_many([Reply::hang(), Reply::hang()]);
+    let mut endpoint = entered(
+        config(&server)
+            .request_timeout(Duration::from_millis(200))
+            .retry(RetryPolicy::new(
+                2,
+                Duration::from_millis(1),
+                Duration::from_millis(5),
+            )),
+    )
+    .await;
+    let error = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
+    assert!(
+        matches!(endpoint_error(&error), EndpointError::Timeout { .. }),
+        "{error}"
+    );
+    assert_eq!(server.requests(), 2);
+    endpoint.close().await.unwrap();
+    assert!(
+        server.wait_for_open(0, SOCKETS).await,
+        "open: {}",
+        server.open()
+    );
+}
+
+#[tokio::test]
+async fn resets_are_retried_then_reported() {
+    let server = TestServer::start().await;
+    server.push_many([Reply::reset(), Reply::reset(), Reply::reset()]);
+    let mut endpoint = entered(config(&server)).await;
+    let error = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
+    assert!(
+        matches!(endpoint_error(&error), EndpointError::Connect { .. }),
+        "{error}"
+    );
+    assert_eq!(server.requests(), 3);
+    endpoint.close().await.unwrap();
+    assert!(
+        server.wait_for_open(0, SOCKETS).await,
+        "open: {}",
+        server.open()
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_decode_error() {
+    let server = TestServer::start().await;
+    server.push(Reply::malformed_json());
+    let mut endpoint = entered(config(&server)).await;
+    let error = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
+    assert!(
+        matches!(endpoint_error(&error), EndpointError::Decode { .. }),
+        "{error}"
+    );
+    assert_eq!(server.requests(), 1);
+    endpoint.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn calls_before_enter_and_after_close_fail_at_once() {
+    let server = TestServer::start().await;
+    let mut endpoint = Endpoint::new(config(&server)).unwrap();
+    let early = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
+    assert!(early.to_string().contains("not entered"), "{early}");
+    endpoint.enter().await.unwrap();
+    endpoint.close().await.unwrap();
+    let late = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
+    assert!(late.is_closed(), "{late}");
+    assert_eq!(server.requests(), 0);
+    // A second close is a no-op.
+    endpoint.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn close_waits_for_an_in_flight_call_then_every_connection_closes() {
+    let server = TestServer::start().await;
+    server.push(Reply::slow(Duration::from_millis(300), Reply::echo()));
+    let mut endpoint = entered(config(&server)).await;
+    let call = {
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move { endpoint.call::<_, Value>(&json!("slow")).await })
+    };
+    assert!(server.wait_for_requests(1, SOCKETS).await);
+    endpoint.close().await.unwrap();
+    let reply = call.await.unwrap().unwrap();
+    assert_eq!(reply["echo"], json!("slow"));
+    assert!(
+        server.wait_for_open(0, SOCKETS).await,
+        "open: {}",
+        server.open()
+    );
+}
+
+#[tokio::test]
+async fn close_cuts_a_hung_call_at_its_deadline_and_releases_every_connection() {
+    let server = TestServer::start().await;
+    server.push(Reply::hang());
+    let mut endpoint = entered(
+        config(&server)
+            .request_timeout(Duration::from_secs(600))
+            .close_timeout(Duration::from_millis(200)),
+    )
+    .await;
+    let call = {
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move { endpoint.call::<_, Value>(&json!("hung")).await })
+    };
+    assert!(server.wait_for_requests(1, SOCKETS).await);
+    let error = endpoint.close().await.unwrap_err();
+    assert!(error.to_string().contains("1 call(s)"), "{error}");
+    let cut = call.await.unwrap().unwrap_err();
+    assert!(
+        matches!(endpoint_error(&cut), EndpointError::Cut { .. }),
+        "{cut}"
+    );
+    assert!(
+        server.wait_for_open(0, SOCKETS).await,
+        "open: {}",
+        server.open()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_racing_with_close_succeed_or_are_closed_and_no_connection_stays_open() {
+    let server = TestServer::start().await;
+    let mut endpoint = entered(config(&server)).await;
+    let calls: Vec<_> = (0..32)
+        .map(|i| {
+            let endpoint = endpoint.clone();
+            tokio::spawn(async move { endpoint.call::<_, Value>(&json!(i)).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    endpoint.close().await.unwrap();
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(reply) => assert!(reply["echo"].is_number()),
+            Err(e) => assert!(e.is_closed(), "{e}"),
+        }
+    }
+    assert!(
+        server.wait_for_open(0, SOCKETS).await,
+        "open: {}",
+        server.open()
+    );
+}
+
+#[tokio::test]
+async fn entering_twice_keeps_one_client() {
+    let server = TestServer::start().await;
+    let mut endpoint = entered(config(&server)).await;
+    let _: Value = endpoint.call(&json!(1)).await.unwrap();
+    endpoint.enter().await.unwrap();
+    let _: Value = endpoint.call(&json!(2)).await.unwrap();
+    // The second call reused the first call's pooled connection.
+    assert_eq!(server.accepted(), 1);
+    endpoint.close().await.unwrap();
+    assert!(
+        server.wait_for_open(0, SOCKETS).await,
+        "open: {}",
+        server.open()
+    );
+}
+
+/// Records every `tracing` event and span field as text.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<String>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap()
+            .push_str(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_key_never_appears_in_debug_display_or_logs() {
+    const KEY: &str = "sk-test-4f1c2a-never-print-me";
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = TestServer::start().await;
+    server.push_many([
+        Reply::status(500),
+        Reply::json(401, json!({"error": "denied"})),
+    ]);
+    let config = config(&server).bearer(Secret::value(KEY));
+    let mut endpoint = entered(config.clone()).await;
+    let error = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
+    endpoint.close().await.unwrap();
+
+    // The key was sent...
+    assert_eq!(
+        server.received()[0].header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    // ...and shown nowhere.
+    for shown in [
+        format!("{config:?}"),
+        format!("{endpoint:?}"),
+        format!("{error}"),
+        format!("{error:?}"),
+        capture.0.lock().unwrap().clone(),
+    ] {
+        assert!(!shown.contains(KEY), "the key leaked into: {shown}");
+    }
+}
+
+#[tokio::test]
+async fn a_missing_environment_variable_is_a_clear_error_at_enter() {
+    let server = TestServer::start().await;
+    let mut endpoint =
+        Endpoint::new(config(&server).bearer(Secret::env("RESOURCE_TESTS_SURELY_UNSET_API_KEY")))
+            .unwrap();
+    let error = endpoint.enter().await.unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("RESOURCE_TESTS_SURELY_UNSET_API_KEY"),
+        "{message}"
+    );
+    assert!(message.contains("`auth`"), "{message}");
+}
+
+#[test]
+fn invalid_configuration_is_a_clear_error_naming_the_field() {
+    let bad_url = Endpoint::new(EndpointConfig::new("not a url")).unwrap_err();
+    assert!(bad_url.to_string().contains("`base_url`"), "{bad_url}");
+    let bad_header =
+        Endpoint::new(EndpointConfig::new("http://127.0.0.1:1").header("bad header", "x"))
+            .unwrap_err();
+    assert!(bad_header.to_string().contains("`headers`"), "{bad_header}");
+    let bad_method =
+        Endpoint::new(EndpointConfig::new("http://127.0.0.1:1").method("GE T")).unwrap_err();
+    assert!(bad_method.to_string().contains("`method`"), "{bad_method}");
+}
+
+/// A vendor-style SDK client: a foreign connection type closed by a function, wrapped
+/// in a user type that derives `AsyncResource` and implements `ResourceClient`.
+struct VendorSdk {
+    endpoint: Endpoint,
+    closes: Arc<Mutex<u32>>,
+}
+
+async fn shut_sdk(sdk: &mut VendorSdk) -> Result<(), ResourceError> {
+    *sdk.closes.lock().unwrap() += 1;
+    sdk.endpoint.close().await
+}
+
+async fn open_sdk(sdk: &mut VendorSdk) -> Result<(), ResourceError> {
+    sdk.endpoint.enter().await
+}
+
+#[derive(AsyncResource)]
+struct SdkClient {
+    #[resource(enter = open_sdk, close = shut_sdk)]
+    sdk: VendorSdk,
+}
+
+impl ResourceClient<Value, Value> for SdkClient {
+    async fn call(&self, request: &Value) -> Result<Value, ResourceError> {
+        self.sdk.endpoint.call(request).await
+    }
+}
+
+async fn ask<C: ResourceClient<Value, Value>>(client: &C, n: u32) -> Result<Value, ResourceError> {
+    client.call(&json!({ "n": n })).await
+}
+
+#[tokio::test]
+async fn an_endpoint_and_an_sdk_client_side_by_side_through_one_executor() {
+    let server = TestServer::start().await;
+    let closes = Arc::new(Mutex::new(0));
+    let sdk = SdkClient {
+        sdk: VendorSdk {
+            endpoint: Endpoint::new(config(&server).name("sdk")).unwrap(),
+            closes: closes.clone(),
+        },
+    };
+    let endpoint = Endpoint::new(config(&server)).unwrap();
+    let executor = AsyncExecutor::new(4);
+    let answered = scope(sdk, async |sdk: &mut SdkClient| {
+        scope(endpoint, async |endpoint: &mut Endpoint| {
+            let mut answers = 0;
+            for n in 0..8 {
+                let (a, b) = (endpoint.clone(), ask(&*sdk, n));
+                let direct = executor
+                    .execute(async move { ask(&a, n).await })
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let via_sdk = b.await.unwrap();
+                assert_eq!(direct["echo"], via_sdk["echo"]);
+                answers += 2;
+            }
+            answers
+        })
+        .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(answered, 16);
+    assert_eq!(server.requests(), 16);
+    assert_eq!(
+        *closes.lock().unwrap(),
+        1,
+        "the SDK client closed exactly once"
+    );
+    assert!(
+        server.wait_for_open(0, SOCKETS).await,
+        "open: {}",
+        server.open()
+    );
+}
