@@ -1,243 +1,298 @@
-//! A provider client that derives `AsyncResource`: a buffered log file, a background
-//! task and a vendor SDK client, entered, used and closed. It prints every enter and
-//! close step as it finishes: which field, in which order, how long, and the outcome.
+//! The main job: a provider client that derives `AsyncResource` over an HTTP
+//! `Endpoint`, a `RateLimitedExecutor` and a buffered log file sends a few hundred
+//! requests at a set rate, rides out the 429s and 5xx the API throws, then closes and
+//! reports every field's close and the request statistics.
 //!
-//! Run it with `cargo run --example quickstart`.
+//! ```sh
+//! cargo run --example quickstart                      # against an embedded API on 127.0.0.1
+//! cargo run --example quickstart -- --requests 500 --rate 200
+//! OPENAI_API_KEY=... cargo run --example quickstart -- --url https://api.openai.com/v1 --model gpt-4o-mini
+//! ```
 
-use std::io;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use resource_runtime::{
-    AsyncExecutor, AsyncResource, Managed, RateLimitedExecutor, RateLimiter, ResourceError, scope,
-    wait_detached,
+    AsyncExecutor, AsyncResource, Endpoint, EndpointConfig, RateLimitedExecutor, RateLimiter,
+    RetryPolicy, Secret, scope, wait_detached,
 };
+use serde_json::{Value, json};
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
 
-/// A stand-in for a vendor SDK's client: a foreign type with async connect and
-/// disconnect functions of its own, and no `AsyncResource` impl.
-struct SdkClient {
-    connected: bool,
-    sent: u64,
-    /// How long `disconnect` takes; the second provider's client hangs.
-    disconnect_takes: Duration,
-}
-
-impl SdkClient {
-    async fn connect(&mut self) -> io::Result<()> {
-        tokio::time::sleep(Duration::from_millis(15)).await;
-        self.connected = true;
-        Ok(())
-    }
-
-    async fn send(&mut self, prompt: &str) -> io::Result<String> {
-        if !self.connected {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "client is closed",
-            ));
-        }
-        self.sent += 1;
-        Ok(format!("echo: {prompt}"))
-    }
-
-    async fn disconnect(&mut self) -> io::Result<()> {
-        if !self.connected {
-            return Ok(());
-        }
-        tokio::time::sleep(self.disconnect_takes).await;
-        self.connected = false;
-        Ok(())
-    }
-}
-
-// The functions `#[resource(enter = ..., close = ...)]` name: `async fn(&mut T) -> Result<(), E>`.
-async fn connect(client: &mut SdkClient) -> io::Result<()> {
-    client.connect().await
-}
-
-async fn disconnect(client: &mut SdkClient) -> io::Result<()> {
-    client.disconnect().await
-}
-
-/// Fields close in reverse declaration order: the client first, the log last, so the
-/// log still takes what the others write while closing.
+/// The provider: declared in the order it is built, closed in reverse. The jobs close
+/// first (no new work; the running calls finish), then the endpoint (its client and
+/// every pooled connection go), then the log (flushed, so no line is lost).
 #[derive(AsyncResource)]
-#[resource(timeout = "5s", before_close = write_summary)]
+#[resource(timeout = "30s")]
 struct Provider {
     #[resource(timeout = "2s")]
     log: BufWriter<tokio::fs::File>,
-    #[resource]
-    heartbeat: JoinHandle<()>,
-    #[resource]
-    stop: CancellationToken,
-    /// Background jobs: at most 4 at once, 100 a second in bursts of 5.
+    #[resource(timeout = "10s")]
+    api: Endpoint,
     #[resource]
     jobs: RateLimitedExecutor,
-    #[resource(enter = connect, close = disconnect, timeout = "300ms")]
-    client: SdkClient,
     #[resource(skip)]
-    beats: Arc<AtomicU64>,
+    model: String,
 }
 
-impl Provider {
-    async fn open(path: &std::path::Path, disconnect_takes: Duration) -> io::Result<Self> {
-        let stop = CancellationToken::new();
-        let beats = Arc::new(AtomicU64::new(0));
-        let heartbeat = tokio::spawn({
-            let (stop, beats) = (stop.clone(), beats.clone());
-            async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(5));
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tick.tick() => { beats.fetch_add(1, Ordering::Relaxed); }
-                    }
-                }
+struct Options {
+    url: Option<String>,
+    model: String,
+    requests: u64,
+    rate: u32,
+}
+
+fn options() -> Result<Options, String> {
+    let mut options = Options {
+        url: None,
+        model: "demo-model".to_owned(),
+        requests: 300,
+        rate: 100,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--url" => options.url = Some(value("--url")?),
+            "--model" => options.model = value("--model")?,
+            "--requests" => {
+                options.requests = value("--requests")?
+                    .parse()
+                    .map_err(|_| "--requests takes a number".to_owned())?;
             }
-        });
-        Ok(Provider {
-            log: BufWriter::new(tokio::fs::File::create(path).await?),
-            heartbeat,
-            stop,
-            jobs: RateLimitedExecutor::new(
-                RateLimiter::new(100, Duration::from_secs(1)).with_burst(5),
-                AsyncExecutor::new(4),
-            ),
-            client: SdkClient {
-                connected: false,
-                sent: 0,
-                disconnect_takes,
-            },
-            beats,
-        })
-    }
-
-    async fn ask(&mut self, prompt: &str) -> io::Result<String> {
-        let answer = self.client.send(prompt).await?;
-        self.log
-            .write_all(format!("{prompt} -> {answer}\n").as_bytes())
-            .await?;
-        Ok(answer)
-    }
-
-    /// `before_close`: runs before any field closes, while the log is still open. It
-    /// runs on every close, so it does nothing once the client is gone: a derived
-    /// close is idempotent when its hooks and its fields' closes are.
-    async fn write_summary(&mut self) -> io::Result<()> {
-        if !self.client.connected {
-            return Ok(());
+            "--rate" => {
+                options.rate = value("--rate")?
+                    .parse()
+                    .map_err(|_| "--rate takes a number of requests a second".to_owned())?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument `{other}`: use --url, --model, --requests, --rate"
+                ));
+            }
         }
-        let line = format!(
-            "sent {} requests, {} heartbeats\n",
-            self.client.sent,
-            self.beats.load(Ordering::Relaxed)
-        );
-        self.log.write_all(line.as_bytes()).await
     }
+    Ok(options)
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let options = options()?;
     let steps = StepLog::default();
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(steps.clone()))?;
 
+    let (base_url, auth) = match &options.url {
+        Some(url) => (url.clone(), Secret::env("OPENAI_API_KEY")),
+        None => (demo_api::start().await?, Secret::value("demo-key")),
+    };
+    println!("API: {base_url}");
+    let config = EndpointConfig::new(base_url)
+        .name("chat")
+        .path("chat/completions")
+        .bearer(auth)
+        .request_timeout(Duration::from_secs(30))
+        .retry(RetryPolicy::new(
+            5,
+            Duration::from_millis(50),
+            Duration::from_secs(5),
+        ));
+
     let dir = std::env::temp_dir().join(format!("resource-quickstart-{}", std::process::id()));
     tokio::fs::create_dir_all(&dir).await?;
-    let path = dir.join("provider.log");
+    let log_path = dir.join("answers.log");
+    let limiter = RateLimiter::new(options.rate, Duration::from_secs(1))
+        .with_burst(options.rate.clamp(1, 10));
+    let provider = Provider {
+        log: BufWriter::new(tokio::fs::File::create(&log_path).await?),
+        api: Endpoint::new(config)?.pausing(limiter.clone()),
+        jobs: RateLimitedExecutor::new(limiter, AsyncExecutor::new(16)),
+        model: options.model.clone(),
+    };
 
-    println!("== a provider used in a scope: entered, used, closed on the way out");
-    let provider = Provider::open(&path, Duration::from_millis(20)).await?;
-    let asked = scope(provider, async |provider: &mut Provider| {
-        for prompt in ["hello", "how are you", "bye"] {
-            provider.ask(prompt).await?;
-        }
-        // 20 jobs submitted at once run under the provider's rate limit.
-        let started = tokio::time::Instant::now();
-        let jobs: Vec<_> = (0..20_u64)
+    let total = options.requests;
+    let started = Instant::now();
+    let (ok, failed, stats) = scope(provider, async |provider: &mut Provider| {
+        let done = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let progress = tokio::spawn(progress_line(total, done.clone(), failed.clone(), started));
+        let calls: Vec<_> = (0..total)
             .map(|i| {
-                let executor = provider.jobs.clone();
-                tokio::spawn(async move { executor.execute(async move { i * i }).await })
+                let (api, jobs, model) = (
+                    provider.api.clone(),
+                    provider.jobs.clone(),
+                    provider.model.clone(),
+                );
+                let (done, failed) = (done.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let request = json!({
+                        "model": model,
+                        "messages": [{ "role": "user", "content": format!("question {i}") }],
+                    });
+                    let answer = jobs
+                        .execute(async move { api.call::<_, Value>(&request).await })
+                        .await
+                        .and_then(|answer| answer);
+                    match &answer {
+                        Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                    (i, answer)
+                })
             })
             .collect();
-        let mut done = 0;
-        for job in jobs {
-            if matches!(job.await, Ok(Ok(_))) {
-                done += 1;
+        for call in calls {
+            let Ok((i, answer)) = call.await else {
+                continue;
+            };
+            let line = match answer {
+                Ok(answer) => format!("{i}: {}\n", answer["choices"][0]["message"]["content"]),
+                Err(e) => format!("{i}: failed: {e}\n"),
+            };
+            if let Err(e) = provider.log.write_all(line.as_bytes()).await {
+                eprintln!("could not write the log: {e}");
             }
         }
-        println!(
-            "{done} jobs at 100/s in bursts of 5 took {:.0?} (the rate allows 150 ms)",
-            started.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        Ok::<_, io::Error>(provider.client.sent)
+        progress.abort();
+        let _ = progress.await;
+        println!();
+        (
+            done.load(Ordering::Relaxed),
+            failed.load(Ordering::Relaxed),
+            provider.api.stats(),
+        )
     })
-    .await;
-    steps.print();
-    match &asked {
-        Ok(sent) => println!("scope: ok, the body's result: {sent:?}"),
-        Err(e) => println!("scope: close failed\n{e}"),
-    }
-    let log = tokio::fs::read_to_string(&path).await?;
-    println!(
-        "the log file holds {} lines, none lost in a buffer:",
-        log.lines().count()
-    );
-    for line in log.lines() {
-        println!("    {line}");
-    }
-    asked??;
+    .await?;
+    let elapsed = started.elapsed();
 
-    println!("\n== a managed provider whose SDK client hangs on disconnect");
-    let provider = Managed::enter(Provider::open(&path, Duration::from_secs(3600)).await?).await?;
-    let mut provider = provider;
-    provider.ask("one more").await?;
-    let beats = provider.beats.clone();
-    let closed = provider.close().await;
+    println!("\nclose report (every step as it finished):");
     steps.print();
-    println!("close: {}", outcome(&closed));
-    let error = closed.expect_err("the hung client is reported");
-    for failure in error.failures() {
-        println!(
-            "    failed field: {:?}, timeout: {}",
-            failure.path(),
-            failure.is_timeout()
-        );
-    }
-    let stopped_at = beats.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    println!("\nrequests: {total} sent, {ok} answered, {failed} failed");
     println!(
-        "heartbeat stopped: {}, log flushed: {}",
-        beats.load(Ordering::Relaxed) == stopped_at,
-        tokio::fs::read_to_string(&path).await?.contains("one more")
+        "attempts: {} ({} retries after 429 or 5xx)",
+        stats.attempts,
+        stats.retries()
+    );
+    println!(
+        "rate: {:.1} requests/s achieved against {} configured, in {elapsed:.1?} (each 429 paused every caller for its Retry-After)",
+        total as f64 / elapsed.as_secs_f64(),
+        options.rate
+    );
+    let lines = tokio::fs::read_to_string(&log_path).await?.lines().count();
+    println!(
+        "log: {lines} lines in {}, none lost in a buffer",
+        log_path.display()
     );
 
-    println!("\n== a provider dropped without close, and shutdown");
-    let forgotten = Managed::enter(Provider::open(&path, Duration::from_millis(20)).await?).await?;
-    drop(forgotten); // a warning, and the close runs in the background
-    // Before exiting, wait for every close that was left to the background.
+    // Nothing was left to the background here; a service calls this before exiting.
     wait_detached(Duration::from_secs(5)).await?;
-    steps.print();
-    println!("every detached close finished");
-
     tokio::fs::remove_dir_all(&dir).await?;
+    if failed > 0 {
+        return Err(format!("{failed} requests failed").into());
+    }
     Ok(())
 }
 
-fn outcome(result: &Result<(), ResourceError>) -> String {
-    match result {
-        Ok(()) => "ok".to_owned(),
-        Err(e) => format!("error\n{e}"),
+async fn progress_line(total: u64, done: Arc<AtomicU64>, failed: Arc<AtomicU64>, started: Instant) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let (done, failed) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        print!(
+            "\r  {done:>5}/{total} answered, {failed} failed, {:>5.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        let _ = std::io::stdout().flush();
     }
 }
 
-/// A `tracing` layer that keeps the steps the derive reports (the `resource.enter`
-/// and `resource.close` spans) in the order they finish.
+/// An OpenAI-style chat API on 127.0.0.1, so the quickstart needs nothing else: it
+/// answers every request after a few milliseconds, except that it asks every 100th
+/// caller to come back later (429 with `Retry-After: 1`, which pauses every caller for
+/// a second) and fails every 75th (503, retried after a short backoff).
+mod demo_api {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+    use hyper::{Request, Response, StatusCode};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use serde_json::{Value, json};
+
+    pub(crate) async fn start() -> std::io::Result<String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/v1", listener.local_addr()?);
+        let count = Arc::new(AtomicU64::new(0));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |request| answer(request, count.clone()));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(url)
+    }
+
+    async fn answer(
+        request: Request<Incoming>,
+        count: Arc<AtomicU64>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let question: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (status, reply) = if n.is_multiple_of(100) {
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({ "error": "slow down" }),
+            )
+        } else if n.is_multiple_of(75) {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "error": "try again" }),
+            )
+        } else {
+            let content = format!(
+                "echo: {}",
+                question["messages"][0]["content"].as_str().unwrap_or("?")
+            );
+            (
+                StatusCode::OK,
+                json!({ "choices": [{ "message": { "role": "assistant", "content": content } }] }),
+            )
+        };
+        let mut response = Response::new(Full::new(Bytes::from(reply.to_string())));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+        }
+        Ok(response)
+    }
+}
+
+/// A `tracing` layer that keeps the steps the derive reports (`resource.enter` and
+/// `resource.close` spans) and warnings, in the order they happen.
 #[derive(Clone, Default)]
 struct StepLog {
     rows: Arc<Mutex<Vec<String>>>,
@@ -250,7 +305,7 @@ impl StepLog {
             "    {:<3} {:<6} {:<20} {:<10} {:>10}  outcome",
             "#", "step", "type", "field", "took"
         );
-        for (i, row) in rows.iter().enumerate() {
+        for (i, row) in rows.iter().filter(|r| !r.starts_with("enter")).enumerate() {
             println!("    {:<3} {row}", i + 1);
         }
     }

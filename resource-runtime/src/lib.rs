@@ -110,7 +110,8 @@ pub mod __private;
 
 pub use crate::detached::{detached_in_flight, wait_detached};
 pub use crate::endpoint::{
-    Auth, Endpoint, EndpointConfig, EndpointError, ResourceClient, RetryPolicy, Secret,
+    Auth, Endpoint, EndpointConfig, EndpointError, EndpointStats, ResourceClient, RetryPolicy,
+    Secret,
 };
 pub use crate::error::{BoxError, Operation, ResourceError};
 pub use crate::executor::{AsyncExecutor, Executor, RateLimitedExecutor, TaskHandle};

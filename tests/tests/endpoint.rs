@@ -94,6 +94,11 @@ async fn a_5xx_is_retried_then_the_call_succeeds() {
     let reply: Value = endpoint.call(&json!(1)).await.unwrap();
     assert_eq!(reply["echo"], json!(1));
     assert_eq!(server.requests(), 3);
+    let stats = endpoint.stats();
+    assert_eq!(
+        (stats.calls, stats.attempts, stats.retries(), stats.failed),
+        (1, 3, 2, 0)
+    );
     endpoint.close().await.unwrap();
 }
 

@@ -5,7 +5,7 @@ mod config;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
@@ -157,10 +157,35 @@ struct Inner {
     auth: Option<Auth>,
     config: EndpointConfig,
     limiter: Option<RateLimiter>,
+    /// Whether every attempt takes a token (`with_limiter`), or only retries do
+    /// (`pausing`, for calls that already took one outside).
+    first_attempt_takes_token: bool,
     state: Mutex<State>,
     in_flight: AtomicUsize,
     idle: Notify,
     cut: CancellationToken,
+    calls: AtomicU64,
+    attempts: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// What an [`Endpoint`] has done so far, from [`Endpoint::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// Calls started (refused ones not counted).
+    pub calls: u64,
+    /// HTTP attempts sent, retries included.
+    pub attempts: u64,
+    /// Calls that ended in an error.
+    pub failed: u64,
+}
+
+impl EndpointStats {
+    /// Attempts beyond the first of each call.
+    pub fn retries(&self) -> u64 {
+        self.attempts.saturating_sub(self.calls)
+    }
 }
 
 #[derive(Default)]
@@ -258,10 +283,14 @@ impl Endpoint {
                 auth: config.auth.clone(),
                 config,
                 limiter: None,
+                first_attempt_takes_token: true,
                 state: Mutex::new(State::default()),
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
                 cut: CancellationToken::new(),
+                calls: AtomicU64::new(0),
+                attempts: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
             }),
         })
     }
@@ -270,12 +299,28 @@ impl Endpoint {
     /// pauses it, so every caller sharing it waits, not only the one that got the
     /// `429`. Call before the endpoint is cloned.
     #[must_use]
-    pub fn with_limiter(mut self, limiter: RateLimiter) -> Self {
+    pub fn with_limiter(self, limiter: RateLimiter) -> Self {
+        self.attach(limiter, true, "with_limiter")
+    }
+
+    /// Like [`with_limiter`](Self::with_limiter) for calls that already run under
+    /// `limiter` (through a [`RateLimitedExecutor`](crate::RateLimitedExecutor) that
+    /// shares it): a first attempt takes no token of its own, retries do, and a `429`
+    /// with `Retry-After` pauses the limiter for every caller.
+    #[must_use]
+    pub fn pausing(self, limiter: RateLimiter) -> Self {
+        self.attach(limiter, false, "pausing")
+    }
+
+    fn attach(mut self, limiter: RateLimiter, first_attempt_takes_token: bool, how: &str) -> Self {
         match Arc::get_mut(&mut self.inner) {
-            Some(inner) => inner.limiter = Some(limiter),
+            Some(inner) => {
+                inner.limiter = Some(limiter);
+                inner.first_attempt_takes_token = first_attempt_takes_token;
+            }
             None => tracing::warn!(
                 endpoint = %self.inner.name,
-                "`with_limiter` on an endpoint that is already shared: the limiter is not attached"
+                "`{how}` on an endpoint that is already shared: the limiter is not attached"
             ),
         }
         self
@@ -289,6 +334,16 @@ impl Endpoint {
     /// How many calls are running now.
     pub fn in_flight(&self) -> usize {
         self.inner.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Calls, attempts and failures so far.
+    pub fn stats(&self) -> EndpointStats {
+        let inner = &self.inner;
+        EndpointStats {
+            calls: inner.calls.load(Ordering::Relaxed),
+            attempts: inner.attempts.load(Ordering::Relaxed),
+            failed: inner.failed.load(Ordering::Relaxed),
+        }
     }
 
     /// Sends `request` as JSON with the configured method to the configured path, and
@@ -357,6 +412,7 @@ impl Endpoint {
             (client, state.auth_headers.clone())
         };
         let _call = InFlight(inner);
+        inner.calls.fetch_add(1, Ordering::Relaxed);
         let attempts = inner.attempts(&client, &auth_headers, method, &url, body);
         let mut attempts = pin!(attempts);
         let mut cut = pin!(inner.cut.cancelled());
@@ -372,6 +428,9 @@ impl Endpoint {
             Poll::Pending
         })
         .await
+        .inspect_err(|_| {
+            inner.failed.fetch_add(1, Ordering::Relaxed);
+        })
     }
 }
 
@@ -441,7 +500,9 @@ impl Inner {
         let attempts = policy.max_attempts.max(1);
         let mut attempt = 0;
         loop {
-            if let Some(limiter) = &self.limiter {
+            if let Some(limiter) = &self.limiter
+                && (attempt > 0 || self.first_attempt_takes_token)
+            {
                 limiter.acquire(1).await?;
             }
             let mut request = client
@@ -451,6 +512,7 @@ impl Inner {
             if let Some(body) = &body {
                 request = request.body(body.clone());
             }
+            self.attempts.fetch_add(1, Ordering::Relaxed);
             let (error, wait) = match request.send().await {
                 Ok(response) => {
                     let status = response.status();
