@@ -502,3 +502,56 @@ async fn an_endpoint_and_an_sdk_client_side_by_side_through_one_executor() {
         server.open()
     );
 }
+
+#[tokio::test]
+async fn several_endpoints_share_one_executor_and_each_closes_its_connections() {
+    let first = TestServer::start().await;
+    let second = TestServer::start().await;
+    let mut a = entered(config(&first).name("a")).await;
+    let mut b = entered(config(&second).name("b")).await;
+    let mut executor = AsyncExecutor::new(4);
+    let calls = executor
+        .map(0..40_u32, |i| {
+            let endpoint = if i % 2 == 0 { a.clone() } else { b.clone() };
+            async move { endpoint.call::<_, Value>(&json!(i)).await }
+        })
+        .await;
+    assert!(calls.into_iter().all(|c| matches!(c, Ok(Ok(_)))));
+    assert_eq!((first.requests(), second.requests()), (20, 20));
+    executor.close().await.unwrap();
+    a.close().await.unwrap();
+    // Closing one endpoint releases its connections only.
+    assert!(
+        first.wait_for_open(0, SOCKETS).await,
+        "open: {}",
+        first.open()
+    );
+    assert!(second.open() > 0, "b's pooled connections are still there");
+    b.close().await.unwrap();
+    assert!(
+        second.wait_for_open(0, SOCKETS).await,
+        "open: {}",
+        second.open()
+    );
+}
+
+#[tokio::test]
+async fn a_pausing_limiter_takes_tokens_only_for_retries() {
+    let server = TestServer::start().await;
+    server.push(Reply::status(503));
+    // A burst of 3 and a very slow refill: the tokens taken are visible.
+    let limiter = RateLimiter::new(1, Duration::from_secs(3600)).with_burst(3);
+    let mut endpoint = Endpoint::new(config(&server))
+        .unwrap()
+        .pausing(limiter.clone());
+    endpoint.enter().await.unwrap();
+    let _: Value = endpoint.call(&json!(1)).await.unwrap(); // 503, then a retry: 1 token
+    let _: Value = endpoint.call(&json!(2)).await.unwrap(); // first attempt only: 0 tokens
+    assert_eq!(server.requests(), 3);
+    assert!(
+        limiter.try_acquire(2).unwrap(),
+        "two of the three tokens are left"
+    );
+    assert!(!limiter.try_acquire(1).unwrap());
+    endpoint.close().await.unwrap();
+}
