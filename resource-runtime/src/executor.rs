@@ -92,6 +92,8 @@ struct Exec {
     /// Set once the executor stops accepting work: read on every submission without
     /// taking the lifecycle lock.
     closing: AtomicBool,
+    /// Set once the shutdown has counted the waiters that did not leave in time.
+    stragglers_counted: AtomicBool,
     closed: Notify,
 }
 
@@ -104,6 +106,10 @@ enum Lifecycle {
         aborted: usize,
     },
 }
+
+/// How long a shutdown past its deadline waits for slot-waiters to wake and leave
+/// before it counts the rest itself.
+const STRAGGLER_GRACE: Duration = Duration::from_millis(100);
 
 /// The default shutdown deadline.
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -148,6 +154,7 @@ impl AsyncExecutor {
                 aborted: AtomicUsize::new(0),
                 lifecycle: Mutex::new(Lifecycle::Open),
                 closing: AtomicBool::new(false),
+                stragglers_counted: AtomicBool::new(false),
                 closed: Notify::new(),
             }),
         }
@@ -176,26 +183,36 @@ impl AsyncExecutor {
         F::Output: Send + 'static,
     {
         let exec = &*self.inner;
-        exec.check_open()?;
-        // Counted as waiting until its task is tracked, so a shutdown that sees no
-        // waiters and an empty tracker cannot miss it.
+        // Counted as waiting before the open check and until its task is tracked: a
+        // shutdown sets `closing` and then looks at the count, so either it sees this
+        // caller or this caller sees `closing`.
         let _waiting = Waiting::new(exec);
+        exec.check_open()?;
         let permit = match exec.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(TryAcquireError::Closed) => return Err(ResourceError::closed("AsyncExecutor")),
             Err(TryAcquireError::NoPermits) => {
                 tokio::select! {
                     biased;
-                    permit = exec.permits.clone().acquire_owned() => {
-                        permit.map_err(|_| ResourceError::closed("AsyncExecutor"))?
-                    }
+                    permit = exec.permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        // The shutdown closed the permits at its deadline.
+                        Err(_) => {
+                            exec.count_stopped_waiter();
+                            return Err(ResourceError::closed("AsyncExecutor"));
+                        }
+                    },
                     () = exec.abort.cancelled() => {
-                        exec.aborted.fetch_add(1, Ordering::Relaxed);
+                        exec.count_stopped_waiter();
                         return Err(ResourceError::closed("AsyncExecutor"));
                     }
                 }
             }
         };
+        if exec.abort.is_cancelled() {
+            exec.count_stopped_waiter();
+            return Err(ResourceError::closed("AsyncExecutor"));
+        }
         Ok(self.start(permit, fut))
     }
 
@@ -314,6 +331,13 @@ impl Exec {
         self.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A caller waiting for a slot stopped by the shutdown deadline.
+    fn count_stopped_waiter(&self) {
+        if !self.stragglers_counted.load(Ordering::SeqCst) {
+            self.aborted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn check_open(&self) -> Result<(), ResourceError> {
         if self.max_concurrency == 0 {
             return Err(ResourceError::other(
@@ -355,8 +379,14 @@ impl Exec {
         };
         if expired {
             self.abort.cancel();
-            // Waiters and tasks on other threads count themselves as they stop.
-            self.no_waiters().await;
+            self.permits.close();
+            // Callers waiting for a slot wake, count themselves and leave. One whose
+            // future nobody polls would hold the close forever, so after a short grace
+            // the ones still there are counted here instead.
+            let _ = crate::step::within_deadline(STRAGGLER_GRACE, self.no_waiters()).await;
+            self.stragglers_counted.store(true, Ordering::SeqCst);
+            self.aborted
+                .fetch_add(self.waiting.load(Ordering::SeqCst), Ordering::Relaxed);
             self.tracker.close();
             self.tracker.wait().await;
         }

@@ -87,12 +87,16 @@ struct State {
 
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (waiting, closed) = {
+            let state = self.inner.lock();
+            (state.queue.len(), state.closed)
+        };
         f.debug_struct("RateLimiter")
             .field("rate", &self.inner.rate)
             .field("period", &self.inner.period)
             .field("burst", &self.inner.burst)
-            .field("waiting", &self.inner.lock().queue.len())
-            .field("closed", &self.inner.lock().closed)
+            .field("waiting", &waiting)
+            .field("closed", &closed)
             .finish()
     }
 }
