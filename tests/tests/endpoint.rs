@@ -555,3 +555,78 @@ async fn a_pausing_limiter_takes_tokens_only_for_retries() {
     assert!(!limiter.try_acquire(1).unwrap());
     endpoint.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_key_does_not_follow_a_redirect_to_another_host() {
+    let server = TestServer::start().await;
+    let elsewhere = TestServer::start().await;
+    server.push(Reply::status(302).with_header("location", &format!("{}/steal", elsewhere.url())));
+    let mut endpoint = entered(config(&server).bearer(Secret::value("sk-redirect-test"))).await;
+    let error = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
+    assert_eq!(
+        endpoint_error(&error).status().map(|s| s.as_u16()),
+        Some(302)
+    );
+    assert_eq!(
+        elsewhere.requests(),
+        0,
+        "the redirect was followed to another host"
+    );
+    endpoint.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn request_paths_stay_under_the_base_url() {
+    let server = TestServer::start().await;
+    let elsewhere = TestServer::start().await;
+    let mut endpoint = entered(config(&server).bearer(Secret::value("sk-path-test"))).await;
+    let other_host = format!("{}/x", elsewhere.url());
+    let protocol_relative = format!("//{}/x", elsewhere.addr());
+    for path in [other_host.as_str(), protocol_relative.as_str()] {
+        let error = endpoint
+            .request::<Value, Value>(reqwest::Method::GET, path, None)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("`path`"), "{error}");
+    }
+    assert_eq!(elsewhere.requests(), 0);
+    // A leading slash stays under the base path.
+    let _: Value = endpoint
+        .request::<Value, Value>(reqwest::Method::GET, "/models", None)
+        .await
+        .unwrap();
+    assert_eq!(server.received()[0].path, "/models");
+    endpoint.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_close_dropped_half_way_still_cuts_the_calls_and_closes_the_endpoint() {
+    let server = TestServer::start().await;
+    server.push(Reply::hang());
+    let mut endpoint = entered(config(&server).request_timeout(Duration::from_secs(600))).await;
+    let call = {
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move { endpoint.call::<_, Value>(&json!("hung")).await })
+    };
+    assert!(server.wait_for_requests(1, SOCKETS).await);
+    // The close is given up on at once (its caller's own deadline, say).
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), endpoint.close()).await;
+    assert!(gave_up.is_err());
+    let cut = call.await.unwrap().unwrap_err();
+    assert!(
+        matches!(endpoint_error(&cut), EndpointError::Cut { .. }),
+        "{cut}"
+    );
+    assert!(
+        endpoint
+            .call::<_, Value>(&json!(1))
+            .await
+            .unwrap_err()
+            .is_closed()
+    );
+    assert!(
+        server.wait_for_open(0, SOCKETS).await,
+        "open: {}",
+        server.open()
+    );
+}

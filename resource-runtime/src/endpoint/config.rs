@@ -120,8 +120,10 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// When and how failed attempts are retried: connect errors, timeouts, `429` and `5xx`
-/// are; other `4xx` are not. The delay before attempt `k + 1` is drawn at random
+/// When and how failed attempts are retried: connect errors, timeouts, connections
+/// reset before an answer, `429` and `5xx` are; other `4xx` are not, and neither is a
+/// `2xx` whose body broke off. A reset may come after the API took the request, so a
+/// call that must not happen twice should carry an idempotency key. The delay before attempt `k + 1` is drawn at random
 /// between zero and `min(max_delay, base_delay · 2^k)` (full jitter); a `Retry-After`
 /// header replaces it.
 #[derive(Clone, Debug, Deserialize)]

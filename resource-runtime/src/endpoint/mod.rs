@@ -151,6 +151,9 @@ pub struct Endpoint {
 
 struct Inner {
     name: String,
+    /// The base URL, ending in `/`.
+    base: Url,
+    /// The base URL joined with the configured path: where `call` sends.
     url: Url,
     method: Method,
     headers: HeaderMap,
@@ -277,6 +280,7 @@ impl Endpoint {
         Ok(Endpoint {
             inner: Arc::new(Inner {
                 name,
+                base,
                 url,
                 method,
                 headers,
@@ -373,14 +377,26 @@ impl Endpoint {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let base = &self.inner.url;
-        let url = base.join(path).map_err(|e| {
-            invalid(
-                &self.inner.name,
-                "path",
-                format_args!("`{path}` does not join {base}: {e}"),
-            )
-        })?;
+        let base = &self.inner.base;
+        // A path stays under the base URL: an absolute URL or `//host` would send the
+        // key to another host, and a leading `/` would drop the base's own path.
+        let relative = path.trim_start_matches('/');
+        let url = base
+            .join(relative)
+            .ok()
+            .filter(|url| {
+                !path.contains("://")
+                    && !path.starts_with("//")
+                    && url.origin() == base.origin()
+                    && url.path().starts_with(base.path())
+            })
+            .ok_or_else(|| {
+                invalid(
+                    &self.inner.name,
+                    "path",
+                    format_args!("`{path}` is not a path under {base}: give a relative path such as `models` or `chat/completions`"),
+                )
+            })?;
         let body = body
             .map(serde_json::to_vec)
             .transpose()
@@ -521,8 +537,12 @@ impl Inner {
                         Ok(bytes) => bytes,
                         Err(e) => {
                             let error = transport_error(url, &e);
+                            // The server answered: only a status that is retried anyway
+                            // allows another attempt (a 2xx may have had its effect).
+                            let retryable =
+                                status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
                             attempt += 1;
-                            if attempt >= attempts {
+                            if !retryable || attempt >= attempts {
                                 return Err(error);
                             }
                             tokio::time::sleep(policy.backoff(attempt - 1)).await;
@@ -544,10 +564,18 @@ impl Inner {
                     }
                     let asked = retry_after(&headers).map(|d| d.min(policy.max_delay));
                     if let (Some(delay), Some(limiter)) = (asked, &self.limiter) {
-                        limiter.pause_until(tokio::time::Instant::now() + delay);
+                        let now = tokio::time::Instant::now();
+                        limiter
+                            .pause_until(now.checked_add(delay).unwrap_or(
+                                now + policy.max_delay.min(Duration::from_secs(86_400)),
+                            ));
                     }
                     (error, asked)
                 }
+                // A refused connection, no answer in time, or a connection that broke
+                // (reset) before an answer came. A broken connection may have carried
+                // the request already, so a retried call must be one the API can take
+                // twice: calls that create things should carry an idempotency key.
                 Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
                     (transport_error(url, &e), None)
                 }
@@ -616,6 +644,21 @@ impl Inner {
             auth_headers.insert(header, value);
         }
         let client = reqwest::Client::builder()
+            // The key must not follow a redirect to another origin (reqwest only strips
+            // `Authorization` and cookies): redirects within the origin are followed.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let same_origin = attempt
+                    .previous()
+                    .first()
+                    .is_some_and(|first| first.origin() == attempt.url().origin());
+                if attempt.previous().len() > 10 {
+                    attempt.error("more than 10 redirects")
+                } else if same_origin {
+                    attempt.follow()
+                } else {
+                    attempt.stop()
+                }
+            }))
             .timeout(self.config.request_timeout)
             .connect_timeout(self.config.connect_timeout)
             .build()
@@ -632,30 +675,21 @@ impl Inner {
                 return Ok(());
             }
             state.closing = true;
-        }
-        let drained = crate::step::within_deadline(self.config.close_timeout, async {
-            loop {
-                let idle = self.idle.notified();
-                let mut idle = pin!(idle);
-                idle.as_mut().enable();
-                if self.in_flight.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                idle.await;
-            }
-        })
-        .await;
-        let cut = self.in_flight.load(Ordering::Acquire);
-        if cut > 0 {
-            self.cut.cancel();
-        }
-        {
-            let mut state = self.lock();
-            // The last clone of the client goes with the calls that held one: then
-            // every pooled connection closes.
+            // No new call can take the client now; the running ones hold their clones.
             state.client = None;
             state.auth_headers.clear();
-            state.closed = true;
+        }
+        // If this close is itself dropped half-way, the running calls are cut and the
+        // endpoint ends closed, so the pool does not outlive it.
+        let finish = FinishClose(self);
+        let drained =
+            crate::step::within_deadline(self.config.close_timeout, self.no_calls()).await;
+        let cut = self.in_flight.load(Ordering::Acquire);
+        drop(finish);
+        if cut > 0 {
+            // The cut calls drop their clients as they wake; wait a little for that, so
+            // that the pool is gone when close returns.
+            let _ = crate::step::within_deadline(CUT_GRACE, self.no_calls()).await;
         }
         match drained {
             crate::step::DeadlineOutcome::Expired if cut > 0 => Err(ResourceError::other(format!(
@@ -664,6 +698,35 @@ impl Inner {
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// Returns once no call is in flight.
+    async fn no_calls(&self) {
+        loop {
+            let idle = self.idle.notified();
+            let mut idle = pin!(idle);
+            idle.as_mut().enable();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// How long a close waits for cut calls to let go of the client.
+const CUT_GRACE: Duration = Duration::from_secs(1);
+
+/// Ends a close however it ends: the calls still running are cut and the endpoint is
+/// closed.
+struct FinishClose<'a>(&'a Inner);
+
+impl Drop for FinishClose<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.load(Ordering::Acquire) > 0 {
+            self.0.cut.cancel();
+        }
+        self.0.lock().closed = true;
     }
 }
 
