@@ -30,7 +30,11 @@ use crate::error::ResourceError;
 ///   once, not a hang.
 /// - [`pause_until`](Self::pause_until) holds every caller back until an instant: the
 ///   answer to a `429` with `Retry-After`.
-/// - It runs on tokio's clock, so `tokio::time::pause` drives it in tests.
+/// - It runs on tokio's clock, so `tokio::time::pause` drives it in tests. Timers fire
+///   on a 1 ms tick, up to a tick late; when a token's interval is a whole number of
+///   ticks, the limiter catches that lateness up, so it keeps its rate (0.999 of
+///   1000/s at burst 1) at the price of sometimes admitting two tokens closer than one
+///   interval — never more than one token ahead of the ideal schedule.
 /// - Closing it wakes every waiter with an error for which
 ///   [`ResourceError::is_closed`] is true; later calls fail the same way.
 ///
@@ -378,12 +382,14 @@ impl Limiter {
     /// be.
     ///
     /// `slept_until` is, for the head of the queue, the instant its timer was set for.
-    /// Timers fire on a 1 ms tick, so the head wakes up to 1 ms after that instant; if
-    /// the next token were counted from the wake-up, a limiter at 1 ms a token would
-    /// lose most of a tick on every token and run near half its rate. So the head's
-    /// tokens count from the instant it slept until — when the interval is a whole
-    /// number of ticks, the only case where that keeps every two admissions at least
-    /// one interval apart on a ticking clock.
+    /// Timers fire on a 1 ms tick, up to a tick after the instant they were set for;
+    /// if the next token were counted from the wake-up, a limiter at 1 ms a token would
+    /// lose most of a tick on every token and run near half its rate. So, when the
+    /// interval is a whole number of ticks, the head's tokens count from the instant it
+    /// slept until, and for one tick after such a late admission the next request may
+    /// use the time it lost. The price: two admissions can come closer than one
+    /// interval, but the count never runs more than one token ahead of the ideal
+    /// schedule.
     fn take_if_ready(
         &self,
         state: &mut State,
