@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
@@ -193,9 +194,9 @@ impl EndpointStats {
 
 #[derive(Default)]
 struct State {
+    /// Built at `enter` with every header (the key's marked sensitive) as defaults, so
+    /// a request carries no per-call header copies.
     client: Option<reqwest::Client>,
-    /// Headers with the key, built at `enter`.
-    auth_headers: HeaderMap,
     closing: bool,
     closed: bool,
 }
@@ -357,7 +358,7 @@ impl Endpoint {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let body = serde_json::to_vec(request).map_err(ResourceError::other)?;
+        let body = Bytes::from(serde_json::to_vec(request).map_err(ResourceError::other)?);
         let url = self.inner.url.clone();
         let bytes = self
             .send(self.inner.method.clone(), url.clone(), Some(body))
@@ -400,7 +401,8 @@ impl Endpoint {
         let body = body
             .map(serde_json::to_vec)
             .transpose()
-            .map_err(ResourceError::other)?;
+            .map_err(ResourceError::other)?
+            .map(Bytes::from);
         let bytes = self.send(method, url.clone(), body).await?;
         decode(&url, &bytes)
     }
@@ -410,10 +412,10 @@ impl Endpoint {
         &self,
         method: Method,
         url: Url,
-        body: Option<Vec<u8>>,
-    ) -> Result<Vec<u8>, ResourceError> {
+        body: Option<Bytes>,
+    ) -> Result<Bytes, ResourceError> {
         let inner = &*self.inner;
-        let (client, auth_headers) = {
+        let client = {
             let state = inner.lock();
             if state.closing || state.closed {
                 return Err(ResourceError::closed(format!("Endpoint `{}`", inner.name)));
@@ -425,11 +427,11 @@ impl Endpoint {
                 )));
             };
             inner.in_flight.fetch_add(1, Ordering::AcqRel);
-            (client, state.auth_headers.clone())
+            client
         };
         let _call = InFlight(inner);
         inner.calls.fetch_add(1, Ordering::Relaxed);
-        let attempts = inner.attempts(&client, &auth_headers, method, &url, body);
+        let attempts = inner.attempts(&client, method, &url, body);
         let mut attempts = pin!(attempts);
         let mut cut = pin!(inner.cut.cancelled());
         poll_fn(|cx| {
@@ -507,11 +509,10 @@ impl Inner {
     async fn attempts(
         &self,
         client: &reqwest::Client,
-        auth_headers: &HeaderMap,
         method: Method,
         url: &Url,
-        body: Option<Vec<u8>>,
-    ) -> Result<Vec<u8>, ResourceError> {
+        body: Option<Bytes>,
+    ) -> Result<Bytes, ResourceError> {
         let policy = &self.config.retry;
         let attempts = policy.max_attempts.max(1);
         let mut attempt = 0;
@@ -521,11 +522,9 @@ impl Inner {
             {
                 limiter.acquire(1).await?;
             }
-            let mut request = client
-                .request(method.clone(), url.clone())
-                .headers(self.headers.clone())
-                .headers(auth_headers.clone());
+            let mut request = client.request(method.clone(), url.clone());
             if let Some(body) = &body {
+                // A reference count, not a copy, for each attempt.
                 request = request.body(body.clone());
             }
             self.attempts.fetch_add(1, Ordering::Relaxed);
@@ -550,7 +549,7 @@ impl Inner {
                         }
                     };
                     if status.is_success() {
-                        return Ok(bytes.to_vec());
+                        return Ok(bytes);
                     }
                     let error = ResourceError::other(EndpointError::Status {
                         url: url.to_string(),
@@ -609,7 +608,7 @@ impl Inner {
         if state.client.is_some() {
             return Ok(());
         }
-        let mut auth_headers = HeaderMap::new();
+        let mut headers = self.headers.clone();
         if let Some(auth) = &self.auth {
             let (header, secret, prefix) = match auth {
                 Auth::Bearer(secret) => (reqwest::header::AUTHORIZATION, secret, "Bearer "),
@@ -641,9 +640,10 @@ impl Inner {
                 )
             })?;
             value.set_sensitive(true);
-            auth_headers.insert(header, value);
+            headers.insert(header, value);
         }
         let client = reqwest::Client::builder()
+            .default_headers(headers)
             // The key must not follow a redirect to another origin (reqwest only strips
             // `Authorization` and cookies): redirects within the origin are followed.
             .redirect(reqwest::redirect::Policy::custom(|attempt| {
@@ -664,7 +664,6 @@ impl Inner {
             .build()
             .map_err(|e| invalid(&self.name, "client", e))?;
         state.client = Some(client);
-        state.auth_headers = auth_headers;
         Ok(())
     }
 
@@ -677,7 +676,6 @@ impl Inner {
             state.closing = true;
             // No new call can take the client now; the running ones hold their clones.
             state.client = None;
-            state.auth_headers.clear();
         }
         // If this close is itself dropped half-way, the running calls are cut and the
         // endpoint ends closed, so the pool does not outlive it.
