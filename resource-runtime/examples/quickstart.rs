@@ -38,11 +38,11 @@ struct Provider {
     model: String,
 }
 
-struct Options {
-    url: Option<String>,
-    model: String,
-    requests: u64,
-    rate: u32,
+pub(crate) struct Options {
+    pub(crate) url: Option<String>,
+    pub(crate) model: String,
+    pub(crate) requests: u64,
+    pub(crate) rate: u32,
 }
 
 fn options() -> Result<Options, String> {
@@ -83,7 +83,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let options = options()?;
     let steps = StepLog::default();
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(steps.clone()))?;
+    run(options, steps).await?;
+    Ok(())
+}
 
+/// The statistics `run` ends with (printed as it goes; the end-to-end test in
+/// `tests/tests/quickstart.rs` reads them).
+#[derive(Debug)]
+#[allow(dead_code)]
+pub(crate) struct Report {
+    pub(crate) sent: u64,
+    pub(crate) answered: u64,
+    pub(crate) failed: u64,
+    pub(crate) retries: u64,
+    pub(crate) closed: Vec<String>,
+}
+
+/// The whole job; `main` only reads the arguments and installs the step log.
+pub(crate) async fn run(
+    options: Options,
+    steps: StepLog,
+) -> Result<Report, Box<dyn std::error::Error + Send + Sync>> {
     let (base_url, auth) = match &options.url {
         Some(url) => (url.clone(), Secret::env("OPENAI_API_KEY")),
         None => (demo_api::start().await?, Secret::value("demo-key")),
@@ -168,7 +188,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let elapsed = started.elapsed();
 
     println!("\nclose report (every step as it finished):");
-    steps.print();
+    let closed = steps.print();
     println!("\nrequests: {total} sent, {ok} answered, {failed} failed");
     println!(
         "attempts: {} ({} retries after 429 or 5xx)",
@@ -192,7 +212,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if failed > 0 {
         return Err(format!("{failed} requests failed").into());
     }
-    Ok(())
+    Ok(Report {
+        sent: total,
+        answered: ok,
+        failed,
+        retries: stats.retries(),
+        closed,
+    })
 }
 
 async fn progress_line(total: u64, done: Arc<AtomicU64>, failed: Arc<AtomicU64>, started: Instant) {
@@ -294,20 +320,26 @@ mod demo_api {
 /// A `tracing` layer that keeps the steps the derive reports (`resource.enter` and
 /// `resource.close` spans) and warnings, in the order they happen.
 #[derive(Clone, Default)]
-struct StepLog {
+pub(crate) struct StepLog {
     rows: Arc<Mutex<Vec<String>>>,
 }
 
 impl StepLog {
-    fn print(&self) {
+    /// Prints the close steps and warnings seen so far, and returns them.
+    fn print(&self) -> Vec<String> {
         let rows = std::mem::take(&mut *self.rows.lock().unwrap_or_else(|p| p.into_inner()));
+        let rows: Vec<String> = rows
+            .into_iter()
+            .filter(|r| !r.starts_with("enter"))
+            .collect();
         println!(
             "    {:<3} {:<6} {:<20} {:<10} {:>10}  outcome",
             "#", "step", "type", "field", "took"
         );
-        for (i, row) in rows.iter().filter(|r| !r.starts_with("enter")).enumerate() {
+        for (i, row) in rows.iter().enumerate() {
             println!("    {:<3} {row}", i + 1);
         }
+        rows
     }
 }
 

@@ -1,0 +1,44 @@
+//! The README's main job, end to end: the quickstart example's own code, run with a
+//! smaller load against its embedded API on 127.0.0.1.
+
+#[allow(dead_code)]
+#[path = "../../resource-runtime/examples/quickstart.rs"]
+mod quickstart;
+
+use tracing_subscriber::layer::SubscriberExt;
+
+#[test]
+fn the_quickstart_sends_every_request_rides_out_the_faults_and_closes_every_field() {
+    let steps = quickstart::StepLog::default();
+    let subscriber = tracing_subscriber::registry().with(steps.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let options = quickstart::Options {
+        url: None,
+        model: "test-model".to_owned(),
+        requests: 160,
+        rate: 400,
+    };
+    let report = runtime
+        .block_on(quickstart::run(options, steps))
+        .expect("the quickstart succeeds");
+    assert_eq!((report.sent, report.answered, report.failed), (160, 160, 0));
+    // The embedded API answers 429 to the 100th request and 503 to the 75th and 150th.
+    assert!(report.retries >= 3, "{report:?}");
+    // Every field closed, jobs before the endpoint before the log, each ok.
+    let closes: Vec<&str> = report
+        .closed
+        .iter()
+        .filter(|row| row.starts_with("close") && row.contains("Provider"))
+        .map(|row| row.split_whitespace().nth(2).unwrap_or("?"))
+        .collect();
+    assert_eq!(closes, ["jobs", "api", "log"], "{:?}", report.closed);
+    assert!(
+        report.closed.iter().all(|row| row.ends_with("ok")),
+        "{:?}",
+        report.closed
+    );
+}
