@@ -77,6 +77,7 @@ async fn concurrent_calls_share_one_client_and_few_connections() {
     assert_eq!(server.requests(), 64);
     // At most 8 at once: the pool reuses its connections instead of opening 64.
     assert!(server.accepted() <= 8, "accepted {}", server.accepted());
+    eprintln!("64 calls, 8 at a time: {} connections", server.accepted());
     executor.close().await.unwrap();
     endpoint.close().await.unwrap();
     assert!(
