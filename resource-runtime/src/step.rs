@@ -631,9 +631,8 @@ pub(crate) async fn enter_each<R: crate::AsyncResource>(
     ty: &'static str,
     items: &mut [R],
 ) -> Result<(), ResourceError> {
-    let mut failed_at = None;
-    let mut error = None;
     let traced = tracing_on().then_some(ty);
+    let mut failure = None;
     for (index, item) in items.iter_mut().enumerate() {
         let step = Step::new(
             traced,
@@ -643,12 +642,11 @@ pub(crate) async fn enter_each<R: crate::AsyncResource>(
             move || item.enter(),
         );
         if let Err(e) = step.await {
-            error = Some(e);
-            failed_at = Some(index);
+            failure = Some((index, e));
             break;
         }
     }
-    let (Some(failed_at), Some(mut error)) = (failed_at, error) else {
+    let Some((failed_at, mut error)) = failure else {
         return Ok(());
     };
     if let Err(rollback) = close_each_rev(ty, &mut items[..failed_at]).await {

@@ -537,3 +537,25 @@ pub fn numbers_in(text: &str) -> Vec<u64> {
         .filter_map(|s| s.parse().ok())
         .collect()
 }
+
+/// A shared counter, for tasks to bump.
+pub fn counter() -> Arc<AtomicUsize> {
+    Arc::new(AtomicUsize::new(0))
+}
+
+/// The value of a counter.
+pub fn get(c: &AtomicUsize) -> usize {
+    c.load(Ordering::SeqCst)
+}
+
+/// Awaits `fut`, which must finish without any time passing (on tokio's paused clock):
+/// a future that waits on the clock, or forever, is cut off after an hour of virtual
+/// time and fails the test.
+pub async fn at_once<T>(fut: impl std::future::Future<Output = T>) -> T {
+    let start = tokio::time::Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(3600), fut)
+        .await
+        .expect("the call waited instead of returning at once");
+    assert_eq!(start.elapsed(), Duration::ZERO, "the call waited");
+    out
+}

@@ -5,13 +5,11 @@
 //!
 //! Time is tokio's paused clock: durations are virtual and exact.
 
-use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use resource_runtime::{AsyncExecutor, AsyncResource, Executor, ResourceError};
-use resource_tests::{Gauge, Log, numbers_in, strings};
+use resource_tests::{Gauge, Log, at_once, counter, get, numbers_in, strings};
 use tokio::time::{Instant, sleep};
 
 fn ms(n: u64) -> Duration {
@@ -19,25 +17,6 @@ fn ms(n: u64) -> Duration {
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-fn counter() -> Arc<AtomicUsize> {
-    Arc::new(AtomicUsize::new(0))
-}
-
-fn get(c: &AtomicUsize) -> usize {
-    c.load(Ordering::SeqCst)
-}
-
-/// Awaits `fut`, which must finish without any time passing: a future that waits on
-/// the clock (or forever) is cut off after an hour of virtual time and fails the test.
-async fn at_once<T>(fut: impl Future<Output = T>) -> T {
-    let start = Instant::now();
-    let out = tokio::time::timeout(HOUR, fut)
-        .await
-        .expect("the call waited instead of returning at once");
-    assert_eq!(start.elapsed(), Duration::ZERO, "the call waited");
-    out
-}
 
 /// Checks that `err` reports `n` aborted tasks (the number appears in its message).
 fn assert_reports_aborted(err: &ResourceError, n: u64) {

@@ -6,15 +6,14 @@
 //!
 //! Time is tokio's paused clock: durations are virtual and exact.
 
-use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use resource_runtime::{
     AsyncExecutor, AsyncResource, Executor, RateLimitedExecutor, RateLimiter, ResourceError,
 };
-use resource_tests::{Gauge, Log, Probe, numbers_in};
+use resource_tests::{Gauge, Log, Probe, at_once, counter, get, numbers_in};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep};
 
@@ -24,24 +23,6 @@ fn ms(n: u64) -> Duration {
 
 const SECOND: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
-
-fn counter() -> Arc<AtomicUsize> {
-    Arc::new(AtomicUsize::new(0))
-}
-
-fn get(c: &AtomicUsize) -> usize {
-    c.load(Ordering::SeqCst)
-}
-
-/// Awaits `fut`, which must finish without any time passing.
-async fn at_once<T>(fut: impl Future<Output = T>) -> T {
-    let start = Instant::now();
-    let out = tokio::time::timeout(HOUR, fut)
-        .await
-        .expect("the call waited instead of returning at once");
-    assert_eq!(start.elapsed(), Duration::ZERO, "the call waited");
-    out
-}
 
 /// 10 tokens per second at burst 1 (one every 100 ms), over `max_concurrency` slots.
 fn ten_per_second(max_concurrency: usize) -> RateLimitedExecutor {
