@@ -76,6 +76,21 @@
 //! Before a program exits, [`wait_detached`] waits for the closes left to the
 //! background.
 //!
+//! The runtime types an API client is made of are built the same way, each a cheap
+//! `Clone` handle whose `close` closes it for every clone:
+//!
+//! - [`AsyncExecutor`]: at most `max_concurrency` tasks at once, backpressure on
+//!   submission, a task's panic returned to its caller, and a shutdown that stops new
+//!   work, drains, then aborts and counts what is left;
+//! - [`RateLimiter`]: `rate` per `period` with a `burst`, first come first served, on
+//!   tokio's clock, with [`pause_until`](RateLimiter::pause_until) for `Retry-After`;
+//! - [`RateLimitedExecutor`]: both, derived;
+//! - [`Endpoint`]: an HTTP API on reqwest, configured by an [`EndpointConfig`] (serde),
+//!   with retries, backoff and `Retry-After`, and a close that lets in-flight calls
+//!   finish, cuts the rest and releases every pooled connection. Providers are written
+//!   against [`ResourceClient`] and [`Executor`], so an SDK-style client of your own
+//!   fits beside it.
+//!
 //! [`AsyncResource`] is implemented for `Option<T>`, `Box<T>`, `&mut T` and `Vec<T>`,
 //! and for the tokio types whose drop loses something: `BufWriter<W>` (flush and
 //! shutdown), `tokio::fs::File` (flush and sync), `TcpStream` (shutdown),
