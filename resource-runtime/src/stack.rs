@@ -343,3 +343,28 @@ impl Drop for ResourceStack {
         crate::detached::detach(orphaned, "ResourceStack", false);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn debug_lists_the_entries_and_slots_their_type() {
+        let mut stack = ResourceStack::new().with_step_timeout(Duration::from_secs(1));
+        let slot = stack.push(Vec::<ResourceStack>::new());
+        stack.defer(async { Ok::<(), std::io::Error>(()) });
+        let shown = format!("{stack:?}");
+        assert!(
+            shown.contains("alloc::vec::Vec") && shown.contains("deferred step"),
+            "{shown}"
+        );
+        assert!(format!("{slot:?}").contains("index: 0"));
+        let copy = slot;
+        assert_eq!(stack.len(), 2);
+        assert!(!stack.is_empty());
+        assert!(stack.get(&copy).is_some());
+        stack.close().await.unwrap();
+        assert!(stack.get(&copy).is_none());
+        assert!(stack.is_empty());
+    }
+}

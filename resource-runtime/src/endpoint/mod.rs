@@ -766,3 +766,95 @@ fn transport_error(url: &Url, error: &reqwest::Error) -> ResourceError {
     }
     ResourceError::other(EndpointError::Connect { url, message })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_names_the_url_and_what_happened() {
+        let url = "http://127.0.0.1:1/v1/chat".to_owned();
+        let cases = [
+            (
+                EndpointError::Status {
+                    url: url.clone(),
+                    status: StatusCode::BAD_REQUEST,
+                    body: "bad prompt".into(),
+                },
+                "answered 400 Bad Request: bad prompt",
+            ),
+            (
+                EndpointError::Timeout { url: url.clone() },
+                "did not answer within",
+            ),
+            (
+                EndpointError::Connect {
+                    url: url.clone(),
+                    message: "refused".into(),
+                },
+                "could not reach",
+            ),
+            (
+                EndpointError::Decode {
+                    url: url.clone(),
+                    message: "eof".into(),
+                },
+                "not the expected JSON: eof",
+            ),
+            (
+                EndpointError::Cut { url: url.clone() },
+                "was cut when the endpoint closed",
+            ),
+        ];
+        for (error, expected) in cases {
+            let shown = error.to_string();
+            assert!(shown.contains(&url) && shown.contains(expected), "{shown}");
+        }
+        let empty_body = EndpointError::Status {
+            url: url.clone(),
+            status: StatusCode::BAD_GATEWAY,
+            body: String::new(),
+        };
+        assert!(empty_body.to_string().ends_with("502 Bad Gateway"));
+        assert_eq!(empty_body.status(), Some(StatusCode::BAD_GATEWAY));
+        assert_eq!(EndpointError::Cut { url }.status(), None);
+    }
+
+    #[test]
+    fn an_excerpt_is_bounded() {
+        assert_eq!(excerpt(b"short"), "short");
+        let long = vec![b'x'; 2_000];
+        let shown = excerpt(&long);
+        assert!(shown.ends_with('…') && shown.len() < 600, "{}", shown.len());
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates_and_ignores_garbage() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(
+            reqwest::header::RETRY_AFTER,
+            HeaderValue::from_static("soon"),
+        );
+        assert_eq!(retry_after(&headers), None);
+        let past = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(1));
+        headers.insert(
+            reqwest::header::RETRY_AFTER,
+            HeaderValue::from_str(&past).unwrap(),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+        let later =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
+        headers.insert(
+            reqwest::header::RETRY_AFTER,
+            HeaderValue::from_str(&later).unwrap(),
+        );
+        let wait = retry_after(&headers).unwrap();
+        assert!(
+            wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
+            "{wait:?}"
+        );
+    }
+}
