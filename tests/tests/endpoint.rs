@@ -613,6 +613,9 @@ async fn a_close_dropped_half_way_still_cuts_the_calls_and_closes_the_endpoint()
     // The close is given up on at once (its caller's own deadline, say).
     let gave_up = tokio::time::timeout(Duration::from_millis(50), endpoint.close()).await;
     assert!(gave_up.is_err());
+    // Closing again returns only once the cut call has let go of the client.
+    endpoint.close().await.unwrap();
+    assert_eq!(endpoint.in_flight(), 0);
     let cut = call.await.unwrap().unwrap_err();
     assert!(
         matches!(endpoint_error(&cut), EndpointError::Cut { .. }),

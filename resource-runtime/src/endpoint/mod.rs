@@ -668,14 +668,20 @@ impl Inner {
     }
 
     async fn close(&self) -> Result<(), ResourceError> {
-        {
+        let already_closed = {
             let mut state = self.lock();
-            if state.closed {
-                return Ok(());
+            if !state.closed {
+                state.closing = true;
+                // No new call can take the client now; the running ones hold their clones.
+                state.client = None;
             }
-            state.closing = true;
-            // No new call can take the client now; the running ones hold their clones.
-            state.client = None;
+            state.closed
+        };
+        if already_closed {
+            // A close that was itself cut short has cut the calls; they may still be
+            // letting go of the client. Nothing is held once this returns.
+            let _ = crate::step::within_deadline(CUT_GRACE, self.no_calls()).await;
+            return Ok(());
         }
         // If this close is itself dropped half-way, the running calls are cut and the
         // endpoint ends closed, so the pool does not outlive it.
