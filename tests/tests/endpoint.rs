@@ -33,6 +33,16 @@ async fn entered(config: EndpointConfig) -> Endpoint {
     endpoint
 }
 
+/// Waits (a few seconds at most) until the server sees no open connection, and fails
+/// the test with the count if it still does.
+async fn assert_no_open_connections(server: &TestServer) {
+    assert!(
+        server.wait_for_open(0, SOCKETS).await,
+        "open: {}",
+        server.open()
+    );
+}
+
 fn endpoint_error(error: &ResourceError) -> &EndpointError {
     error
         .failures()
@@ -52,11 +62,7 @@ async fn a_call_sends_json_and_decodes_the_reply() {
     assert_eq!(received[0].path, "/v1/echo");
     assert_eq!(received[0].header("content-type"), Some("application/json"));
     endpoint.close().await.unwrap();
-    assert!(
-        server.wait_for_open(0, SOCKETS).await,
-        "open: {}",
-        server.open()
-    );
+    assert_no_open_connections(&server).await;
 }
 
 #[tokio::test]
@@ -80,11 +86,7 @@ async fn concurrent_calls_share_one_client_and_few_connections() {
     eprintln!("64 calls, 8 at a time: {} connections", server.accepted());
     executor.close().await.unwrap();
     endpoint.close().await.unwrap();
-    assert!(
-        server.wait_for_open(0, SOCKETS).await,
-        "open: {}",
-        server.open()
-    );
+    assert_no_open_connections(&server).await;
 }
 
 #[tokio::test]
@@ -195,11 +197,7 @@ async fn timeouts_are_retried_then_reported() {
     );
     assert_eq!(server.requests(), 2);
     endpoint.close().await.unwrap();
-    assert!(
-        server.wait_for_open(0, SOCKETS).await,
-        "open: {}",
-        server.open()
-    );
+    assert_no_open_connections(&server).await;
 }
 
 #[tokio::test]
@@ -214,11 +212,7 @@ async fn resets_are_retried_then_reported() {
     );
     assert_eq!(server.requests(), 3);
     endpoint.close().await.unwrap();
-    assert!(
-        server.wait_for_open(0, SOCKETS).await,
-        "open: {}",
-        server.open()
-    );
+    assert_no_open_connections(&server).await;
 }
 
 #[tokio::test]
@@ -263,11 +257,7 @@ async fn close_waits_for_an_in_flight_call_then_every_connection_closes() {
     endpoint.close().await.unwrap();
     let reply = call.await.unwrap().unwrap();
     assert_eq!(reply["echo"], json!("slow"));
-    assert!(
-        server.wait_for_open(0, SOCKETS).await,
-        "open: {}",
-        server.open()
-    );
+    assert_no_open_connections(&server).await;
 }
 
 #[tokio::test]
@@ -292,11 +282,7 @@ async fn close_cuts_a_hung_call_at_its_deadline_and_releases_every_connection() 
         matches!(endpoint_error(&cut), EndpointError::Cut { .. }),
         "{cut}"
     );
-    assert!(
-        server.wait_for_open(0, SOCKETS).await,
-        "open: {}",
-        server.open()
-    );
+    assert_no_open_connections(&server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,11 +303,7 @@ async fn calls_racing_with_close_succeed_or_are_closed_and_no_connection_stays_o
             Err(e) => assert!(e.is_closed(), "{e}"),
         }
     }
-    assert!(
-        server.wait_for_open(0, SOCKETS).await,
-        "open: {}",
-        server.open()
-    );
+    assert_no_open_connections(&server).await;
 }
 
 #[tokio::test]
@@ -334,11 +316,7 @@ async fn entering_twice_keeps_one_client() {
     // The second call reused the first call's pooled connection.
     assert_eq!(server.accepted(), 1);
     endpoint.close().await.unwrap();
-    assert!(
-        server.wait_for_open(0, SOCKETS).await,
-        "open: {}",
-        server.open()
-    );
+    assert_no_open_connections(&server).await;
 }
 
 /// Records every `tracing` event and span field as text.
@@ -497,11 +475,7 @@ async fn an_endpoint_and_an_sdk_client_side_by_side_through_one_executor() {
         1,
         "the SDK client closed exactly once"
     );
-    assert!(
-        server.wait_for_open(0, SOCKETS).await,
-        "open: {}",
-        server.open()
-    );
+    assert_no_open_connections(&server).await;
 }
 
 #[tokio::test]
@@ -522,18 +496,10 @@ async fn several_endpoints_share_one_executor_and_each_closes_its_connections() 
     executor.close().await.unwrap();
     a.close().await.unwrap();
     // Closing one endpoint releases its connections only.
-    assert!(
-        first.wait_for_open(0, SOCKETS).await,
-        "open: {}",
-        first.open()
-    );
+    assert_no_open_connections(&first).await;
     assert!(second.open() > 0, "b's pooled connections are still there");
     b.close().await.unwrap();
-    assert!(
-        second.wait_for_open(0, SOCKETS).await,
-        "open: {}",
-        second.open()
-    );
+    assert_no_open_connections(&second).await;
 }
 
 #[tokio::test]
@@ -628,9 +594,5 @@ async fn a_close_dropped_half_way_still_cuts_the_calls_and_closes_the_endpoint()
             .unwrap_err()
             .is_closed()
     );
-    assert!(
-        server.wait_for_open(0, SOCKETS).await,
-        "open: {}",
-        server.open()
-    );
+    assert_no_open_connections(&server).await;
 }
