@@ -16,7 +16,7 @@
 //!   task: the peer of the ratio;
 //! - `tracker_semaphore_token`: the same, the task also selecting on a
 //!   `CancellationToken` (what a bounded executor needs to abort at shutdown);
-//! - `async_executor`: `AsyncExecutor::new(10_000).spawn(...)`.
+//! - `async_executor`: `AsyncExecutor::new(10_000).unwrap().spawn(...)`.
 //!
 //! Each row is measured 3 times, after one unmeasured round that lets the runtime make
 //! whatever it makes lazily; the median is reported. A separate binary from
@@ -91,7 +91,10 @@ async fn measure(kind: Kind) -> isize {
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
     let cancel = CancellationToken::new();
-    let executor = AsyncExecutor::new(IN_FLIGHT).with_shutdown_timeout(Duration::ZERO);
+    let executor = AsyncExecutor::builder(IN_FLIGHT)
+        .shutdown_timeout(Duration::ZERO)
+        .build()
+        .unwrap();
 
     let region = Region::new(GLOBAL);
     for _ in 0..IN_FLIGHT {
@@ -135,7 +138,7 @@ async fn measure(kind: Kind) -> isize {
         let _ = handle.await;
     }
     // Aborted at once: the deadline is zero.
-    let _ = executor.shutdown().await;
+    let _ = executor.close().await;
     drop(executor_handles);
     tracker.close();
     tracker.wait().await;

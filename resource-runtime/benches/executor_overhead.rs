@@ -4,7 +4,7 @@
 //! - `spawn_200k_c64`: 200 000 trivial tasks (each returns its index), at most 64 in
 //!   flight, started from inside a task on a multi-thread runtime (2 workers here) and
 //!   all completed before the clock stops:
-//!   - `async_executor_await`: `AsyncExecutor::new(64)`, `spawn(fut).await` for each
+//!   - `async_executor_await`: `AsyncExecutor::new(64).unwrap()`, `spawn(fut).await` for each
 //!     (waits for a slot), every handle kept and awaited at the end, outputs summed;
 //!   - `async_executor_shutdown`: the same with the handles dropped, then `shutdown()`
 //!     waits for every task: the like-for-like of the tracker row;
@@ -59,7 +59,7 @@ async fn trivial(i: u64) -> u64 {
 }
 
 async fn async_executor_await() {
-    let executor = AsyncExecutor::new(CONCURRENCY);
+    let executor = AsyncExecutor::new(CONCURRENCY).unwrap();
     let mut handles = Vec::with_capacity(TASKS as usize);
     for i in 0..TASKS {
         handles.push(executor.spawn(trivial(i)).await.expect("an open executor"));
@@ -72,11 +72,11 @@ async fn async_executor_await() {
 }
 
 async fn async_executor_shutdown() {
-    let executor = AsyncExecutor::new(CONCURRENCY);
+    let executor = AsyncExecutor::new(CONCURRENCY).unwrap();
     for i in 0..TASKS {
         drop(executor.spawn(trivial(i)).await.expect("an open executor"));
     }
-    executor.shutdown().await.expect("a clean shutdown");
+    executor.close().await.expect("a clean shutdown");
 }
 
 async fn tracker_semaphore() {
@@ -187,7 +187,10 @@ async fn all_started(started: &AtomicUsize, n: usize) {
 
 /// Starts 10 000 sleeping tasks on an executor, then times its shutdown.
 async fn close_executor() -> Duration {
-    let executor = AsyncExecutor::new(IN_FLIGHT).with_shutdown_timeout(Duration::ZERO);
+    let executor = AsyncExecutor::builder(IN_FLIGHT)
+        .shutdown_timeout(Duration::ZERO)
+        .build()
+        .unwrap();
     let started = Arc::new(AtomicUsize::new(0));
     for _ in 0..IN_FLIGHT {
         let started = started.clone();
@@ -200,7 +203,7 @@ async fn close_executor() -> Duration {
     all_started(&started, IN_FLIGHT).await;
     assert_eq!(executor.in_flight(), IN_FLIGHT);
     let start = Instant::now();
-    let outcome = executor.shutdown().await;
+    let outcome = executor.close().await;
     let elapsed = start.elapsed();
     assert!(
         outcome.is_err(),

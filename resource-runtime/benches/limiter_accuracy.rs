@@ -17,7 +17,7 @@
 //! at 100/s, `--quick` gives 16 waiters about 3 tokens each, so its Jain is coarse.
 //!
 //! The limiters, configured for `rate` per second with `burst`:
-//! - `resource_runtime`: `RateLimiter::new(rate, 1 s).with_burst(burst)`, `acquire(1)`.
+//! - `resource_runtime`: `RateLimiter::builder(rate, 1 s).burst(burst).build().unwrap()`, `acquire(1)`.
 //! - `governor` 0.10: `RateLimiter::direct(Quota::with_period(1 s / rate).allow_burst(burst))`
 //!   (the default `QuantaClock`), `until_ready()`: no jitter. It sleeps on
 //!   `futures-timer`'s own timer thread, not on tokio's timer.
@@ -67,9 +67,12 @@ impl Limiter {
     fn new(kind: Kind, rate: u32, burst: u32) -> Self {
         let interval = Duration::from_secs(1) / rate;
         match kind {
-            Kind::ResourceRuntime => {
-                Limiter::Ours(RateLimiter::new(rate, Duration::from_secs(1)).with_burst(burst))
-            }
+            Kind::ResourceRuntime => Limiter::Ours(
+                RateLimiter::builder(rate, Duration::from_secs(1))
+                    .burst(burst)
+                    .build()
+                    .unwrap(),
+            ),
             Kind::Governor => {
                 let burst = NonZeroU32::new(burst).expect("a burst of at least 1");
                 let quota = governor::Quota::with_period(interval)

@@ -3,7 +3,7 @@
 //! `cargo bench -p resource-runtime --bench limiter_hot_path`.
 //!
 //! - `try_acquire_pass`: every call is admitted. A GCRA limiter admits forever when a
-//!   token takes 1 ns (`RateLimiter::new(1_000_000_000, 1 s)`, governor's
+//!   token takes 1 ns (`RateLimiter::new(1_000_000_000, 1 s).unwrap()`, governor's
 //!   `Quota::with_period(1 ns)`), since no call is faster than a token; the burst is
 //!   `u32::MAX` anyway. leaky-bucket starts with a balance of `isize::MAX` tokens that no
 //!   run can spend. The semaphore has `MAX_PERMITS` and the permit is dropped at once.
@@ -112,12 +112,15 @@ fn both(
 
 /// Ours: one token a nanosecond, never runs out.
 fn ours_open() -> RateLimiter {
-    RateLimiter::new(1_000_000_000, Duration::from_secs(1)).with_burst(u32::MAX)
+    RateLimiter::builder(1_000_000_000, Duration::from_secs(1))
+        .burst(u32::MAX)
+        .build()
+        .unwrap()
 }
 
 /// Ours: one token an hour, already taken.
 fn ours_drained() -> RateLimiter {
-    let limiter = RateLimiter::new(1, HOUR).with_burst(1);
+    let limiter = RateLimiter::builder(1, HOUR).burst(1).build().unwrap();
     assert!(limiter.try_acquire(1).expect("a valid limiter"));
     limiter
 }

@@ -174,8 +174,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         std::process::id()
     ));
     let stop = CancellationToken::new();
-    let limiter = RateLimiter::new(4, Duration::from_secs(1)).with_burst(1);
-    let jobs = AsyncExecutor::new(2).with_shutdown_timeout(Duration::from_secs(1));
+    let limiter = RateLimiter::builder(4, Duration::from_secs(1))
+        .burst(1)
+        .build()?;
+    let jobs = AsyncExecutor::builder(2)
+        .shutdown_timeout(Duration::from_secs(1))
+        .build()?;
     let worker = tokio::spawn(heartbeat(stop.clone(), jobs.clone(), limiter.clone()));
     let mut service = Managed::enter(Service {
         log: BufWriter::new(tokio::fs::File::create(&log_path).await?),

@@ -123,12 +123,15 @@ pub(crate) async fn run(
     let dir = std::env::temp_dir().join(format!("resource-quickstart-{}", std::process::id()));
     tokio::fs::create_dir_all(&dir).await?;
     let log_path = dir.join("answers.log");
-    let limiter = RateLimiter::new(options.rate, Duration::from_secs(1))
-        .with_burst(options.rate.clamp(1, 10));
+    let limiter = RateLimiter::builder(options.rate, Duration::from_secs(1))
+        .burst(options.rate.clamp(1, 10))
+        .build()?;
     let provider = Provider {
         log: BufWriter::new(tokio::fs::File::create(&log_path).await?),
-        api: Endpoint::new(config)?.pausing(limiter.clone()),
-        jobs: RateLimitedExecutor::new(limiter, AsyncExecutor::new(16)),
+        api: Endpoint::builder(config)
+            .pausing_limiter(limiter.clone())
+            .build()?,
+        jobs: RateLimitedExecutor::new(limiter, AsyncExecutor::new(16)?),
         model: options.model.clone(),
     };
 

@@ -74,8 +74,14 @@ pub(crate) fn detach<R: AsyncResource + 'static>(mut resource: R, ty: &'static s
             return;
         }
     };
-    let id = REGISTRY.next_id.fetch_add(1, Ordering::Relaxed);
-    pending().insert(id, ty);
+    // Numbered under the registry's lock, so `wait_detached` sees every close numbered
+    // below its mark in the map.
+    let id = {
+        let mut pending = pending();
+        let id = REGISTRY.next_id.fetch_add(1, Ordering::Relaxed);
+        pending.insert(id, ty);
+        id
+    };
     let mut registered = Registered {
         id,
         ty,
@@ -124,29 +130,38 @@ pub(crate) fn detach<R: AsyncResource + 'static>(mut resource: R, ty: &'static s
 /// # }
 /// ```
 ///
-/// The error holds one timeout failure for each close still running, at the path of
-/// the type it closes; those closes go on as long as the runtime runs.
+/// Closes started after the call are not waited for. The error holds one timeout
+/// failure for each close still running, at the path of the type it closes; those
+/// closes go on as long as the runtime runs. On a runtime without timers the timeout
+/// cannot be enforced: it waits for every such close, then returns an error for which
+/// [`ResourceError::is_unenforced_deadline`] is true.
 pub async fn wait_detached(timeout: Duration) -> Result<(), ResourceError> {
+    // Ids only grow: the closes pending now are the ones below this mark.
+    let mark = {
+        let _pending = pending();
+        REGISTRY.next_id.load(Ordering::Relaxed)
+    };
+    let earlier_pending = || pending().range(..mark).next().is_some();
     let all_done = async {
         loop {
             let changed = REGISTRY.changed.notified();
             let mut changed = std::pin::pin!(changed);
             // Registered before the check, so a close that ends in between is not missed.
             changed.as_mut().enable();
-            if pending().is_empty() {
+            if !earlier_pending() {
                 return;
             }
             changed.await;
         }
     };
-    // The timer is made lazily and guarded: a huge timeout or a runtime without timers
-    // waits without a deadline instead of panicking.
+    // The timer is made lazily and guarded: a runtime without timers waits without a
+    // deadline, and says why once every close has finished.
     match within_deadline(timeout, all_done).await {
-        // Every close pending meanwhile finished; closes started since are not waited for.
-        DeadlineOutcome::InTime | DeadlineOutcome::Unbounded(_) => return Ok(()),
+        DeadlineOutcome::InTime => return Ok(()),
+        DeadlineOutcome::Unbounded(why) => return Err(why),
         DeadlineOutcome::Expired => {}
     }
-    let unfinished: Vec<&'static str> = pending().values().copied().collect();
+    let unfinished: Vec<&'static str> = pending().range(..mark).map(|(_, ty)| *ty).collect();
     let mut error: Option<ResourceError> = None;
     for ty in unfinished {
         let leaf = ResourceError::still_running(timeout).within(&ty, Operation::Close);

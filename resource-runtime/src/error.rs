@@ -82,6 +82,9 @@ enum Cause {
     StillRunning(Duration),
     Panic(String),
     Source(BoxError),
+    /// A deadline the runtime could not enforce (it has no timer): the step ran to its
+    /// end.
+    Unenforced(Duration),
 }
 
 impl ResourceError {
@@ -149,6 +152,12 @@ impl ResourceError {
     /// A detached close that had not finished after `waited`.
     pub(crate) fn still_running(waited: Duration) -> Self {
         Self::leaf(Cause::StillRunning(waited))
+    }
+
+    /// A deadline that could not be set because the tokio runtime has no timer (it was
+    /// built without `enable_time`): the step it bounds ran to its end, unbounded.
+    pub(crate) fn unenforced(deadline: Duration) -> Self {
+        Self::leaf(Cause::Unenforced(deadline))
     }
 
     /// A step that panicked, from the payload `catch_unwind` returned.
@@ -305,15 +314,26 @@ impl ResourceError {
         })
     }
 
+    /// Whether any failure is a deadline that could not be enforced because the tokio
+    /// runtime has no timer (built without `enable_time`). The step it bounded ran to
+    /// its end: nothing was left open, but nothing bounded how long that took.
+    pub fn is_unenforced_deadline(&self) -> bool {
+        self.any_leaf(|c| matches!(c, Cause::Unenforced(_)))
+    }
+
     /// Whether any failure is a caught panic.
     pub fn is_panic(&self) -> bool {
         self.any_leaf(|c| matches!(c, Cause::Panic(_)))
     }
 
-    /// The deadline of a single timeout failure.
+    /// The deadline of a single timeout failure, or of a deadline that could not be
+    /// enforced.
     pub fn deadline(&self) -> Option<Duration> {
         match self.as_leaf()?.cause {
-            Cause::Timeout(d) | Cause::NotReached(d) | Cause::StillRunning(d) => Some(d),
+            Cause::Timeout(d)
+            | Cause::NotReached(d)
+            | Cause::StillRunning(d)
+            | Cause::Unenforced(d) => Some(d),
             _ => None,
         }
     }
@@ -372,6 +392,10 @@ impl fmt::Display for Leaf {
             Cause::StillRunning(d) => write!(f, "detached close still running after {d:?}"),
             Cause::Panic(m) => write!(f, "panicked: {m}"),
             Cause::Source(e) => write!(f, "{e}"),
+            Cause::Unenforced(d) => write!(
+                f,
+                "its deadline of {d:?} was not enforced: the tokio runtime has no timer (build it with `enable_time` or `enable_all`); the step ran to its end"
+            ),
         }
     }
 }
@@ -407,6 +431,7 @@ impl fmt::Debug for ResourceError {
                     Cause::StillRunning(waited) => d.field("still_running", waited),
                     Cause::Panic(message) => d.field("panic", message),
                     Cause::Source(source) => d.field("source", source),
+                    Cause::Unenforced(deadline) => d.field("unenforced", deadline),
                 };
                 d.finish()
             }
@@ -423,6 +448,62 @@ impl StdError for ResourceError {
             Cause::Source(e) => e.source(),
             _ => None,
         }
+    }
+}
+
+/// A configuration that cannot work, refused when the handle is built: a rate of 0,
+/// an executor with no slot, a zero period. Returned inside a [`ResourceError`]; reach
+/// it with [`ResourceError::downcast_ref`].
+///
+/// ```
+/// use resource_runtime::{AsyncExecutor, ConfigError};
+///
+/// let err = AsyncExecutor::new(0).unwrap_err();
+/// let config = err.downcast_ref::<ConfigError>().unwrap();
+/// assert_eq!(config.setting(), "max_concurrency");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    handle: &'static str,
+    setting: &'static str,
+    why: Cow<'static, str>,
+}
+
+impl ConfigError {
+    pub(crate) fn new(
+        handle: &'static str,
+        setting: &'static str,
+        why: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        ConfigError {
+            handle,
+            setting,
+            why: why.into(),
+        }
+    }
+
+    /// The type being configured (`"RateLimiter"`).
+    pub fn handle(&self) -> &'static str {
+        self.handle
+    }
+
+    /// The setting that is wrong (`"burst"`).
+    pub fn setting(&self) -> &'static str {
+        self.setting
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: `{}` {}", self.handle, self.setting, self.why)
+    }
+}
+
+impl StdError for ConfigError {}
+
+impl From<ConfigError> for ResourceError {
+    fn from(error: ConfigError) -> Self {
+        ResourceError::other(error)
     }
 }
 

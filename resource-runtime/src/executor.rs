@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::AsyncResource;
-use crate::error::ResourceError;
+use crate::error::{ConfigError, ResourceError};
 use crate::limiter::RateLimiter;
+use crate::step::DeadlineOutcome;
 
 /// Something that runs futures: a provider written against it works with any executor.
 ///
@@ -28,7 +30,7 @@ use crate::limiter::RateLimiter;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), ResourceError> {
-/// assert_eq!(double(&AsyncExecutor::new(4), 21).await?, 42);
+/// assert_eq!(double(&AsyncExecutor::new(4)?, 21).await?, 42);
 /// # Ok(())
 /// # }
 /// ```
@@ -50,19 +52,24 @@ pub trait Executor: AsyncResource {
 ///   function over many items and keeps their order.
 /// - A task's panic reaches its caller as an error for which
 ///   [`ResourceError::is_panic`] is true.
-/// - Closing stops new work at once (a closed error), lets running tasks and callers
-///   already waiting for a slot finish up to the shutdown deadline, then aborts the rest
-///   and reports how many it aborted. Concurrent closes, from any clone, all wait for
-///   the same shutdown.
+/// - [`close`](Self::close) stops new work at once (a closed error), lets running
+///   tasks and callers already waiting for a slot finish up to the shutdown deadline,
+///   then aborts the rest and reports how many it aborted ([`ExecutorError::Aborted`]).
+///   Concurrent closes, from any clone and on any runtime, drive the same shutdown
+///   and return its outcome; a close whose caller stopped waiting leaves nothing half
+///   done, since the next close takes over where it stopped.
 /// - Nothing of a task outlives it: the executor keeps counts, not a set of handles.
+/// - It is configured once, when it is built ([`builder`](Self::builder)).
 ///
 /// ```
 /// use std::time::Duration;
-/// use resource_runtime::{AsyncExecutor, AsyncResource};
+/// use resource_runtime::AsyncExecutor;
 ///
 /// # #[tokio::main]
 /// # async fn main() -> Result<(), resource_runtime::ResourceError> {
-/// let mut executor = AsyncExecutor::new(8).with_shutdown_timeout(Duration::from_secs(5));
+/// let executor = AsyncExecutor::builder(8)
+///     .shutdown_timeout(Duration::from_secs(5))
+///     .build()?;
 /// let squares = executor.map(1..=4_u64, |x| async move { x * x }).await;
 /// let squares: Vec<u64> = squares.into_iter().collect::<Result<_, _>>()?;
 /// assert_eq!(squares, [1, 4, 9, 16]);
@@ -75,6 +82,88 @@ pub trait Executor: AsyncResource {
 pub struct AsyncExecutor {
     inner: Arc<Exec>,
 }
+
+/// Configures an [`AsyncExecutor`] before it exists, so that every clone shares one
+/// configuration; from [`AsyncExecutor::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct AsyncExecutorBuilder {
+    max_concurrency: usize,
+    shutdown_timeout: Duration,
+}
+
+impl AsyncExecutorBuilder {
+    /// How long a close lets running and waiting work finish before it aborts the
+    /// rest (default 30 s). Zero aborts at once.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Builds the executor; fails when `max_concurrency` is 0 (a [`ConfigError`]
+    /// inside the error).
+    pub fn build(self) -> Result<AsyncExecutor, ResourceError> {
+        if self.max_concurrency == 0 {
+            return Err(ConfigError::new(
+                "AsyncExecutor",
+                "max_concurrency",
+                "is 0, so no task could ever run: give at least 1",
+            )
+            .into());
+        }
+        let permits = self.max_concurrency.min(Semaphore::MAX_PERMITS);
+        Ok(AsyncExecutor {
+            inner: Arc::new(Exec {
+                max_concurrency: self.max_concurrency,
+                shutdown_timeout: self.shutdown_timeout,
+                permits: Arc::new(Semaphore::new(permits)),
+                tracker: TaskTracker::new(),
+                abort: CancellationToken::new(),
+                waiting: AtomicUsize::new(0),
+                waiting_done: Notify::new(),
+                aborted: AtomicUsize::new(0),
+                lifecycle: Mutex::new(Lifecycle::Open),
+                closing: AtomicBool::new(false),
+                stragglers_counted: AtomicBool::new(false),
+                closed: Notify::new(),
+            }),
+        })
+    }
+}
+
+/// Why an [`AsyncExecutor`] refused or cut work: inside the [`ResourceError`] its
+/// calls return (reach it with [`ResourceError::downcast_ref`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExecutorError {
+    /// The shutdown deadline passed with work still running or waiting for a slot:
+    /// `count` tasks and waiting callers were aborted.
+    Aborted {
+        /// How many tasks and waiting callers were aborted.
+        count: usize,
+        /// The shutdown deadline that passed.
+        deadline: Duration,
+    },
+    /// `close` was called from a task of the executor itself, which cannot wait for
+    /// a shutdown that waits for it. The shutdown goes on in the background.
+    CloseFromOwnTask,
+}
+
+impl std::fmt::Display for ExecutorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExecutorError::Aborted { count, deadline } => write!(
+                f,
+                "the shutdown deadline of {deadline:?} passed: {count} task(s) still running or waiting for a slot were aborted"
+            ),
+            ExecutorError::CloseFromOwnTask => f.write_str(
+                "a task of an AsyncExecutor cannot wait for its own executor's shutdown: the shutdown goes on in the background; close the executor from outside its tasks to wait for it",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ExecutorError {}
 
 struct Exec {
     max_concurrency: usize,
@@ -100,7 +189,11 @@ struct Exec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lifecycle {
     Open,
-    Closing,
+    /// Shutting down: every close drives the shutdown towards this deadline (`None`
+    /// when it lies past what the clock can hold).
+    Closing {
+        deadline: Option<Instant>,
+    },
     /// Shut down; how many tasks and waiters the deadline stopped.
     Closed {
         aborted: usize,
@@ -113,6 +206,12 @@ const STRAGGLER_GRACE: Duration = Duration::from_millis(100);
 
 /// The default shutdown deadline.
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+tokio::task_local! {
+    /// The executor whose task is running (the address of its state), so that a task
+    /// closing its own executor is told instead of waiting for itself.
+    static RUNNING_IN: usize;
+}
 
 impl std::fmt::Debug for AsyncExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,36 +226,17 @@ impl std::fmt::Debug for AsyncExecutor {
 
 impl AsyncExecutor {
     /// An executor running at most `max_concurrency` tasks at once, with a shutdown
-    /// deadline of 30 s. A `max_concurrency` of 0 runs nothing: every call fails with an
-    /// error that says so.
-    pub fn new(max_concurrency: usize) -> Self {
-        Self::build(max_concurrency, DEFAULT_SHUTDOWN_TIMEOUT)
+    /// deadline of 30 s. Fails when `max_concurrency` is 0.
+    pub fn new(max_concurrency: usize) -> Result<Self, ResourceError> {
+        Self::builder(max_concurrency).build()
     }
 
-    /// The same executor with `timeout` as the shutdown deadline: how long a close lets
-    /// running and waiting work finish before it aborts the rest.
-    #[must_use]
-    pub fn with_shutdown_timeout(self, timeout: Duration) -> Self {
-        Self::build(self.inner.max_concurrency, timeout)
-    }
-
-    fn build(max_concurrency: usize, shutdown_timeout: Duration) -> Self {
-        let permits = max_concurrency.min(Semaphore::MAX_PERMITS);
-        AsyncExecutor {
-            inner: Arc::new(Exec {
-                max_concurrency,
-                shutdown_timeout,
-                permits: Arc::new(Semaphore::new(permits)),
-                tracker: TaskTracker::new(),
-                abort: CancellationToken::new(),
-                waiting: AtomicUsize::new(0),
-                waiting_done: Notify::new(),
-                aborted: AtomicUsize::new(0),
-                lifecycle: Mutex::new(Lifecycle::Open),
-                closing: AtomicBool::new(false),
-                stragglers_counted: AtomicBool::new(false),
-                closed: Notify::new(),
-            }),
+    /// An executor of at most `max_concurrency` tasks at once, to configure before it
+    /// is built.
+    pub fn builder(max_concurrency: usize) -> AsyncExecutorBuilder {
+        AsyncExecutorBuilder {
+            max_concurrency,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 
@@ -175,6 +255,11 @@ impl AsyncExecutor {
         self.inner.max_concurrency
     }
 
+    /// The shutdown deadline.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.inner.shutdown_timeout
+    }
+
     /// Waits for a slot, then starts `fut` as a task and returns its handle; the handle
     /// resolves to the output. Waiting here is the executor's backpressure.
     pub async fn spawn<F>(&self, fut: F) -> Result<TaskHandle<F::Output>, ResourceError>
@@ -182,11 +267,17 @@ impl AsyncExecutor {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
+        Ok(self.reserve().await?.start(fut))
+    }
+
+    /// Waits for a slot and holds it, counted as a waiting caller, until a task is
+    /// started in it.
+    pub(crate) async fn reserve(&self) -> Result<Reserved<'_>, ResourceError> {
         let exec = &*self.inner;
         // Counted as waiting before the open check and until its task is tracked: a
         // shutdown sets `closing` and then looks at the count, so either it sees this
         // caller or this caller sees `closing`.
-        let _waiting = Waiting::new(exec);
+        let waiting = Waiting::new(exec);
         exec.check_open()?;
         let permit = match exec.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -213,7 +304,11 @@ impl AsyncExecutor {
             exec.count_stopped_waiter();
             return Err(ResourceError::closed("AsyncExecutor"));
         }
-        Ok(self.start(permit, fut))
+        Ok(Reserved {
+            executor: self,
+            permit,
+            _waiting: waiting,
+        })
     }
 
     fn start<F>(&self, permit: OwnedSemaphorePermit, fut: F) -> TaskHandle<F::Output>
@@ -224,8 +319,9 @@ impl AsyncExecutor {
         // One reference count for the task; cloning the abort token instead would take
         // the token's lock for every task.
         let exec = self.inner.clone();
+        let id = exec.id();
         let tracker = &self.inner.tracker;
-        let handle = tracker.spawn(async move {
+        let handle = tracker.spawn(RUNNING_IN.scope(id, async move {
             let _permit = permit;
             let aborted = &exec.aborted;
             if exec.abort.is_cancelled() {
@@ -247,7 +343,7 @@ impl AsyncExecutor {
                 Poll::Pending
             })
             .await
-        });
+        }));
         TaskHandle { handle }
     }
 
@@ -288,40 +384,77 @@ impl AsyncExecutor {
         outputs
     }
 
-    /// Shuts the executor down; see the type's documentation. Every clone sees the same
-    /// shutdown: closes made while it runs wait for it and return its outcome, and a
-    /// close made after it returns `Ok(())` at once.
-    pub async fn shutdown(&self) -> Result<(), ResourceError> {
-        let exec = self.inner.clone();
-        let lead = {
+    /// Shuts the executor down for every clone; see the type's documentation.
+    ///
+    /// Every close drives the one shutdown: closes made while it runs, from any clone
+    /// and on any runtime, take part in it and return its outcome, and a close made
+    /// after it ended returns `Ok(())` at once. A close whose caller stops waiting
+    /// (dropped, timed out, its runtime gone) leaves the shutdown where it was, and
+    /// the next close carries it on within the same deadline. On a runtime without
+    /// timers the deadline cannot be enforced: the close waits for every task and says
+    /// so ([`ResourceError::is_unenforced_deadline`]). Called from one of the
+    /// executor's own tasks, it starts the shutdown in the background and returns
+    /// [`ExecutorError::CloseFromOwnTask`] at once.
+    pub async fn close(&self) -> Result<(), ResourceError> {
+        let exec = &*self.inner;
+        let deadline = {
             let mut lifecycle = exec.lifecycle();
             match *lifecycle {
                 Lifecycle::Open => {
-                    *lifecycle = Lifecycle::Closing;
+                    let deadline = Instant::now().checked_add(exec.shutdown_timeout);
+                    *lifecycle = Lifecycle::Closing { deadline };
                     exec.closing.store(true, Ordering::SeqCst);
-                    true
+                    deadline
                 }
-                Lifecycle::Closing => false,
+                Lifecycle::Closing { deadline } => deadline,
                 // The close contract: closing a closed executor is `Ok` at once.
                 Lifecycle::Closed { .. } => return Ok(()),
             }
         };
-        if lead {
-            // The shutdown runs as a task of its own, so that a caller who stops
-            // waiting for it does not leave the executor half closed.
-            let runner = exec.clone();
-            let task = tokio::spawn(async move { runner.run_shutdown().await });
-            let _ = task.await;
+        if RUNNING_IN.try_with(|id| *id == exec.id()).unwrap_or(false) {
+            // Waiting here would wait for this very task. The shutdown still keeps its
+            // deadline: it runs as a task of its own, and any later close joins it.
+            let runner = self.inner.clone();
+            tokio::spawn(async move { runner.drive_shutdown(deadline).await });
+            return Err(ResourceError::other(ExecutorError::CloseFromOwnTask));
         }
-        loop {
-            let closed = exec.closed.notified();
-            let mut closed = std::pin::pin!(closed);
-            closed.as_mut().enable();
-            if let Lifecycle::Closed { aborted } = *exec.lifecycle() {
-                return exec.outcome(aborted);
+        exec.drive_shutdown(deadline).await
+    }
+}
+
+/// A slot held for a task that is not started yet.
+pub(crate) struct Reserved<'a> {
+    executor: &'a AsyncExecutor,
+    permit: OwnedSemaphorePermit,
+    _waiting: Waiting<'a>,
+}
+
+impl Reserved<'_> {
+    /// Runs `fut` (a limiter's acquisition, say) while holding the slot; the shutdown
+    /// deadline stops it like any caller waiting for a slot.
+    pub(crate) async fn wait_for<F, T>(&self, fut: F) -> Result<T, ResourceError>
+    where
+        F: Future<Output = Result<T, ResourceError>>,
+    {
+        let exec = &*self.executor.inner;
+        tokio::select! {
+            biased;
+            () = exec.abort.cancelled() => {
+                exec.count_stopped_waiter();
+                Err(ResourceError::closed("AsyncExecutor"))
             }
-            closed.await;
+            out = fut => out,
         }
+    }
+
+    /// Starts `fut` as a task in the held slot.
+    pub(crate) fn start<F>(self, fut: F) -> TaskHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        // `_waiting` leaves the count only once the task is tracked.
+        self.executor.start(self.permit, fut)
     }
 }
 
@@ -329,6 +462,11 @@ impl Exec {
     fn lifecycle(&self) -> MutexGuard<'_, Lifecycle> {
         // One assignment at a time: a poisoned lock still holds a valid state.
         self.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Names this executor for the task-local check.
+    fn id(&self) -> usize {
+        std::ptr::from_ref(self) as usize
     }
 
     /// A caller waiting for a slot stopped by the shutdown deadline.
@@ -339,11 +477,6 @@ impl Exec {
     }
 
     fn check_open(&self) -> Result<(), ResourceError> {
-        if self.max_concurrency == 0 {
-            return Err(ResourceError::other(
-                "an AsyncExecutor with a max_concurrency of 0 runs nothing: give it at least 1",
-            ));
-        }
         if self.closing.load(Ordering::SeqCst) {
             return Err(ResourceError::closed("AsyncExecutor"));
         }
@@ -364,46 +497,86 @@ impl Exec {
         }
     }
 
-    async fn run_shutdown(&self) {
-        let expired = if self.shutdown_timeout.is_zero() {
-            true
-        } else {
-            let drained = crate::step::within_deadline(self.shutdown_timeout, async {
-                // Callers already waiting for a slot still run.
-                self.no_waiters().await;
-                self.tracker.close();
-                self.tracker.wait().await;
-            })
-            .await;
-            matches!(drained, crate::step::DeadlineOutcome::Expired)
-        };
-        if expired {
-            self.abort.cancel();
-            self.permits.close();
-            // Callers waiting for a slot wake, count themselves and leave. One whose
-            // future nobody polls would hold the close forever, so after a short grace
-            // the ones still there are counted here instead.
-            let _ = crate::step::within_deadline(STRAGGLER_GRACE, self.no_waiters()).await;
-            self.stragglers_counted.store(true, Ordering::SeqCst);
-            self.aborted
-                .fetch_add(self.waiting.load(Ordering::SeqCst), Ordering::Relaxed);
+    /// Drives the shutdown to its end. Every step can be taken again by another close
+    /// (they wait for conditions, and the one-time steps are guarded), so whoever polls
+    /// a close makes progress, and no close waits on a task that may be gone.
+    async fn drive_shutdown(&self, deadline: Option<Instant>) -> Result<(), ResourceError> {
+        let drain = async {
+            // Callers already waiting for a slot still run.
+            self.no_waiters().await;
             self.tracker.close();
             self.tracker.wait().await;
+        };
+        let drained = if self.shutdown_timeout.is_zero() {
+            DeadlineOutcome::Expired
+        } else {
+            match deadline {
+                Some(at) => crate::step::within_deadline_at(at, self.shutdown_timeout, drain).await,
+                // Past what the clock can hold: no deadline to keep.
+                None => {
+                    drain.await;
+                    DeadlineOutcome::InTime
+                }
+            }
+        };
+        let unenforced = match drained {
+            DeadlineOutcome::InTime => None,
+            DeadlineOutcome::Unbounded(why) => Some(why),
+            DeadlineOutcome::Expired => {
+                self.abort_the_rest().await;
+                None
+            }
+        };
+        let aborted = self.finish_shutdown();
+        match (self.outcome(aborted), unenforced) {
+            (Ok(()), None) => Ok(()),
+            (Ok(()), Some(why)) => Err(why),
+            (Err(e), None) => Err(e),
+            (Err(e), Some(why)) => Err(e.combine(why)),
         }
+    }
+
+    /// Past the deadline: stops the running tasks and the callers waiting for a slot.
+    async fn abort_the_rest(&self) {
+        self.abort.cancel();
         self.permits.close();
-        let aborted = self.aborted.load(Ordering::Relaxed);
-        *self.lifecycle() = Lifecycle::Closed { aborted };
+        // Callers waiting for a slot wake, count themselves and leave. One whose
+        // future nobody polls would hold the close forever, so after a short grace
+        // the ones still there are counted here instead, once.
+        let _ = crate::step::within_deadline(STRAGGLER_GRACE, self.no_waiters()).await;
+        if !self.stragglers_counted.swap(true, Ordering::SeqCst) {
+            self.aborted
+                .fetch_add(self.waiting.load(Ordering::SeqCst), Ordering::Relaxed);
+        }
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// Marks the executor closed (once) and returns how many were aborted.
+    fn finish_shutdown(&self) -> usize {
+        self.permits.close();
+        let mut lifecycle = self.lifecycle();
+        let aborted = match *lifecycle {
+            Lifecycle::Closed { aborted } => aborted,
+            _ => {
+                let aborted = self.aborted.load(Ordering::Relaxed);
+                *lifecycle = Lifecycle::Closed { aborted };
+                aborted
+            }
+        };
+        drop(lifecycle);
         self.closed.notify_waiters();
+        aborted
     }
 
     fn outcome(&self, aborted: usize) -> Result<(), ResourceError> {
         if aborted == 0 {
             return Ok(());
         }
-        Err(ResourceError::other(format!(
-            "the shutdown deadline of {:?} passed: {aborted} task(s) still running or waiting for a slot were aborted",
-            self.shutdown_timeout
-        )))
+        Err(ResourceError::other(ExecutorError::Aborted {
+            count: aborted,
+            deadline: self.shutdown_timeout,
+        }))
     }
 }
 
@@ -459,9 +632,9 @@ impl<T> Future for TaskHandle<T> {
 }
 
 impl AsyncResource for AsyncExecutor {
-    /// Shuts the executor down for every clone; see [`shutdown`](AsyncExecutor::shutdown).
+    /// Shuts the executor down for every clone; see [`close`](AsyncExecutor::close).
     async fn close(&mut self) -> Result<(), ResourceError> {
-        self.shutdown().await
+        AsyncExecutor::close(self).await
     }
 }
 
@@ -483,13 +656,13 @@ impl Executor for AsyncExecutor {
 ///
 /// ```
 /// use std::time::Duration;
-/// use resource_runtime::{AsyncExecutor, AsyncResource, RateLimitedExecutor, RateLimiter};
+/// use resource_runtime::{AsyncExecutor, RateLimitedExecutor, RateLimiter};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), resource_runtime::ResourceError> {
-/// let mut executor = RateLimitedExecutor::new(
-///     RateLimiter::new(10, Duration::from_secs(1)).with_burst(1),
-///     AsyncExecutor::new(4),
+/// let executor = RateLimitedExecutor::new(
+///     RateLimiter::builder(10, Duration::from_secs(1)).burst(1).build()?,
+///     AsyncExecutor::new(4)?,
 /// );
 /// let start = tokio::time::Instant::now();
 /// for i in 0..3 {
@@ -536,13 +709,31 @@ impl RateLimitedExecutor {
     }
 
     /// Takes `tokens` tokens (a request that costs more), then runs `fut`.
+    ///
+    /// The slot is taken first and the tokens second, so a task starts the moment its
+    /// tokens are admitted: starts follow the limiter's schedule (at most
+    /// `burst + floor(w × rate / period)` in any window `w`, and one more after a late
+    /// timer wake-up) even while the executor is saturated.
     pub async fn execute_weighted<F>(&self, tokens: u32, fut: F) -> Result<F::Output, ResourceError>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.limiter.acquire(tokens).await?;
-        self.executor.execute(fut).await
+        let slot = self.executor.reserve().await?;
+        slot.wait_for(self.limiter.acquire(tokens)).await?;
+        slot.start(fut).await
+    }
+
+    /// Closes the limiter (waiters wake with a closed error), then shuts the executor
+    /// down; for every clone.
+    pub async fn close(&self) -> Result<(), ResourceError> {
+        let limiter = self.limiter.close().await;
+        let executor = self.executor.close().await;
+        match (limiter, executor) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            (Err(a), Err(b)) => Err(a.combine(b)),
+        }
     }
 }
 

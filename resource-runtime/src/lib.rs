@@ -125,12 +125,14 @@ pub mod __private;
 
 pub use crate::detached::{detached_in_flight, wait_detached};
 pub use crate::endpoint::{
-    Auth, Endpoint, EndpointConfig, EndpointError, EndpointStats, ResourceClient, RetryPolicy,
-    Secret,
+    Auth, Endpoint, EndpointBuilder, EndpointConfig, EndpointError, EndpointStats, ResourceClient,
+    RetryPolicy, Secret,
 };
-pub use crate::error::{BoxError, Operation, ResourceError};
-pub use crate::executor::{AsyncExecutor, Executor, RateLimitedExecutor, TaskHandle};
-pub use crate::limiter::RateLimiter;
+pub use crate::error::{BoxError, ConfigError, Operation, ResourceError};
+pub use crate::executor::{
+    AsyncExecutor, AsyncExecutorBuilder, Executor, ExecutorError, RateLimitedExecutor, TaskHandle,
+};
+pub use crate::limiter::{RateLimiter, RateLimiterBuilder};
 pub use crate::resource::AsyncResource;
 pub use crate::scope::{Managed, scope};
 pub use crate::stack::{ResourceStack, Slot};

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use crate::AsyncResource;
-use crate::error::ResourceError;
+use crate::error::{ConfigError, ResourceError};
 
 /// A rate limiter: at most `rate` tokens per `period`, with bursts of up to `burst`
 /// tokens, shared by every clone.
@@ -32,11 +32,15 @@ use crate::error::ResourceError;
 ///   answer to a `429` with `Retry-After`.
 /// - It runs on tokio's clock, so `tokio::time::pause` drives it in tests. Timers fire
 ///   on a 1 ms tick, up to a tick late; when a token's interval is a whole number of
-///   ticks, the limiter catches that lateness up, so it keeps its rate (0.999 of
-///   1000/s at burst 1) at the price of sometimes admitting two tokens closer than one
-///   interval — never more than one token ahead of the ideal schedule.
+///   ticks, the waiter at the head of the queue is owed the time its wake-up lost, up
+///   to one tick, so the limiter keeps its rate (0.999 of 1000/s at burst 1). The
+///   bound that holds whatever the wake-up lateness: in any window of length `w`, at
+///   most `burst + 1 + floor(w × rate / period)` tokens are admitted (the `+ 1` only
+///   after a late wake-up; `burst + floor(w × rate / period)` otherwise).
 /// - Closing it wakes every waiter with an error for which
 ///   [`ResourceError::is_closed`] is true; later calls fail the same way.
+/// - It is configured once, when it is built ([`builder`](Self::builder)): every clone
+///   shares the one schedule, and an invalid configuration is an error then.
 ///
 /// ```
 /// use std::time::Duration;
@@ -44,7 +48,7 @@ use crate::error::ResourceError;
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), resource_runtime::ResourceError> {
-/// let limiter = RateLimiter::new(10, Duration::from_secs(1)).with_burst(2);
+/// let limiter = RateLimiter::builder(10, Duration::from_secs(1)).burst(2).build()?;
 /// let start = tokio::time::Instant::now();
 /// for _ in 0..4 {
 ///     limiter.acquire(1).await?;
@@ -68,8 +72,6 @@ struct Limiter {
     /// The token interval is a whole number of timer ticks.
     whole_ticks: bool,
     burst: u32,
-    /// Why the configuration cannot work, if it cannot.
-    invalid: Option<String>,
     rate: u32,
     period: Duration,
     state: Mutex<State>,
@@ -80,9 +82,6 @@ struct State {
     tat: Option<u128>,
     /// Nobody is admitted before this.
     paused_until: Option<Instant>,
-    /// Until this instant, a request may use time a late head lost (see
-    /// `take_if_ready`).
-    catch_up_until: Option<Instant>,
     /// Waiters in arrival order (ids only grow).
     queue: BTreeMap<u64, Option<Waker>>,
     next_id: u64,
@@ -105,63 +104,93 @@ impl std::fmt::Debug for RateLimiter {
     }
 }
 
-impl RateLimiter {
-    /// `rate` tokens per `period`, with a burst of `rate` (use
-    /// [`with_burst`](Self::with_burst) to change it).
-    ///
-    /// A rate of 0 or a zero period cannot admit anything: every request then fails
-    /// with an error that says so.
-    pub fn new(rate: u32, period: Duration) -> Self {
-        Self::build(rate, period, rate)
+/// Configures a [`RateLimiter`] before it exists, so that every clone shares one
+/// configuration; from [`RateLimiter::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct RateLimiterBuilder {
+    rate: u32,
+    period: Duration,
+    burst: Option<u32>,
+}
+
+impl RateLimiterBuilder {
+    /// Bursts of up to `burst` tokens (default: `rate`). A burst of 1 spaces every
+    /// token by `period / rate`.
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
     }
 
-    /// The same limiter with bursts of up to `burst` tokens.
-    #[must_use]
-    pub fn with_burst(self, burst: u32) -> Self {
-        let inner = &self.inner;
-        Self::build(inner.rate, inner.period, burst)
-    }
-
-    fn build(rate: u32, period: Duration, burst: u32) -> Self {
-        let invalid = if rate == 0 {
-            Some(
-                "a rate limiter with a rate of 0 admits nothing: give a rate of at least 1"
-                    .to_owned(),
-            )
-        } else if period.is_zero() {
-            Some(
-                "a rate limiter with a zero period has no rate: give a period of at least 1ns"
-                    .to_owned(),
-            )
-        } else if burst == 0 {
-            Some(
-                "a rate limiter with a burst of 0 admits nothing: give a burst of at least 1"
-                    .to_owned(),
-            )
-        } else {
-            None
-        };
-        RateLimiter {
+    /// Builds the limiter; fails when it could admit nothing: a rate of 0, a zero
+    /// period or a burst of 0 (a [`ConfigError`] inside the error).
+    pub fn build(self) -> Result<RateLimiter, ResourceError> {
+        let RateLimiterBuilder {
+            rate,
+            period,
+            burst,
+        } = self;
+        let burst = burst.unwrap_or(rate);
+        let invalid = |setting, why| Err(ConfigError::new("RateLimiter", setting, why).into());
+        if rate == 0 {
+            return invalid("rate", "is 0, so nothing is ever admitted: give at least 1");
+        }
+        if period.is_zero() {
+            return invalid("period", "is zero, so there is no rate: give at least 1ns");
+        }
+        if burst == 0 {
+            return invalid(
+                "burst",
+                "is 0, so nothing is ever admitted: give at least 1",
+            );
+        }
+        Ok(RateLimiter {
             inner: Arc::new(Limiter {
                 period_ns: period.as_nanos(),
                 epoch: Instant::now(),
-                whole_ticks: rate > 0
-                    && period
-                        .as_nanos()
-                        .is_multiple_of(u128::from(rate) * TIMER_TICK.as_nanos()),
+                whole_ticks: period
+                    .as_nanos()
+                    .is_multiple_of(u128::from(rate) * TIMER_TICK.as_nanos()),
                 burst,
-                invalid,
                 rate,
                 period,
                 state: Mutex::new(State {
                     tat: None,
                     paused_until: None,
-                    catch_up_until: None,
                     queue: BTreeMap::new(),
                     next_id: 0,
                     closed: false,
                 }),
             }),
+        })
+    }
+}
+
+impl RateLimiter {
+    /// `rate` tokens per `period`, with a burst of `rate`. Fails on a rate of 0 or a
+    /// zero period; use [`builder`](Self::builder) for another burst.
+    pub fn new(rate: u32, period: Duration) -> Result<Self, ResourceError> {
+        Self::builder(rate, period).build()
+    }
+
+    /// A limiter of `rate` tokens per `period`, to configure before it is built.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resource_runtime::RateLimiter;
+    ///
+    /// # fn main() -> Result<(), resource_runtime::ResourceError> {
+    /// let limiter = RateLimiter::builder(100, Duration::from_secs(60)).burst(10).build()?;
+    /// assert_eq!(limiter.burst(), 10);
+    /// assert!(RateLimiter::builder(100, Duration::from_secs(60)).burst(0).build().is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(rate: u32, period: Duration) -> RateLimiterBuilder {
+        RateLimiterBuilder {
+            rate,
+            period,
+            burst: None,
         }
     }
 
@@ -184,7 +213,7 @@ impl RateLimiter {
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), resource_runtime::ResourceError> {
-    /// let limiter = RateLimiter::new(1, Duration::from_secs(1));
+    /// let limiter = RateLimiter::new(1, Duration::from_secs(1))?;
     /// assert!(limiter.try_acquire(1)?);
     /// assert!(!limiter.try_acquire(1)?);
     /// assert!(limiter.try_acquire(2).is_err()); // more than the burst: never
@@ -285,9 +314,15 @@ impl RateLimiter {
         wake_head(&mut state);
     }
 
-    /// Closes the limiter: every waiter wakes with a closed error, and every later call
-    /// fails the same way. Closing a closed limiter does nothing.
-    pub fn close_now(&self) {
+    /// Closes the limiter for every clone: every waiter wakes with a closed error, and
+    /// every later call fails the same way. Closing a closed limiter does nothing. It
+    /// never waits; it is `async` to share one shape with the other handles' `close`.
+    pub async fn close(&self) -> Result<(), ResourceError> {
+        self.close_sync();
+        Ok(())
+    }
+
+    pub(crate) fn close_sync(&self) {
         let mut state = self.inner.lock();
         state.closed = true;
         for waker in state.queue.values_mut().filter_map(Option::take) {
@@ -353,9 +388,6 @@ impl Limiter {
     }
 
     fn check(&self, n: u32) -> Result<(), ResourceError> {
-        if let Some(why) = &self.invalid {
-            return Err(ResourceError::other(why.clone()));
-        }
         if n > self.burst {
             return Err(ResourceError::other(format!(
                 "{n} tokens can never be admitted by a rate limiter with a burst of {}: ask for at most {} at a time, or raise the burst",
@@ -385,11 +417,12 @@ impl Limiter {
     /// Timers fire on a 1 ms tick, up to a tick after the instant they were set for;
     /// if the next token were counted from the wake-up, a limiter at 1 ms a token would
     /// lose most of a tick on every token and run near half its rate. So, when the
-    /// interval is a whole number of ticks, the head's tokens count from the instant it
-    /// slept until, and for one tick after such a late admission the next request may
-    /// use the time it lost. The price: two admissions can come closer than one
-    /// interval, but the count never runs more than one token ahead of the ideal
-    /// schedule.
+    /// interval is a whole number of ticks, a late head's tokens count from the instant
+    /// it slept until, but never from more than one tick before now: lateness beyond
+    /// a tick is a busy runtime, not the timer, and owing it would let a burst through.
+    /// Since a tick is at most one token's interval, the schedule is never owed more
+    /// than one token: in any window `w`, at most `burst + 1 + floor(w / T)` tokens
+    /// are admitted.
     fn take_if_ready(
         &self,
         state: &mut State,
@@ -398,18 +431,13 @@ impl Limiter {
         slept_until: Option<Instant>,
     ) -> Option<Later<'_>> {
         let now_s = self.scaled(now);
-        let late_head = slept_until.filter(|at| self.whole_ticks && *at < now);
-        let floor = match late_head {
-            Some(at) => self.scaled(at),
-            // Right after a late head, the next request may still be owed the time the
-            // head lost: a wake-up can come more than one interval late, and then the
-            // next token is due already.
-            None if state.catch_up_until.is_some_and(|until| now <= until) => {
-                now_s.saturating_sub(TIMER_TICK.as_nanos() * u128::from(self.rate))
-            }
+        let floor = match slept_until.filter(|at| self.whole_ticks && *at < now) {
+            Some(at) => self
+                .scaled(at)
+                .max(now_s.saturating_sub(TIMER_TICK.as_nanos() * u128::from(self.rate))),
             None => now_s,
         };
-        let tat = state.tat.map_or(now_s, |tat| tat.max(floor));
+        let tat = state.tat.map_or(floor, |tat| tat.max(floor));
         // Admitted once `tat + n·T - burst·T <= now`: `tat` is at most `burst - n`
         // tokens ahead of now (`T` is `period_ns` in scaled units).
         let ahead = self.period_ns * u128::from(self.burst - n);
@@ -423,16 +451,14 @@ impl Limiter {
             });
         }
         state.tat = Some(tat + self.period_ns * u128::from(n));
-        state.catch_up_until = late_head.map(|_| now + TIMER_TICK);
         None
     }
 }
 
 impl AsyncResource for RateLimiter {
-    /// Closes the limiter for every clone; see [`close_now`](RateLimiter::close_now).
+    /// Closes the limiter for every clone; see [`close`](RateLimiter::close).
     async fn close(&mut self) -> Result<(), ResourceError> {
-        self.close_now();
-        Ok(())
+        RateLimiter::close(self).await
     }
 }
 
@@ -445,7 +471,10 @@ mod tests {
         // 600 million a second is 1.67 ns a token: rounding the interval to whole
         // nanoseconds would admit 1 million in a millisecond's burst.
         let burst = 1_000_000;
-        let limiter = RateLimiter::new(600_000_000, Duration::from_secs(1)).with_burst(burst);
+        let limiter = RateLimiter::builder(600_000_000, Duration::from_secs(1))
+            .burst(burst)
+            .build()
+            .unwrap();
         let mut admitted = 0_u32;
         while limiter.try_acquire(1).unwrap() {
             admitted += 1;

@@ -24,8 +24,23 @@ use crate::step;
 ///   [`ResourceError::is_closed`] is true.
 ///
 /// `enter` brings the resource up (opens a client, starts workers); the default does
-/// nothing. A failed `enter` leaves nothing behind: what it had brought up is closed
-/// before it returns.
+/// nothing.
+///
+/// # The enter rule
+///
+/// - An `enter` that returns `Err` leaves nothing behind: it closes what it had
+///   brought up before it returns, and is not closed again.
+/// - An `enter` that panics cannot have done that. Wherever this crate enters a value
+///   (a derived struct's fields, the elements of a `Vec`, `Option`, `Box`, [`scope`],
+///   [`Managed`], [`ResourceStack`]) the panic is caught, the value whose enter
+///   panicked is closed, the values entered before it are closed in reverse order,
+///   and the panic comes back as an error for which [`ResourceError::is_panic`] is
+///   true. So a `close` must cope with a half-entered value, as it copes with a value
+///   that was never entered.
+///
+/// [`scope`]: crate::scope()
+/// [`Managed`]: crate::Managed
+/// [`ResourceStack`]: crate::ResourceStack
 ///
 /// # Example
 ///
@@ -80,14 +95,14 @@ pub trait AsyncResource: Send {
     fn close(&mut self) -> impl Future<Output = Result<(), ResourceError>> + Send;
 }
 
-/// `Some` is entered and closed; the value is taken out of the option before its close
+/// `Some` is entered (by the enter rule above) and closed; the value is taken out of the option before its close
 /// starts, so after `close` the option is `None` even when the close failed, timed out,
 /// panicked or was cancelled, and a second close does nothing. This is how a field is
 /// dropped at its deadline: wrap it in an `Option`.
 impl<T: AsyncResource> AsyncResource for Option<T> {
     async fn enter(&mut self) -> Result<(), ResourceError> {
         match self {
-            Some(inner) => inner.enter().await,
+            Some(inner) => step::enter_or_close(inner).await,
             None => Ok(()),
         }
     }
@@ -102,9 +117,11 @@ impl<T: AsyncResource> AsyncResource for Option<T> {
     }
 }
 
+/// Enters and closes the boxed value; an enter that panics is caught and the value
+/// closed (the enter rule above).
 impl<T: AsyncResource + ?Sized> AsyncResource for Box<T> {
     fn enter(&mut self) -> impl Future<Output = Result<(), ResourceError>> + Send {
-        (**self).enter()
+        step::enter_or_close(&mut **self)
     }
 
     fn close(&mut self) -> impl Future<Output = Result<(), ResourceError>> + Send {

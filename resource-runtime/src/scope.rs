@@ -75,13 +75,10 @@ impl<R: AsyncResource + 'static> Guard<R> {
         }
     }
 
-    /// Enters the resource. On failure nothing is left open: an enter that returned an
-    /// error has closed what it brought up (the close contract); one that panicked may
-    /// not have, so the resource is closed too.
+    /// Enters the resource by the enter rule: on failure nothing is left open.
     pub(crate) async fn enter(&mut self) -> Result<(), ResourceError> {
-        let resource = self.get_mut();
-        // Inside the panic guard: a panic before the enter's future exists is caught too.
-        let result = catch_panic(async { resource.enter().await }).await;
+        // The enter rule: a panicking enter is caught and followed by a close.
+        let result = crate::step::enter_or_close(self.get_mut()).await;
         match result {
             Ok(()) => {
                 testing::opened::<R>();
@@ -90,10 +87,6 @@ impl<R: AsyncResource + 'static> Guard<R> {
                 Ok(())
             }
             Err(e) => {
-                if e.is_panic() {
-                    let resource = self.get_mut();
-                    let _ = catch_panic(async { resource.close().await }).await;
-                }
                 self.phase = Phase::Closed;
                 self.resource = None;
                 Err(e)

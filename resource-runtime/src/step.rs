@@ -55,6 +55,23 @@ where
 pub trait Deadline {
     /// `Ready(deadline)` once the deadline has passed.
     fn poll_expired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Duration>;
+
+    /// The deadline, if it could not be enforced because the runtime has no timer: the
+    /// step then runs to its end and reports why it was not bounded.
+    fn unenforced(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// A timer for `after` from now, or `None` on a runtime built without `enable_time`,
+/// where tokio panics instead of making one.
+pub(crate) fn try_sleep(after: Duration) -> Option<tokio::time::Sleep> {
+    catch_unwind(|| tokio::time::sleep(after)).ok()
+}
+
+/// A timer until `at`, or `None` on a runtime without timers.
+pub(crate) fn try_sleep_until(at: tokio::time::Instant) -> Option<tokio::time::Sleep> {
+    catch_unwind(|| tokio::time::sleep_until(at)).ok()
 }
 
 /// A step without a deadline; costs nothing.
@@ -72,6 +89,8 @@ pin_project! {
     #[derive(Debug)]
     pub struct Timed {
         after: Duration,
+        // Set once the runtime turned out to have no timer.
+        unenforced: bool,
         #[pin]
         sleep: Option<tokio::time::Sleep>,
     }
@@ -80,22 +99,33 @@ pin_project! {
 impl Timed {
     /// A deadline of `after`.
     pub fn after(after: Duration) -> Self {
-        Timed { after, sleep: None }
+        Timed {
+            after,
+            unenforced: false,
+            sleep: None,
+        }
     }
 }
 
 impl Deadline for Timed {
     fn poll_expired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Duration> {
         let mut this = self.project();
-        if this.sleep.is_none() {
-            // Created on first poll, inside the step's panic guard: a runtime built
-            // without `enable_time` panics here, and that becomes the step's error.
-            this.sleep.set(Some(tokio::time::sleep(*this.after)));
+        if this.sleep.is_none() && !*this.unenforced {
+            // Made on first poll. Without a timer the step is not cut half-way (that
+            // would leave the resource open): it runs to its end, and says why.
+            match try_sleep(*this.after) {
+                Some(sleep) => this.sleep.set(Some(sleep)),
+                None => *this.unenforced = true,
+            }
         }
         match this.sleep.as_pin_mut() {
             Some(sleep) => sleep.poll(cx).map(|()| *this.after),
             None => Poll::Pending,
         }
+    }
+
+    fn unenforced(&self) -> Option<Duration> {
+        self.unenforced.then_some(self.after)
     }
 }
 
@@ -204,7 +234,16 @@ where
                 return Poll::Ready(Err(ResourceError::other("a step polled after it failed")));
             };
             match running.poll(cx) {
-                Poll::Ready(result) => Poll::Ready(result),
+                Poll::Ready(result) => Poll::Ready(match deadline.unenforced() {
+                    None => result,
+                    Some(after) => {
+                        let unenforced = ResourceError::unenforced(after);
+                        match result {
+                            Ok(()) => Err(unenforced),
+                            Err(e) => Err(e.combine(unenforced)),
+                        }
+                    }
+                }),
                 Poll::Pending => deadline
                     .poll_expired(cx)
                     .map(|after| Err(ResourceError::timeout(after))),
@@ -508,6 +547,8 @@ pub struct Enterer {
     ty: &'static str,
     trace: bool,
     entered: usize,
+    /// The field that failed panicked: it is closed with the entered ones.
+    failed_panicked: bool,
     error: Option<ResourceError>,
 }
 
@@ -518,6 +559,7 @@ impl Enterer {
             ty,
             trace: tracing_on(),
             entered: 0,
+            failed_panicked: false,
             error: None,
         }
     }
@@ -541,6 +583,7 @@ impl Enterer {
                 true
             }
             Err(e) => {
+                self.failed_panicked = e.is_panic();
                 ResourceError::push(&mut self.error, e);
                 false
             }
@@ -569,10 +612,12 @@ impl Enterer {
         self.error.is_some()
     }
 
-    /// Whether the field at `index` (counting resource fields in declaration order) was
-    /// entered before the failure and so needs a rollback close.
+    /// Whether the field at `index` (counting resource fields in declaration order)
+    /// needs a rollback close: it was entered before the failure, or it is the field
+    /// whose enter panicked (see the enter rule on [`AsyncResource`](crate::AsyncResource)).
     pub fn needs_rollback(&self, index: usize) -> bool {
-        self.error.is_some() && index < self.entered
+        self.error.is_some()
+            && (index < self.entered || (self.failed_panicked && index == self.entered))
     }
 
     /// Closes one entered field to roll back the failed enter.
@@ -600,6 +645,26 @@ impl Enterer {
             None => Ok(()),
             Some(e) => Err(e),
         }
+    }
+}
+
+/// Enters one value by the crate's enter rule (see
+/// [`AsyncResource`](crate::AsyncResource)): a panic is caught and returned as an error,
+/// and the value whose enter panicked is closed, since it may hold what it brought up
+/// before the panic. An enter that returned an error is not closed again.
+pub(crate) async fn enter_or_close<R>(resource: &mut R) -> Result<(), ResourceError>
+where
+    R: crate::AsyncResource + ?Sized,
+{
+    let entered = catch_panic(async { resource.enter().await }).await;
+    match entered {
+        Err(error) if error.is_panic() => {
+            match catch_panic(async { resource.close().await }).await {
+                Ok(()) => Err(error),
+                Err(close) => Err(error.combine(close.in_rollback())),
+            }
+        }
+        other => other,
     }
 }
 
@@ -649,7 +714,13 @@ pub(crate) async fn enter_each<R: crate::AsyncResource>(
     let Some((failed_at, mut error)) = failure else {
         return Ok(());
     };
-    if let Err(rollback) = close_each_rev(ty, &mut items[..failed_at]).await {
+    // The element whose enter panicked may hold what it brought up: it is closed too.
+    let rolled_back = if error.is_panic() {
+        failed_at + 1
+    } else {
+        failed_at
+    };
+    if let Err(rollback) = close_each_rev(ty, &mut items[..rolled_back]).await {
         error = error.combine(rollback.in_rollback());
     }
     Err(error)
@@ -667,29 +738,53 @@ pub enum DeadlineOutcome {
     Unbounded(ResourceError),
 }
 
-/// Runs `fut` with a deadline. The timer is made on the first poll inside a panic
-/// guard: on a runtime built without `enable_time` the steps still run, unbounded, and
-/// the reason is reported instead of a panic escaping the close.
+/// Runs `fut` with a deadline of `deadline` from its first poll. On a runtime built
+/// without `enable_time` the steps still run, unbounded, and the reason is reported.
 pub async fn within_deadline<F: Future<Output = ()>>(
     deadline: Duration,
     fut: F,
 ) -> DeadlineOutcome {
+    within(fut, || try_sleep(deadline), deadline).await
+}
+
+/// Runs `fut` until the instant `at`; `deadline` is the duration reported when the
+/// timer cannot be made.
+pub(crate) async fn within_deadline_at<F: Future<Output = ()>>(
+    at: tokio::time::Instant,
+    deadline: Duration,
+    fut: F,
+) -> DeadlineOutcome {
+    within(fut, || try_sleep_until(at), deadline).await
+}
+
+async fn within<F, T>(fut: F, timer: T, deadline: Duration) -> DeadlineOutcome
+where
+    F: Future<Output = ()>,
+    T: FnOnce() -> Option<tokio::time::Sleep>,
+{
     let mut fut = pin!(fut);
-    let mut timer = pin!(Timed::after(deadline));
-    let mut timer_error = None;
+    let mut make = Some(timer);
+    let mut sleep = pin!(None::<tokio::time::Sleep>);
+    let mut unenforced = false;
     poll_fn(|cx| {
         if fut.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(match timer_error.take() {
-                Some(e) => DeadlineOutcome::Unbounded(e),
-                None => DeadlineOutcome::InTime,
+            return Poll::Ready(if unenforced {
+                DeadlineOutcome::Unbounded(ResourceError::unenforced(deadline))
+            } else {
+                DeadlineOutcome::InTime
             });
         }
-        if timer_error.is_none() {
-            match catch_unwind(AssertUnwindSafe(|| timer.as_mut().poll_expired(cx))) {
-                Ok(Poll::Ready(_)) => return Poll::Ready(DeadlineOutcome::Expired),
-                Ok(Poll::Pending) => {}
-                Err(payload) => timer_error = Some(ResourceError::from_panic(payload)),
+        // The timer is made lazily, only when the work did not finish at once.
+        if let Some(make) = make.take() {
+            match make() {
+                Some(timer) => sleep.set(Some(timer)),
+                None => unenforced = true,
             }
+        }
+        if let Some(timer) = sleep.as_mut().as_pin_mut()
+            && timer.poll(cx).is_ready()
+        {
+            return Poll::Ready(DeadlineOutcome::Expired);
         }
         Poll::Pending
     })

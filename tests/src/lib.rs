@@ -559,3 +559,73 @@ pub async fn at_once<T>(fut: impl std::future::Future<Output = T>) -> T {
     assert_eq!(start.elapsed(), Duration::ZERO, "the call waited");
     out
 }
+
+/// Polls `fut` to its end on this thread, outside any tokio runtime: what a caller
+/// with no runtime (a plain `main`, a blocking thread) does.
+pub fn block_on_without_runtime<F: std::future::Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+/// A current-thread runtime built without `enable_time`: it has no timer, so no
+/// deadline can be set on it.
+pub fn runtime_without_timers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("a current-thread runtime")
+}
+
+/// A resource that yields once in its close and then cancels its token: its close is
+/// still running when a deadline's timer is first needed.
+#[derive(Debug)]
+pub struct YieldsThenCancels(pub tokio_util::sync::CancellationToken);
+
+impl AsyncResource for YieldsThenCancels {
+    async fn close(&mut self) -> Result<(), ResourceError> {
+        tokio::task::yield_now().await;
+        self.0.cancel();
+        Ok(())
+    }
+}
+
+/// A resource whose `enter` starts something (`running` becomes true) and then
+/// panics; its close stops it.
+#[derive(Debug, Clone, Default)]
+pub struct StartsThenPanics {
+    /// Whether what the enter started is still running.
+    pub running: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StartsThenPanics {
+    /// Whether the resource still holds what its enter started.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+}
+
+impl AsyncResource for StartsThenPanics {
+    async fn enter(&mut self) -> Result<(), ResourceError> {
+        self.running.store(true, Ordering::SeqCst);
+        tokio::task::yield_now().await;
+        panic!("enter panicked after starting its work");
+    }
+
+    async fn close(&mut self) -> Result<(), ResourceError> {
+        self.running.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use resource_runtime::{AsyncResource, Operation};
-use resource_tests::{Log, Probe, paths, strings};
+use resource_tests::{Log, Probe, StartsThenPanics, paths, strings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -378,4 +378,37 @@ async fn a_vec_keeps_closing_after_an_element_panics() {
     );
     assert_eq!(paths(&err), ["1"]);
     assert!(err.is_panic());
+}
+
+/// `Vec` enters its elements in order; one whose enter panics is closed with the ones
+/// entered before it (the enter rule).
+#[tokio::test]
+async fn a_vec_closes_the_element_whose_enter_panicked_and_the_ones_before() {
+    let log = Log::new();
+    let panics = StartsThenPanics::default();
+    let mut items = vec![
+        Element::Probe(log.probe("0")),
+        Element::Panics(panics.clone()),
+        Element::Probe(log.probe("2")),
+    ];
+    let err = items.enter().await.unwrap_err();
+    assert!(err.is_panic(), "{err}");
+    assert_eq!(paths(&err), ["1.Panics.0"]);
+    assert!(
+        !panics.is_running(),
+        "the element whose enter panicked is still running"
+    );
+    assert_eq!(log.entries(), strings(&["enter 0", "close 0"]));
+
+    let same = StartsThenPanics::default();
+    let mut all_alike = vec![same.clone()];
+    assert!(all_alike.enter().await.unwrap_err().is_panic());
+    assert!(!same.is_running());
+}
+
+/// A probe or the panicking enter, so one `Vec` holds both.
+#[derive(AsyncResource)]
+enum Element {
+    Probe(#[resource] Probe),
+    Panics(#[resource] StartsThenPanics),
 }

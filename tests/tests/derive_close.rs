@@ -2,7 +2,9 @@
 //! idempotence, hooks, custom close functions and the error's `Display`.
 
 use resource_runtime::{AsyncResource, Operation, ResourceError};
-use resource_tests::{Log, Probe, ProbeError, paths, strings};
+use resource_tests::{
+    Log, Probe, ProbeError, YieldsThenCancels, paths, runtime_without_timers, strings,
+};
 
 #[derive(AsyncResource)]
 struct Three {
@@ -540,4 +542,33 @@ async fn a_struct_without_resource_fields_closes_ok() {
     let mut plain = Plain { _name: "x".into() };
     plain.enter().await.unwrap();
     plain.close().await.unwrap();
+}
+
+#[derive(AsyncResource)]
+struct FieldDeadline {
+    #[resource(timeout = "1s")]
+    stop: YieldsThenCancels,
+}
+
+/// A field's deadline on a runtime without timers: the field's close is not dropped
+/// half-way (the resource would stay open); it runs to its end and the close says why,
+/// as the whole-close deadline does.
+#[test]
+fn a_field_deadline_without_a_timer_runs_the_close_to_its_end_and_says_why() {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut value = FieldDeadline {
+        stop: YieldsThenCancels(stop.clone()),
+    };
+    let err = runtime_without_timers()
+        .block_on(value.close())
+        .unwrap_err();
+    assert!(
+        stop.is_cancelled(),
+        "the field's close was dropped half-way"
+    );
+    assert!(err.is_unenforced_deadline(), "{err}");
+    assert!(!err.is_panic(), "{err}");
+    assert_eq!(paths(&err), ["stop"]);
+    assert_eq!(err.deadline(), Some(std::time::Duration::from_secs(1)));
+    assert!(err.to_string().contains("enable_time"), "{err}");
 }

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use resource_runtime::{AsyncResource, ResourceError};
-use resource_tests::{Log, Probe, paths};
+use resource_tests::{Log, Probe, YieldsThenCancels, paths};
 use tokio_util::sync::CancellationToken;
 
 /// A resource whose `close` panics while making its future, before any `.await`.
@@ -151,18 +151,6 @@ async fn a_generic_recursive_type_closes_every_node_depth_first_in_reverse() {
     assert_eq!(closes, ["close b", "close a1", "close a", "close root"]);
 }
 
-/// Cancels its token after yielding once, so the close is still running when the
-/// whole-close deadline's timer is first needed.
-struct YieldsThenCancels(CancellationToken);
-
-impl AsyncResource for YieldsThenCancels {
-    async fn close(&mut self) -> Result<(), ResourceError> {
-        tokio::task::yield_now().await;
-        self.0.cancel();
-        Ok(())
-    }
-}
-
 #[derive(AsyncResource)]
 #[resource(timeout = "1s")]
 struct Bounded {
@@ -183,7 +171,9 @@ fn a_whole_close_deadline_without_a_timer_still_closes_and_says_why() {
     let err = rt.block_on(value.close()).unwrap_err();
     assert!(stop.is_cancelled());
     assert_eq!(err.hook(), Some("close deadline"));
-    assert!(err.is_panic(), "{err}");
+    assert!(err.is_unenforced_deadline(), "{err}");
+    assert!(!err.is_panic(), "{err}");
+    assert_eq!(err.deadline(), Some(Duration::from_secs(1)));
     assert!(err.to_string().contains("enable_time"), "{err}");
 }
 

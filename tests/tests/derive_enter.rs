@@ -2,7 +2,7 @@
 //! `after_enter` hook.
 
 use resource_runtime::{AsyncResource, Operation, ResourceError};
-use resource_tests::{Counter, Log, Probe, ProbeError, paths, strings};
+use resource_tests::{Counter, Log, Probe, ProbeError, StartsThenPanics, paths, strings};
 
 #[derive(AsyncResource)]
 struct Five {
@@ -300,4 +300,64 @@ async fn rollback_failures_after_a_failing_after_enter_are_reported_too() {
     assert_eq!(rollback.path(), Some("a"));
     assert!(rollback.is_rollback());
     assert_eq!(rollback.operation(), Some(Operation::Close));
+}
+
+#[derive(AsyncResource)]
+struct Holder {
+    #[resource]
+    first: tokio_util::sync::CancellationToken,
+    #[resource]
+    second: StartsThenPanics,
+}
+
+/// The enter rule: a field whose enter panics after starting something is closed by
+/// the rollback, like the fields entered before it.
+#[tokio::test]
+async fn a_field_whose_enter_panics_is_closed_by_the_rollback() {
+    let second = StartsThenPanics::default();
+    let first = tokio_util::sync::CancellationToken::new();
+    let mut holder = Holder {
+        first: first.clone(),
+        second: second.clone(),
+    };
+    let err = holder.enter().await.unwrap_err();
+    assert!(err.is_panic(), "{err}");
+    assert_eq!(paths(&err), ["second"]);
+    assert!(!second.is_running(), "the panicking field was left running");
+    assert!(
+        first.is_cancelled(),
+        "the field entered before it was not closed"
+    );
+}
+
+/// The same through `Option` and `Box` fields, which enter what they hold.
+#[derive(AsyncResource)]
+struct Wrapped {
+    #[resource]
+    optional: Option<StartsThenPanics>,
+    #[resource]
+    boxed: Box<StartsThenPanics>,
+}
+
+#[tokio::test]
+async fn option_and_box_close_what_a_panicking_enter_started() {
+    let inside = StartsThenPanics::default();
+    let mut optional = Some(inside.clone());
+    let err = optional.enter().await.unwrap_err();
+    assert!(err.is_panic(), "{err}");
+    assert!(!inside.is_running(), "Option left its value running");
+
+    let inside = StartsThenPanics::default();
+    let mut boxed = Box::new(inside.clone());
+    assert!(boxed.enter().await.unwrap_err().is_panic());
+    assert!(!inside.is_running(), "Box left its value running");
+
+    let (a, b) = (StartsThenPanics::default(), StartsThenPanics::default());
+    let mut wrapped = Wrapped {
+        optional: Some(a.clone()),
+        boxed: Box::new(b.clone()),
+    };
+    let err = wrapped.enter().await.unwrap_err();
+    assert_eq!(paths(&err), ["optional"]);
+    assert!(!a.is_running() && !b.is_running());
 }

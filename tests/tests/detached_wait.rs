@@ -2,21 +2,39 @@
 //! the process, names the type of each one still running when its timeout passes, and
 //! returns Ok once they have all finished.
 //!
-//! One test alone in its binary: the detached registry is process-wide, and this test
-//! leaves closes hanging on purpose.
+//! One test alone in its binary, running its scenarios one after another, each on a
+//! runtime of its own: the detached registry is process-wide, and the scenarios leave
+//! closes hanging on purpose.
 
 use std::any::type_name;
 use std::time::Duration;
 
-use resource_runtime::{Managed, detached_in_flight, scope, testing, wait_detached};
-use resource_tests::{Tracked, Tracker, paths};
+use resource_runtime::{
+    AsyncResource, Managed, ResourceError, detached_in_flight, scope, testing, wait_detached,
+};
+use resource_tests::{Tracked, Tracker, paths, runtime_without_timers};
+use tokio::time::{Instant, sleep};
 
 struct HungManaged;
 struct HungScope;
 struct Quick;
 
-#[tokio::test(start_paused = true)]
-async fn wait_detached_names_each_hung_close_and_is_ok_once_they_finish() {
+#[test]
+fn wait_detached_scenarios() {
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    paused().block_on(names_each_hung_close_and_is_ok_once_they_finish());
+    paused().block_on(closes_started_after_the_call_are_not_waited_for());
+    runtime_without_timers().block_on(without_a_timer_it_waits_for_every_close_and_says_why());
+    assert_eq!(detached_in_flight(), 0);
+}
+
+async fn names_each_hung_close_and_is_ok_once_they_finish() {
     let tracker = Tracker::new();
     let quick = Tracker::new();
     assert_eq!(detached_in_flight(), 0);
@@ -72,4 +90,69 @@ async fn wait_detached_names_each_hung_close_and_is_ok_once_they_finish() {
     testing::assert_all_closed(Duration::from_secs(1))
         .await
         .unwrap();
+}
+
+/// A resource whose close takes `0` (on tokio's clock).
+struct SlowClose(Duration);
+
+impl AsyncResource for SlowClose {
+    async fn close(&mut self) -> Result<(), ResourceError> {
+        sleep(self.0).await;
+        Ok(())
+    }
+}
+
+/// Hands `resource` to a detached close (a `Managed` dropped without `close`).
+async fn detach(resource: impl AsyncResource + 'static) {
+    drop(Managed::enter(resource).await.unwrap());
+}
+
+async fn closes_started_after_the_call_are_not_waited_for() {
+    let ms = Duration::from_millis;
+    // Pending at the call: done at 100 ms.
+    detach(SlowClose(ms(100))).await;
+    // Then a stream of later closes: one every 50 ms, 300 ms each.
+    let stream = tokio::spawn(async move {
+        for _ in 0..40 {
+            sleep(ms(50)).await;
+            detach(SlowClose(ms(300))).await;
+        }
+    });
+    tokio::task::yield_now().await;
+    let start = Instant::now();
+    wait_detached(Duration::from_secs(2)).await.unwrap();
+    assert_eq!(start.elapsed(), ms(100), "waited for closes started later");
+    assert!(
+        detached_in_flight() > 0,
+        "the later closes are still running"
+    );
+    stream.await.unwrap();
+    wait_detached(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(detached_in_flight(), 0);
+}
+
+/// Yields a few times in its close: no timer needed, but not done at once either.
+struct Yields;
+
+impl AsyncResource for Yields {
+    async fn close(&mut self) -> Result<(), ResourceError> {
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        Ok(())
+    }
+}
+
+async fn without_a_timer_it_waits_for_every_close_and_says_why() {
+    // Nothing pending: no timer is needed, and it is Ok.
+    wait_detached(Duration::from_secs(1)).await.unwrap();
+    detach(Yields).await;
+    let err = wait_detached(Duration::from_secs(1)).await.unwrap_err();
+    assert!(err.is_unenforced_deadline(), "{err}");
+    assert_eq!(err.deadline(), Some(Duration::from_secs(1)));
+    assert_eq!(
+        detached_in_flight(),
+        0,
+        "it returned before the close finished"
+    );
 }

@@ -53,7 +53,7 @@ fn endpoint_error(error: &ResourceError) -> &EndpointError {
 #[tokio::test]
 async fn a_call_sends_json_and_decodes_the_reply() {
     let server = TestServer::start().await;
-    let mut endpoint = entered(config(&server)).await;
+    let endpoint = entered(config(&server)).await;
     let reply: Value = endpoint.call(&json!({"prompt": "hi"})).await.unwrap();
     assert_eq!(reply["echo"], json!({"prompt": "hi"}));
     let received = server.received();
@@ -68,8 +68,8 @@ async fn a_call_sends_json_and_decodes_the_reply() {
 #[tokio::test]
 async fn concurrent_calls_share_one_client_and_few_connections() {
     let server = TestServer::start().await;
-    let mut endpoint = entered(config(&server)).await;
-    let mut executor = AsyncExecutor::new(8);
+    let endpoint = entered(config(&server)).await;
+    let executor = AsyncExecutor::new(8).unwrap();
     let calls = executor
         .map(0..64_u32, |i| {
             let endpoint = endpoint.clone();
@@ -93,7 +93,7 @@ async fn concurrent_calls_share_one_client_and_few_connections() {
 async fn a_5xx_is_retried_then_the_call_succeeds() {
     let server = TestServer::start().await;
     server.push_many([Reply::status(500), Reply::status(503)]);
-    let mut endpoint = entered(config(&server)).await;
+    let endpoint = entered(config(&server)).await;
     let reply: Value = endpoint.call(&json!(1)).await.unwrap();
     assert_eq!(reply["echo"], json!(1));
     assert_eq!(server.requests(), 3);
@@ -109,7 +109,7 @@ async fn a_5xx_is_retried_then_the_call_succeeds() {
 async fn retry_after_is_honoured() {
     let server = TestServer::start().await;
     server.push(Reply::retry_after(429, 1));
-    let mut endpoint = entered(config(&server).retry(RetryPolicy::new(
+    let endpoint = entered(config(&server).retry(RetryPolicy::new(
         3,
         Duration::from_millis(1),
         Duration::from_secs(5),
@@ -130,14 +130,15 @@ async fn retry_after_is_honoured() {
 async fn retry_after_pauses_every_caller_of_an_attached_limiter() {
     let server = TestServer::start().await;
     server.push(Reply::retry_after(429, 1));
-    let limiter = RateLimiter::new(1_000_000, Duration::from_secs(1));
-    let mut endpoint = Endpoint::new(config(&server).retry(RetryPolicy::new(
+    let limiter = RateLimiter::new(1_000_000, Duration::from_secs(1)).unwrap();
+    let mut endpoint = Endpoint::builder(config(&server).retry(RetryPolicy::new(
         3,
         Duration::from_millis(1),
         Duration::from_secs(5),
     )))
-    .unwrap()
-    .with_limiter(limiter.clone());
+    .limiter(limiter.clone())
+    .build()
+    .unwrap();
     endpoint.enter().await.unwrap();
     let call = {
         let endpoint = endpoint.clone();
@@ -166,7 +167,7 @@ async fn retry_after_pauses_every_caller_of_an_attached_limiter() {
 async fn a_4xx_is_not_retried_and_its_status_and_body_are_visible() {
     let server = TestServer::start().await;
     server.push(Reply::json(400, json!({"error": "bad prompt"})));
-    let mut endpoint = entered(config(&server)).await;
+    let endpoint = entered(config(&server)).await;
     let error = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
     assert_eq!(server.requests(), 1);
     let inner = endpoint_error(&error);
@@ -180,7 +181,7 @@ async fn a_4xx_is_not_retried_and_its_status_and_body_are_visible() {
 async fn timeouts_are_retried_then_reported() {
     let server = TestServer::start().await;
     server.push_many([Reply::hang(), Reply::hang()]);
-    let mut endpoint = entered(
+    let endpoint = entered(
         config(&server)
             .request_timeout(Duration::from_millis(200))
             .retry(RetryPolicy::new(
@@ -204,7 +205,7 @@ async fn timeouts_are_retried_then_reported() {
 async fn resets_are_retried_then_reported() {
     let server = TestServer::start().await;
     server.push_many([Reply::reset(), Reply::reset(), Reply::reset()]);
-    let mut endpoint = entered(config(&server)).await;
+    let endpoint = entered(config(&server)).await;
     let error = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
     assert!(
         matches!(endpoint_error(&error), EndpointError::Connect { .. }),
@@ -219,7 +220,7 @@ async fn resets_are_retried_then_reported() {
 async fn malformed_json_is_a_decode_error() {
     let server = TestServer::start().await;
     server.push(Reply::malformed_json());
-    let mut endpoint = entered(config(&server)).await;
+    let endpoint = entered(config(&server)).await;
     let error = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
     assert!(
         matches!(endpoint_error(&error), EndpointError::Decode { .. }),
@@ -248,7 +249,7 @@ async fn calls_before_enter_and_after_close_fail_at_once() {
 async fn close_waits_for_an_in_flight_call_then_every_connection_closes() {
     let server = TestServer::start().await;
     server.push(Reply::slow(Duration::from_millis(300), Reply::echo()));
-    let mut endpoint = entered(config(&server)).await;
+    let endpoint = entered(config(&server)).await;
     let call = {
         let endpoint = endpoint.clone();
         tokio::spawn(async move { endpoint.call::<_, Value>(&json!("slow")).await })
@@ -264,7 +265,7 @@ async fn close_waits_for_an_in_flight_call_then_every_connection_closes() {
 async fn close_cuts_a_hung_call_at_its_deadline_and_releases_every_connection() {
     let server = TestServer::start().await;
     server.push(Reply::hang());
-    let mut endpoint = entered(
+    let endpoint = entered(
         config(&server)
             .request_timeout(Duration::from_secs(600))
             .close_timeout(Duration::from_millis(200)),
@@ -288,7 +289,7 @@ async fn close_cuts_a_hung_call_at_its_deadline_and_releases_every_connection() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_racing_with_close_succeed_or_are_closed_and_no_connection_stays_open() {
     let server = TestServer::start().await;
-    let mut endpoint = entered(config(&server)).await;
+    let endpoint = entered(config(&server)).await;
     let calls: Vec<_> = (0..32)
         .map(|i| {
             let endpoint = endpoint.clone();
@@ -354,7 +355,7 @@ async fn the_key_never_appears_in_debug_display_or_logs() {
         Reply::json(401, json!({"error": "denied"})),
     ]);
     let config = config(&server).bearer(Secret::value(KEY));
-    let mut endpoint = entered(config.clone()).await;
+    let endpoint = entered(config.clone()).await;
     let error = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
     endpoint.close().await.unwrap();
 
@@ -446,7 +447,7 @@ async fn an_endpoint_and_an_sdk_client_side_by_side_through_one_executor() {
         },
     };
     let endpoint = Endpoint::new(config(&server)).unwrap();
-    let executor = AsyncExecutor::new(4);
+    let executor = AsyncExecutor::new(4).unwrap();
     let answered = scope(sdk, async |sdk: &mut SdkClient| {
         scope(endpoint, async |endpoint: &mut Endpoint| {
             let mut answers = 0;
@@ -482,9 +483,9 @@ async fn an_endpoint_and_an_sdk_client_side_by_side_through_one_executor() {
 async fn several_endpoints_share_one_executor_and_each_closes_its_connections() {
     let first = TestServer::start().await;
     let second = TestServer::start().await;
-    let mut a = entered(config(&first).name("a")).await;
-    let mut b = entered(config(&second).name("b")).await;
-    let mut executor = AsyncExecutor::new(4);
+    let a = entered(config(&first).name("a")).await;
+    let b = entered(config(&second).name("b")).await;
+    let executor = AsyncExecutor::new(4).unwrap();
     let calls = executor
         .map(0..40_u32, |i| {
             let endpoint = if i % 2 == 0 { a.clone() } else { b.clone() };
@@ -507,10 +508,14 @@ async fn a_pausing_limiter_takes_tokens_only_for_retries() {
     let server = TestServer::start().await;
     server.push(Reply::status(503));
     // A burst of 3 and a very slow refill: the tokens taken are visible.
-    let limiter = RateLimiter::new(1, Duration::from_secs(3600)).with_burst(3);
-    let mut endpoint = Endpoint::new(config(&server))
-        .unwrap()
-        .pausing(limiter.clone());
+    let limiter = RateLimiter::builder(1, Duration::from_secs(3600))
+        .burst(3)
+        .build()
+        .unwrap();
+    let mut endpoint = Endpoint::builder(config(&server))
+        .pausing_limiter(limiter.clone())
+        .build()
+        .unwrap();
     endpoint.enter().await.unwrap();
     let _: Value = endpoint.call(&json!(1)).await.unwrap(); // 503, then a retry: 1 token
     let _: Value = endpoint.call(&json!(2)).await.unwrap(); // first attempt only: 0 tokens
@@ -528,7 +533,7 @@ async fn the_key_does_not_follow_a_redirect_to_another_host() {
     let server = TestServer::start().await;
     let elsewhere = TestServer::start().await;
     server.push(Reply::status(302).with_header("location", &format!("{}/steal", elsewhere.url())));
-    let mut endpoint = entered(config(&server).bearer(Secret::value("sk-redirect-test"))).await;
+    let endpoint = entered(config(&server).bearer(Secret::value("sk-redirect-test"))).await;
     let error = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
     assert_eq!(
         endpoint_error(&error).status().map(|s| s.as_u16()),
@@ -546,7 +551,7 @@ async fn the_key_does_not_follow_a_redirect_to_another_host() {
 async fn request_paths_stay_under_the_base_url() {
     let server = TestServer::start().await;
     let elsewhere = TestServer::start().await;
-    let mut endpoint = entered(config(&server).bearer(Secret::value("sk-path-test"))).await;
+    let endpoint = entered(config(&server).bearer(Secret::value("sk-path-test"))).await;
     let other_host = format!("{}/x", elsewhere.url());
     let protocol_relative = format!("//{}/x", elsewhere.addr());
     for path in [other_host.as_str(), protocol_relative.as_str()] {
@@ -570,7 +575,7 @@ async fn request_paths_stay_under_the_base_url() {
 async fn a_close_dropped_half_way_still_cuts_the_calls_and_closes_the_endpoint() {
     let server = TestServer::start().await;
     server.push(Reply::hang());
-    let mut endpoint = entered(config(&server).request_timeout(Duration::from_secs(600))).await;
+    let endpoint = entered(config(&server).request_timeout(Duration::from_secs(600))).await;
     let call = {
         let endpoint = endpoint.clone();
         tokio::spawn(async move { endpoint.call::<_, Value>(&json!("hung")).await })
@@ -595,4 +600,40 @@ async fn a_close_dropped_half_way_still_cuts_the_calls_and_closes_the_endpoint()
             .is_closed()
     );
     assert_no_open_connections(&server).await;
+}
+
+/// The endpoint's close deadline on a runtime without timers: a call in flight (on
+/// another runtime) is not cut at a deadline nobody can keep; the close waits for it,
+/// says why, and every connection is still released.
+#[test]
+fn a_close_without_a_timer_waits_for_the_call_in_flight_and_says_why() {
+    let workers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (server, endpoint) = workers.block_on(async {
+        let server = TestServer::start().await;
+        server.push(Reply::slow(Duration::from_millis(300), Reply::echo()));
+        let endpoint = entered(config(&server).close_timeout(Duration::from_millis(10))).await;
+        (server, endpoint)
+    });
+    let call = {
+        let endpoint = endpoint.clone();
+        workers.spawn(async move { endpoint.call::<_, Value>(&json!("slow")).await })
+    };
+    workers.block_on(async {
+        while server.in_flight() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let err = resource_tests::runtime_without_timers()
+        .block_on(endpoint.close())
+        .unwrap_err();
+    assert!(err.is_unenforced_deadline(), "{err}");
+    assert_eq!(err.deadline(), Some(Duration::from_millis(10)));
+    let answered = workers.block_on(call).unwrap().unwrap();
+    assert_eq!(answered["echo"], json!("slow"), "the call was cut");
+    assert_eq!(endpoint.in_flight(), 0);
+    workers.block_on(assert_no_open_connections(&server));
 }

@@ -8,8 +8,12 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use resource_runtime::{AsyncExecutor, AsyncResource, Executor, ResourceError};
-use resource_tests::{Gauge, Log, at_once, counter, get, numbers_in, strings};
+use resource_runtime::{
+    AsyncExecutor, AsyncResource, ConfigError, Executor, ExecutorError, ResourceError,
+};
+use resource_tests::{
+    Gauge, Log, at_once, block_on_without_runtime, counter, get, runtime_without_timers, strings,
+};
 use tokio::time::{Instant, sleep};
 
 fn ms(n: u64) -> Duration {
@@ -18,22 +22,22 @@ fn ms(n: u64) -> Duration {
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// Checks that `err` reports `n` aborted tasks (the number appears in its message).
-fn assert_reports_aborted(err: &ResourceError, n: u64) {
-    let message = err.to_string();
+/// Checks that `err` reports `n` aborted tasks, as a typed value.
+fn assert_reports_aborted(err: &ResourceError, n: usize) {
+    let aborted = err
+        .failures()
+        .find_map(|f| f.downcast_ref::<ExecutorError>())
+        .unwrap_or_else(|| panic!("not an executor error: {err}"));
     assert!(
-        numbers_in(&message).contains(&n),
-        "expected the close error to count {n} aborted task(s), got: {message}"
+        matches!(aborted, ExecutorError::Aborted { count, .. } if *count == n),
+        "expected {n} aborted task(s), got {aborted:?}"
     );
-    assert!(
-        message.contains("abort"),
-        "the close error does not say tasks were aborted: {message}"
-    );
+    assert!(err.to_string().contains("abort"), "{err}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn concurrency_never_exceeds_the_bound() {
-    let exec = AsyncExecutor::new(4);
+    let exec = AsyncExecutor::new(4).unwrap();
     let gauge = Gauge::new();
     let mut callers = Vec::new();
     for i in 0..40_u64 {
@@ -64,7 +68,7 @@ async fn concurrency_never_exceeds_the_bound() {
 
 #[tokio::test(start_paused = true)]
 async fn spawn_holds_the_producer_back_while_the_executor_is_full() {
-    let exec = AsyncExecutor::new(3);
+    let exec = AsyncExecutor::new(3).unwrap();
     let gauge = Gauge::new();
     let start = Instant::now();
     let mut handles = Vec::new();
@@ -96,7 +100,7 @@ async fn spawn_holds_the_producer_back_while_the_executor_is_full() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_never_exceeds_the_bound_on_many_threads() {
-    let exec = AsyncExecutor::new(3);
+    let exec = AsyncExecutor::new(3).unwrap();
     let gauge = Gauge::new();
     let mut callers = Vec::new();
     for _ in 0..60 {
@@ -117,7 +121,7 @@ async fn concurrency_never_exceeds_the_bound_on_many_threads() {
 
 #[tokio::test(start_paused = true)]
 async fn map_keeps_input_order_when_later_items_finish_first() {
-    let exec = AsyncExecutor::new(8);
+    let exec = AsyncExecutor::new(8).unwrap();
     let finished = Log::new();
     let outputs = exec
         .map(0..8_u64, |i| {
@@ -140,7 +144,7 @@ async fn map_keeps_input_order_when_later_items_finish_first() {
 
 #[tokio::test(start_paused = true)]
 async fn map_keeps_input_order_with_fewer_slots_than_items_and_keeps_every_result() {
-    let exec = AsyncExecutor::new(2);
+    let exec = AsyncExecutor::new(2).unwrap();
     let outputs = exec
         .map(0..6_u64, |i| async move {
             sleep(ms(60 - 10 * i)).await;
@@ -164,7 +168,7 @@ async fn map_keeps_input_order_with_fewer_slots_than_items_and_keeps_every_resul
 #[tokio::test(start_paused = true)]
 async fn a_panicking_task_comes_back_as_an_error_and_the_executor_keeps_working() {
     // One slot: if the panic leaked the slot, the next call would wait forever.
-    let exec = AsyncExecutor::new(1);
+    let exec = AsyncExecutor::new(1).unwrap();
     let n = 42_u32;
     let err = exec
         .execute(async move {
@@ -194,13 +198,13 @@ async fn a_panicking_task_comes_back_as_an_error_and_the_executor_keeps_working(
 
     assert_eq!(at_once(exec.execute(async { 7 })).await.unwrap(), 7);
     assert_eq!(exec.in_flight(), 0);
-    let mut exec = exec;
+    let exec = exec;
     exec.close().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
 async fn execute_spawn_and_map_after_close_fail_at_once_with_closed_errors() {
-    let mut exec = AsyncExecutor::new(2);
+    let exec = AsyncExecutor::new(2).unwrap();
     assert_eq!(exec.execute(async { 1 }).await.unwrap(), 1);
     exec.close().await.unwrap();
 
@@ -227,7 +231,10 @@ async fn execute_spawn_and_map_after_close_fail_at_once_with_closed_errors() {
 
 #[tokio::test(start_paused = true)]
 async fn submissions_fail_at_once_while_a_close_is_draining() {
-    let exec = AsyncExecutor::new(2).with_shutdown_timeout(ms(10_000));
+    let exec = AsyncExecutor::builder(2)
+        .shutdown_timeout(ms(10_000))
+        .build()
+        .unwrap();
     let finished = counter();
     let f = finished.clone();
     let running = exec
@@ -237,7 +244,7 @@ async fn submissions_fail_at_once_while_a_close_is_draining() {
         })
         .await
         .unwrap();
-    let mut closer = exec.clone();
+    let closer = exec.clone();
     let start = Instant::now();
     let close = tokio::spawn(async move { closer.close().await });
     sleep(ms(1)).await;
@@ -256,7 +263,10 @@ async fn submissions_fail_at_once_while_a_close_is_draining() {
 
 #[tokio::test(start_paused = true)]
 async fn close_lets_running_tasks_finish_before_the_deadline() {
-    let mut exec = AsyncExecutor::new(4).with_shutdown_timeout(ms(1000));
+    let exec = AsyncExecutor::builder(4)
+        .shutdown_timeout(ms(1000))
+        .build()
+        .unwrap();
     let done = Log::new();
     let mut handles = Vec::new();
     for (name, delay) in [("a", 50), ("b", 150), ("c", 100)] {
@@ -287,7 +297,10 @@ async fn close_lets_running_tasks_finish_before_the_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn close_past_the_deadline_aborts_the_rest_and_counts_them() {
-    let mut exec = AsyncExecutor::new(4).with_shutdown_timeout(ms(100));
+    let exec = AsyncExecutor::builder(4)
+        .shutdown_timeout(ms(100))
+        .build()
+        .unwrap();
     let woke = counter();
     let mut handles = Vec::new();
     for _ in 0..3 {
@@ -326,7 +339,10 @@ async fn close_past_the_deadline_aborts_the_rest_and_counts_them() {
 /// `execute` for it; then a close with a deadline of 100 ms.
 #[tokio::test(start_paused = true)]
 async fn close_aborts_and_counts_callers_still_waiting_for_a_slot() {
-    let exec = AsyncExecutor::new(1).with_shutdown_timeout(ms(100));
+    let exec = AsyncExecutor::builder(1)
+        .shutdown_timeout(ms(100))
+        .build()
+        .unwrap();
     let ran = counter();
     let r = ran.clone();
     let long = exec
@@ -372,7 +388,10 @@ async fn close_aborts_and_counts_callers_still_waiting_for_a_slot() {
 /// The same, with a deadline long enough: the waiters get the slot in turn and run.
 #[tokio::test(start_paused = true)]
 async fn close_lets_callers_waiting_for_a_slot_run_before_the_deadline() {
-    let exec = AsyncExecutor::new(1).with_shutdown_timeout(HOUR);
+    let exec = AsyncExecutor::builder(1)
+        .shutdown_timeout(HOUR)
+        .build()
+        .unwrap();
     let ran = Log::new();
     let r = ran.clone();
     let first = exec
@@ -411,8 +430,8 @@ async fn close_lets_callers_waiting_for_a_slot_run_before_the_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn clones_share_one_executor() {
-    let exec = AsyncExecutor::new(2);
-    let mut clone = exec.clone();
+    let exec = AsyncExecutor::new(2).unwrap();
+    let clone = exec.clone();
     assert_eq!(clone.max_concurrency(), 2);
     let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
     let handle = exec.spawn(async move { rx.await.unwrap() }).await.unwrap();
@@ -437,7 +456,10 @@ async fn clones_share_one_executor() {
 
 #[tokio::test(start_paused = true)]
 async fn concurrent_closes_from_two_clones_wait_for_the_same_drain() {
-    let exec = AsyncExecutor::new(2).with_shutdown_timeout(HOUR);
+    let exec = AsyncExecutor::builder(2)
+        .shutdown_timeout(HOUR)
+        .build()
+        .unwrap();
     let done = counter();
     let d = done.clone();
     let _task = exec
@@ -467,7 +489,10 @@ async fn concurrent_closes_from_two_clones_wait_for_the_same_drain() {
 
 #[tokio::test(start_paused = true)]
 async fn concurrent_closes_from_two_clones_return_the_same_failure() {
-    let exec = AsyncExecutor::new(2).with_shutdown_timeout(ms(100));
+    let exec = AsyncExecutor::builder(2)
+        .shutdown_timeout(ms(100))
+        .build()
+        .unwrap();
     let mut handles = Vec::new();
     for _ in 0..2 {
         handles.push(exec.spawn(sleep(HOUR)).await.unwrap());
@@ -505,7 +530,7 @@ async fn close_generic<E: Executor>(mut executor: E) -> Result<(), ResourceError
 
 #[tokio::test(start_paused = true)]
 async fn usable_through_the_executor_trait() {
-    let exec = AsyncExecutor::new(2);
+    let exec = AsyncExecutor::new(2).unwrap();
     assert_eq!(sum_of_squares(&exec, 4).await.unwrap(), 14);
     // The protocol's futures are `Send`: generic code can run on another task.
     let e = exec.clone();
@@ -516,26 +541,28 @@ async fn usable_through_the_executor_trait() {
     assert!(err.is_closed(), "{err}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn max_concurrency_zero_is_a_clear_error_not_a_hang() {
-    let mut exec = AsyncExecutor::new(0);
-    assert_eq!(exec.max_concurrency(), 0);
-    let err = at_once(exec.execute(async { 1 })).await.unwrap_err();
-    assert!(
-        err.to_string().contains("max_concurrency"),
-        "an unclear error: {err}"
-    );
-    assert!(!err.is_closed());
-    let err = at_once(exec.spawn(async { 1 })).await.unwrap_err();
-    assert!(err.to_string().contains("max_concurrency"), "{err}");
-    let outputs = at_once(exec.map(0..2, |i| async move { i })).await;
-    assert!(outputs.iter().all(Result::is_err));
-    at_once(exec.close()).await.unwrap();
+#[test]
+fn max_concurrency_zero_is_refused_when_the_executor_is_built() {
+    for err in [
+        AsyncExecutor::new(0).unwrap_err(),
+        AsyncExecutor::builder(0)
+            .shutdown_timeout(ms(10))
+            .build()
+            .unwrap_err(),
+    ] {
+        let config = err
+            .downcast_ref::<ConfigError>()
+            .expect("a typed configuration error");
+        assert_eq!(config.handle(), "AsyncExecutor");
+        assert_eq!(config.setting(), "max_concurrency");
+        assert!(!err.is_closed());
+        assert!(err.to_string().contains("at least 1"), "{err}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn task_handle_abort_stops_the_task_and_frees_its_slot() {
-    let mut exec = AsyncExecutor::new(1);
+    let exec = AsyncExecutor::new(1).unwrap();
     let woke = counter();
     let w = woke.clone();
     let handle = exec
@@ -564,7 +591,10 @@ async fn task_handle_abort_stops_the_task_and_frees_its_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_counts_every_aborted_waiter_on_many_threads() {
     for round in 0..5 {
-        let exec = AsyncExecutor::new(1).with_shutdown_timeout(ms(20));
+        let exec = AsyncExecutor::builder(1)
+            .shutdown_timeout(ms(20))
+            .build()
+            .unwrap();
         let long = exec.spawn(tokio::time::sleep(HOUR)).await.unwrap();
         let mut waiters = Vec::new();
         for _ in 0..100 {
@@ -579,10 +609,158 @@ async fn close_counts_every_aborted_waiter_on_many_threads() {
         }
         assert!(long.await.unwrap_err().is_closed());
         // One running task and 100 waiters were aborted.
-        let message = err.to_string();
         assert!(
-            numbers_in(&message).contains(&101),
-            "round {round}: expected 101 aborted, got: {message}"
+            matches!(
+                err.downcast_ref::<ExecutorError>(),
+                Some(ExecutorError::Aborted { count: 101, .. })
+            ),
+            "round {round}: expected 101 aborted, got: {err}"
         );
     }
+}
+
+/// A close cut short on a runtime that then went away: the next close, on another
+/// runtime, finishes the shutdown instead of waiting for a task that no longer exists.
+#[test]
+fn a_close_cut_short_on_a_runtime_that_is_gone_is_finished_by_the_next_close() {
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let executor = AsyncExecutor::builder(1)
+        .shutdown_timeout(ms(200))
+        .build()
+        .unwrap();
+    let clone = executor.clone();
+    first.block_on(async {
+        let _task = executor.spawn(sleep(HOUR)).await.unwrap();
+        let cut = tokio::time::timeout(ms(20), executor.close()).await;
+        assert!(cut.is_err(), "the close was expected to be cut short");
+    });
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    second.block_on(async {
+        // The hour-long task died with its runtime; nothing is left to wait for.
+        at_once(clone.close()).await.unwrap();
+        assert!(
+            at_once(clone.execute(async {}))
+                .await
+                .unwrap_err()
+                .is_closed()
+        );
+        assert_eq!(clone.in_flight(), 0);
+    });
+}
+
+/// Closed with no runtime at all: no panic, and a close on a runtime afterwards returns.
+#[test]
+fn a_close_outside_any_runtime_does_not_panic_and_a_later_close_returns() {
+    let executor = AsyncExecutor::builder(2)
+        .shutdown_timeout(ms(200))
+        .build()
+        .unwrap();
+    block_on_without_runtime(executor.close()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        at_once(executor.close()).await.unwrap();
+        assert!(
+            at_once(executor.execute(async {}))
+                .await
+                .unwrap_err()
+                .is_closed()
+        );
+    });
+}
+
+/// A close outside any runtime while a task runs on another thread's runtime: no timer
+/// to keep the deadline with, so it waits for the task and says why.
+#[test]
+fn a_close_without_a_timer_waits_for_running_tasks_and_says_why() {
+    let workers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let executor = AsyncExecutor::builder(2)
+        .shutdown_timeout(ms(10))
+        .build()
+        .unwrap();
+    let finished = counter();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = {
+        let (executor, finished) = (executor.clone(), finished.clone());
+        workers.spawn(async move {
+            executor
+                .execute(async move {
+                    started_tx.send(()).unwrap();
+                    let _ = release_rx.await;
+                    finished.fetch_add(1, Ordering::SeqCst);
+                })
+                .await
+        })
+    };
+    started_rx.recv().unwrap();
+    // The task is released only once the close is under way on the timerless runtime.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        release_tx.send(()).unwrap();
+    });
+    let err = runtime_without_timers()
+        .block_on(executor.close())
+        .unwrap_err();
+    release.join().unwrap();
+    assert!(err.is_unenforced_deadline(), "{err}");
+    assert_eq!(err.deadline(), Some(ms(10)));
+    assert_eq!(
+        get(&finished),
+        1,
+        "the close returned before the task finished"
+    );
+    workers.block_on(task).unwrap().unwrap();
+    // The same close without a runtime at all.
+    let executor = AsyncExecutor::new(1).unwrap();
+    block_on_without_runtime(executor.close()).unwrap();
+}
+
+/// A task that closes its own executor is told at once instead of waiting for itself;
+/// the shutdown still runs and a close from outside returns its outcome.
+#[tokio::test(start_paused = true)]
+async fn a_task_closing_its_own_executor_gets_an_error_at_once() {
+    let executor = AsyncExecutor::builder(2)
+        .shutdown_timeout(ms(100))
+        .build()
+        .unwrap();
+    let inner = executor.clone();
+    let started = Instant::now();
+    let from_inside = executor
+        .execute(async move { inner.close().await })
+        .await
+        .unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    let err = from_inside.unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<ExecutorError>(),
+            Some(ExecutorError::CloseFromOwnTask)
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("own executor"), "{err}");
+    // The shutdown began: new work is refused, and a close from outside completes.
+    assert!(
+        at_once(executor.execute(async {}))
+            .await
+            .unwrap_err()
+            .is_closed()
+    );
+    executor.close().await.unwrap();
 }

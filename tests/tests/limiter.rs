@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use resource_runtime::{AsyncResource, RateLimiter, ResourceError};
+use resource_runtime::{ConfigError, RateLimiter, ResourceError};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 
@@ -138,7 +138,7 @@ fn check_every_window(admitted: &[Admitted], rate: u32, period: Duration, burst:
 
 #[tokio::test(start_paused = true)]
 async fn a_cold_limiter_admits_exactly_the_burst_at_once() {
-    let limiter = RateLimiter::new(10, SECOND).with_burst(4);
+    let limiter = RateLimiter::builder(10, SECOND).burst(4).build().unwrap();
     assert_eq!(limiter.burst(), 4);
     for i in 0..4 {
         assert!(limiter.try_acquire(1).unwrap(), "token {i} of the burst");
@@ -146,7 +146,7 @@ async fn a_cold_limiter_admits_exactly_the_burst_at_once() {
     assert!(!limiter.try_acquire(1).unwrap(), "a token past the burst");
 
     // The default burst is the rate; `acquire` gets the burst at once too.
-    let limiter = RateLimiter::new(5, SECOND);
+    let limiter = RateLimiter::new(5, SECOND).unwrap();
     assert_eq!(limiter.burst(), 5);
     for _ in 0..5 {
         at_once(limiter.acquire(1)).await.unwrap();
@@ -161,7 +161,10 @@ async fn a_cold_limiter_admits_exactly_the_burst_at_once() {
 #[tokio::test(start_paused = true)]
 async fn every_window_stays_within_burst_plus_rate() {
     let (rate, period, burst) = (50, SECOND, 5);
-    let limiter = RateLimiter::new(rate, period).with_burst(burst);
+    let limiter = RateLimiter::builder(rate, period)
+        .burst(burst)
+        .build()
+        .unwrap();
     let run = contend(&limiter, 16, 2000, |_| 1).await;
     check_every_window(&run.admitted, rate, period, burst);
     // The bound is reached, so the check above could fail: a burst at the start.
@@ -171,7 +174,10 @@ async fn every_window_stays_within_burst_plus_rate() {
 #[tokio::test(start_paused = true)]
 async fn every_window_stays_within_burst_plus_rate_with_weighted_requests() {
     let (rate, period, burst) = (50, SECOND, 5);
-    let limiter = RateLimiter::new(rate, period).with_burst(burst);
+    let limiter = RateLimiter::builder(rate, period)
+        .burst(burst)
+        .build()
+        .unwrap();
     let run = contend(&limiter, 16, 1500, |ticket| (ticket % 3) as u32 + 1).await;
     check_every_window(&run.admitted, rate, period, burst);
 }
@@ -181,7 +187,7 @@ async fn keeps_the_configured_rate_at_burst_1_with_16_waiters() {
     // 30 per second: an interval of 33.3 ms, not a whole number of timer ticks, so
     // rounding must not accumulate into a slower rate.
     let (rate, total) = (30_u32, 2000_usize);
-    let limiter = RateLimiter::new(rate, SECOND).with_burst(1);
+    let limiter = RateLimiter::builder(rate, SECOND).burst(1).build().unwrap();
     let run = contend(&limiter, 16, total, |_| 1).await;
     let first = run.admitted[0].at;
     let last = run.admitted[total - 1].at;
@@ -200,7 +206,7 @@ async fn keeps_the_configured_rate_at_burst_1_with_16_waiters() {
 #[tokio::test(start_paused = true)]
 async fn contended_admissions_follow_the_ideal_schedule_exactly() {
     // 50 per second at burst 1: one admission every 20 ms, from the first one on.
-    let limiter = RateLimiter::new(50, SECOND).with_burst(1);
+    let limiter = RateLimiter::builder(50, SECOND).burst(1).build().unwrap();
     let start = Instant::now();
     let run = contend(&limiter, 16, 300, |_| 1).await;
     for (k, a) in run.admitted.iter().enumerate() {
@@ -210,7 +216,7 @@ async fn contended_admissions_follow_the_ideal_schedule_exactly() {
 
 #[tokio::test(start_paused = true)]
 async fn looping_waiters_get_equal_shares() {
-    let limiter = RateLimiter::new(100, SECOND).with_burst(1);
+    let limiter = RateLimiter::builder(100, SECOND).burst(1).build().unwrap();
     // Drained first, so that every waiter's first call queues: the shares then show
     // how the queue serves them, not which task the runtime happened to poll first.
     assert!(limiter.try_acquire(1).unwrap());
@@ -225,7 +231,7 @@ async fn looping_waiters_get_equal_shares() {
 
 #[tokio::test(start_paused = true)]
 async fn a_waiter_is_never_overtaken_whatever_the_weights() {
-    let limiter = RateLimiter::new(40, SECOND).with_burst(3);
+    let limiter = RateLimiter::builder(40, SECOND).burst(3).build().unwrap();
     let run = contend(&limiter, 16, 1200, |ticket| (ticket * 7 % 3) as u32 + 1).await;
     let admitted: Vec<usize> = run.admitted.iter().map(|a| a.ticket).collect();
     assert_eq!(
@@ -236,7 +242,7 @@ async fn a_waiter_is_never_overtaken_whatever_the_weights() {
 
 #[tokio::test(start_paused = true)]
 async fn a_heavy_head_is_not_overtaken_by_a_light_request_or_try_acquire() {
-    let limiter = RateLimiter::new(10, SECOND).with_burst(3);
+    let limiter = RateLimiter::builder(10, SECOND).burst(3).build().unwrap();
     let start = Instant::now();
     limiter.acquire(3).await.unwrap(); // the whole burst
     let order = Arc::new(Mutex::new(Vec::new()));
@@ -270,7 +276,7 @@ async fn a_heavy_head_is_not_overtaken_by_a_light_request_or_try_acquire() {
 
 #[tokio::test(start_paused = true)]
 async fn more_than_the_burst_is_an_error_at_once() {
-    let limiter = RateLimiter::new(10, SECOND).with_burst(3);
+    let limiter = RateLimiter::builder(10, SECOND).burst(3).build().unwrap();
     let err = at_once(limiter.acquire(4)).await.unwrap_err();
     assert!(!err.is_closed());
     let message = err.to_string();
@@ -306,7 +312,7 @@ async fn record_acquire(
 
 #[tokio::test(start_paused = true)]
 async fn cancelled_acquires_do_not_wedge_the_queue() {
-    let limiter = RateLimiter::new(10, SECOND).with_burst(1); // one per 100 ms
+    let limiter = RateLimiter::builder(10, SECOND).burst(1).build().unwrap(); // one per 100 ms
     let t0 = Instant::now();
     limiter.acquire(1).await.unwrap(); // the next token comes at 100 ms
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -345,7 +351,7 @@ async fn cancelled_acquires_do_not_wedge_the_queue() {
 
 #[tokio::test(start_paused = true)]
 async fn a_head_that_gives_up_passes_its_turn_on() {
-    let limiter = RateLimiter::new(10, SECOND).with_burst(1);
+    let limiter = RateLimiter::builder(10, SECOND).burst(1).build().unwrap();
     let t0 = Instant::now();
     limiter.acquire(1).await.unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -374,7 +380,7 @@ async fn a_head_that_gives_up_passes_its_turn_on() {
 
 #[tokio::test(start_paused = true)]
 async fn close_wakes_every_waiter_with_a_closed_error_and_later_calls_fail() {
-    let limiter = RateLimiter::new(1, SECOND).with_burst(1);
+    let limiter = RateLimiter::builder(1, SECOND).burst(1).build().unwrap();
     limiter.acquire(1).await.unwrap();
     let mut waiters = Vec::new();
     for _ in 0..5 {
@@ -387,7 +393,7 @@ async fn close_wakes_every_waiter_with_a_closed_error_and_later_calls_fail() {
     sleep(ms(10)).await;
     assert_eq!(limiter.waiting(), 5);
     let closed_at = Instant::now();
-    let mut closer = limiter.clone();
+    let closer = limiter.clone();
     at_once(closer.close()).await.unwrap();
     for waiter in waiters {
         let (out, at) = waiter.await.unwrap();
@@ -403,7 +409,7 @@ async fn close_wakes_every_waiter_with_a_closed_error_and_later_calls_fail() {
     assert!(limiter.try_acquire(1).unwrap_err().is_closed());
     // Closing again does nothing.
     at_once(closer.close()).await.unwrap();
-    limiter.close_now();
+    limiter.close().await.unwrap();
     assert!(limiter.try_acquire(1).unwrap_err().is_closed());
 }
 
@@ -412,7 +418,7 @@ async fn close_wakes_every_waiter_with_a_closed_error_and_later_calls_fail() {
 /// once: they are admitted one interval apart, `rate` per period.
 #[tokio::test(start_paused = true)]
 async fn waiters_released_together_after_a_drain_do_not_overshoot() {
-    let limiter = RateLimiter::new(10, SECOND).with_burst(1);
+    let limiter = RateLimiter::builder(10, SECOND).burst(1).build().unwrap();
     assert!(limiter.try_acquire(1).unwrap());
     assert!(!limiter.try_acquire(1).unwrap());
     sleep(ms(5000)).await;
@@ -439,7 +445,7 @@ async fn waiters_released_together_after_a_drain_do_not_overshoot() {
 /// whole time's worth of tokens.
 #[tokio::test(start_paused = true)]
 async fn waiters_released_together_get_the_burst_then_the_rate() {
-    let limiter = RateLimiter::new(10, SECOND); // burst 10
+    let limiter = RateLimiter::new(10, SECOND).unwrap(); // burst 10
     for _ in 0..10 {
         assert!(limiter.try_acquire(1).unwrap());
     }
@@ -473,7 +479,7 @@ async fn waiters_released_together_get_the_burst_then_the_rate() {
 
 #[tokio::test(start_paused = true)]
 async fn pause_until_holds_try_acquire_until_the_instant() {
-    let limiter = RateLimiter::new(10, SECOND).with_burst(5);
+    let limiter = RateLimiter::builder(10, SECOND).burst(5).build().unwrap();
     let t0 = Instant::now();
     limiter.pause_until(t0 + SECOND);
     assert!(
@@ -494,7 +500,7 @@ async fn pause_until_holds_try_acquire_until_the_instant() {
 
 #[tokio::test(start_paused = true)]
 async fn pause_until_holds_waiters_including_one_already_waiting_for_its_token() {
-    let limiter = RateLimiter::new(10, SECOND).with_burst(1);
+    let limiter = RateLimiter::builder(10, SECOND).burst(1).build().unwrap();
     let t0 = Instant::now();
     limiter.acquire(1).await.unwrap();
     // This waiter's token comes at 100 ms; it is sleeping for it.
@@ -515,7 +521,7 @@ async fn pause_until_holds_waiters_including_one_already_waiting_for_its_token()
 
 #[tokio::test(start_paused = true)]
 async fn an_earlier_pause_does_not_shorten_a_later_one() {
-    let limiter = RateLimiter::new(10, SECOND).with_burst(5);
+    let limiter = RateLimiter::builder(10, SECOND).burst(5).build().unwrap();
     let t0 = Instant::now();
     limiter.pause_until(t0 + ms(2000));
     limiter.pause_until(t0 + ms(500));
@@ -528,7 +534,7 @@ async fn an_earlier_pause_does_not_shorten_a_later_one() {
 #[tokio::test(start_paused = true)]
 async fn weighted_acquires_take_their_tokens_worth_of_time() {
     // 10 per second (100 ms a token), burst 5.
-    let limiter = RateLimiter::new(10, SECOND).with_burst(5);
+    let limiter = RateLimiter::builder(10, SECOND).burst(5).build().unwrap();
     let t0 = Instant::now();
     let mut at = Vec::new();
     for _ in 0..5 {
@@ -545,7 +551,7 @@ async fn weighted_acquires_take_their_tokens_worth_of_time() {
 
 #[tokio::test(start_paused = true)]
 async fn clones_share_one_limiter() {
-    let limiter = RateLimiter::new(10, SECOND).with_burst(2);
+    let limiter = RateLimiter::builder(10, SECOND).burst(2).build().unwrap();
     let clone = limiter.clone();
     assert!(limiter.try_acquire(2).unwrap());
     assert!(
@@ -558,7 +564,7 @@ async fn clones_share_one_limiter() {
     };
     sleep(ms(10)).await;
     assert_eq!(clone.waiting(), 1);
-    clone.close_now();
+    clone.close().await.unwrap();
     assert!(waiter.await.unwrap().unwrap_err().is_closed());
     assert!(limiter.try_acquire(1).unwrap_err().is_closed());
 }
@@ -574,19 +580,91 @@ fn assert_clear_config_error(err: &ResourceError, mentions: &str) {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_rate_of_zero_a_zero_period_or_a_burst_of_zero_are_clear_errors() {
+#[test]
+fn a_rate_of_zero_a_zero_period_or_a_burst_of_zero_are_refused_when_built() {
     let cases = [
-        (RateLimiter::new(0, SECOND), "rate"),
-        (RateLimiter::new(0, SECOND).with_burst(5), "rate"),
-        (RateLimiter::new(10, Duration::ZERO), "period"),
-        (RateLimiter::new(10, SECOND).with_burst(0), "burst"),
+        (RateLimiter::new(0, SECOND).unwrap_err(), "rate"),
+        (
+            RateLimiter::builder(0, SECOND)
+                .burst(5)
+                .build()
+                .unwrap_err(),
+            "rate",
+        ),
+        (RateLimiter::new(10, Duration::ZERO).unwrap_err(), "period"),
+        (
+            RateLimiter::builder(10, SECOND)
+                .burst(0)
+                .build()
+                .unwrap_err(),
+            "burst",
+        ),
     ];
-    for (limiter, mentions) in cases {
-        let err = at_once(limiter.acquire(1)).await.unwrap_err();
-        assert_clear_config_error(&err, mentions);
-        let err = limiter.try_acquire(1).unwrap_err();
-        assert_clear_config_error(&err, mentions);
-        assert_eq!(limiter.waiting(), 0);
+    for (err, setting) in cases {
+        assert_clear_config_error(&err, setting);
+        let config = err
+            .downcast_ref::<ConfigError>()
+            .expect("a typed configuration error");
+        assert_eq!(config.handle(), "RateLimiter");
+        assert_eq!(config.setting(), setting);
+    }
+}
+
+/// A runtime that wakes timers late (a busy one) must not let lateness stack up into a
+/// burst: one task loops `acquire`, another arrives with `try_acquire` between clock
+/// steps, and the clock moves `lateness` at a time, so every wake-up is up to that
+/// late. In every window `w`, at most `burst + 1 + floor(w × rate)` are admitted.
+#[tokio::test(start_paused = true)]
+async fn late_wake_ups_never_admit_more_than_one_token_over_the_schedule() {
+    let rate = 1000;
+    for burst in [1_u32, 10] {
+        for lateness_us in [1500_u64, 2300, 3700, 5000, 7000] {
+            let lateness = Duration::from_micros(lateness_us);
+            let limiter = RateLimiter::builder(rate, SECOND)
+                .burst(burst)
+                .build()
+                .unwrap();
+            let admitted = Arc::new(Mutex::new(Vec::new()));
+            let looping = {
+                let (limiter, admitted) = (limiter.clone(), admitted.clone());
+                tokio::spawn(async move {
+                    for _ in 0..300 {
+                        limiter.acquire(1).await.unwrap();
+                        admitted.lock().unwrap().push(Instant::now());
+                    }
+                })
+            };
+            while !looping.is_finished() {
+                tokio::time::advance(lateness).await;
+                for _ in 0..4 {
+                    tokio::task::yield_now().await;
+                }
+                if limiter.try_acquire(1).unwrap() {
+                    admitted.lock().unwrap().push(Instant::now());
+                }
+            }
+            looping.await.unwrap();
+            let mut at = admitted.lock().unwrap().clone();
+            at.sort();
+            for i in 0..at.len() {
+                for j in i..at.len() {
+                    let w = at[j] - at[i];
+                    let count = (j - i + 1) as u64;
+                    let bound = window_bound(rate, SECOND, burst, w) + 1;
+                    assert!(
+                        count <= bound,
+                        "burst {burst}, wake-ups up to {lateness:?} late: {count} admitted within {w:?}, more than {bound}"
+                    );
+                }
+            }
+            // The lateness is not made up beyond a tick a wake-up: the rate stays below
+            // the configured one, never above it.
+            let span = at[at.len() - 1] - at[0];
+            assert!(
+                (at.len() as u64) <= window_bound(rate, SECOND, burst, span) + 1,
+                "{} admitted in {span:?}",
+                at.len()
+            );
+        }
     }
 }

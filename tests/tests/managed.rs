@@ -6,8 +6,8 @@
 use std::any::type_name;
 use std::time::Duration;
 
-use resource_runtime::{Managed, testing, wait_detached};
-use resource_tests::{Events, Log, Probe, ProbeError, Tracked, Tracker, strings};
+use resource_runtime::{AsyncResource, Managed, testing, wait_detached};
+use resource_tests::{Events, Log, Probe, ProbeError, StartsThenPanics, Tracked, Tracker, strings};
 use tracing::Level;
 
 async fn wait() {
@@ -237,4 +237,34 @@ async fn a_close_cancelled_half_way_finishes_in_the_background() {
     let tally = tracker.tally();
     assert_eq!((tally.close_done, tally.dropped), (1, 1), "{tally:?}");
     assert_eq!(testing::open_count::<R>(), 0);
+}
+
+/// The enter rule in `Managed::enter`, for a derived struct whose second field panics.
+#[derive(Debug, AsyncResource)]
+struct Holder {
+    #[resource]
+    first: tokio_util::sync::CancellationToken,
+    #[resource]
+    second: StartsThenPanics,
+}
+
+#[tokio::test]
+async fn managed_enter_closes_what_a_panicking_enter_started() {
+    let resource = StartsThenPanics::default();
+    let err = Managed::enter(resource.clone()).await.unwrap_err();
+    assert!(err.is_panic(), "{err}");
+    assert!(!resource.is_running());
+
+    let (first, second) = (
+        tokio_util::sync::CancellationToken::new(),
+        StartsThenPanics::default(),
+    );
+    let err = Managed::enter(Holder {
+        first: first.clone(),
+        second: second.clone(),
+    })
+    .await
+    .unwrap_err();
+    assert!(err.is_panic(), "{err}");
+    assert!(first.is_cancelled() && !second.is_running());
 }

@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use resource_runtime::{
-    AsyncExecutor, AsyncResource, Executor, RateLimitedExecutor, RateLimiter, ResourceError,
+    AsyncExecutor, AsyncResource, Executor, ExecutorError, RateLimitedExecutor, RateLimiter,
+    ResourceError,
 };
-use resource_tests::{Gauge, Log, Probe, at_once, counter, get, numbers_in};
+use resource_tests::{Gauge, Log, Probe, at_once, counter, get};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep};
 
@@ -27,8 +28,8 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// 10 tokens per second at burst 1 (one every 100 ms), over `max_concurrency` slots.
 fn ten_per_second(max_concurrency: usize) -> RateLimitedExecutor {
     RateLimitedExecutor::new(
-        RateLimiter::new(10, SECOND).with_burst(1),
-        AsyncExecutor::new(max_concurrency),
+        RateLimiter::builder(10, SECOND).burst(1).build().unwrap(),
+        AsyncExecutor::new(max_concurrency).unwrap(),
     )
 }
 
@@ -99,8 +100,8 @@ async fn long_tasks_never_run_above_the_executors_concurrency() {
 async fn execute_weighted_takes_its_tokens_worth_of_time() {
     // 100 ms a token, burst 5.
     let executor = RateLimitedExecutor::new(
-        RateLimiter::new(10, SECOND).with_burst(5),
-        AsyncExecutor::new(4),
+        RateLimiter::builder(10, SECOND).burst(5).build().unwrap(),
+        AsyncExecutor::new(4).unwrap(),
     );
     let t0 = Instant::now();
     let mut starts = Vec::new();
@@ -132,10 +133,15 @@ async fn execute_weighted_takes_its_tokens_worth_of_time() {
 
 #[tokio::test(start_paused = true)]
 async fn close_wakes_callers_waiting_on_the_limiter_and_drains_running_tasks() {
-    let limiter = RateLimiter::new(1, SECOND).with_burst(1);
-    let mut executor = RateLimitedExecutor::new(
+    let limiter = RateLimiter::builder(1, SECOND).burst(1).build().unwrap();
+    // A slot for the running task and one for each waiter: a caller takes its slot
+    // before its token, so all four wait on the limiter, holding their slots.
+    let executor = RateLimitedExecutor::new(
         limiter,
-        AsyncExecutor::new(4).with_shutdown_timeout(ms(10_000)),
+        AsyncExecutor::builder(5)
+            .shutdown_timeout(ms(10_000))
+            .build()
+            .unwrap(),
     );
     let ran = Log::new();
     let first = {
@@ -208,9 +214,12 @@ async fn close_wakes_callers_waiting_on_the_limiter_and_drains_running_tasks() {
 
 #[tokio::test(start_paused = true)]
 async fn close_past_the_deadline_aborts_running_tasks_and_wakes_limiter_waiters() {
-    let mut executor = RateLimitedExecutor::new(
-        RateLimiter::new(1, SECOND).with_burst(1),
-        AsyncExecutor::new(4).with_shutdown_timeout(ms(100)),
+    let executor = RateLimitedExecutor::new(
+        RateLimiter::builder(1, SECOND).burst(1).build().unwrap(),
+        AsyncExecutor::builder(4)
+            .shutdown_timeout(ms(100))
+            .build()
+            .unwrap(),
     );
     let woke = counter();
     let running = {
@@ -238,7 +247,9 @@ async fn close_past_the_deadline_aborts_running_tasks_and_wakes_limiter_waiters(
         "close took {elapsed:?}"
     );
     assert!(
-        numbers_in(&err.to_string()).contains(&1),
+        err.failures()
+            .filter_map(|f| f.downcast_ref::<ExecutorError>())
+            .any(|e| matches!(e, ExecutorError::Aborted { count: 1, .. })),
         "one task was aborted: {err}"
     );
     assert!(running.await.unwrap().unwrap_err().is_closed());
@@ -359,4 +370,35 @@ async fn a_field_of_a_derived_resource_closes_with_it() {
             .unwrap_err()
             .is_closed()
     );
+}
+
+/// Callers take their slot before their tokens: while the executor is saturated, a task
+/// starts the moment its tokens come, so starts never bunch up when slots free.
+#[tokio::test(start_paused = true)]
+async fn starts_follow_the_limiter_while_the_executor_is_saturated() {
+    for (burst, slots) in [(1_u32, 2_usize), (2, 3), (1, 8)] {
+        let executor = RateLimitedExecutor::new(
+            RateLimiter::builder(10, SECOND)
+                .burst(burst)
+                .build()
+                .unwrap(),
+            AsyncExecutor::new(slots).unwrap(),
+        );
+        let gauge = Gauge::new();
+        // Tasks longer than the token interval, and not a multiple of it.
+        let starts = start_many(&executor, 24, ms(350), &gauge).await;
+        assert!(gauge.max() <= slots);
+        for i in 0..starts.len() {
+            for j in i..starts.len() {
+                let w = starts[j] - starts[i];
+                let count = (j - i + 1) as u128;
+                let bound = u128::from(burst) + 10 * w.as_nanos() / SECOND.as_nanos();
+                assert!(
+                    count <= bound,
+                    "burst {burst}, {slots} slots: {count} starts within {w:?}, more than {bound}"
+                );
+            }
+        }
+        executor.close().await.unwrap();
+    }
 }

@@ -4,11 +4,14 @@ use std::future::Future;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
-use resource_runtime::{AsyncExecutor, AsyncResource, RateLimitedExecutor, RateLimiter};
+use resource_runtime::{AsyncExecutor, RateLimitedExecutor, RateLimiter};
 
 #[tokio::test(start_paused = true)]
 async fn a_close_past_its_deadline_does_not_wait_for_a_waiter_nobody_polls() {
-    let mut executor = AsyncExecutor::new(1).with_shutdown_timeout(Duration::from_millis(100));
+    let executor = AsyncExecutor::builder(1)
+        .shutdown_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
     let _running = executor.spawn(std::future::pending::<()>()).await.unwrap();
     // A caller that started waiting for a slot, then was never polled again.
     let other = executor.clone();
@@ -34,10 +37,10 @@ async fn a_close_past_its_deadline_does_not_wait_for_a_waiter_nobody_polls() {
 
 #[tokio::test]
 async fn debug_of_a_limiter_and_a_rate_limited_executor_does_not_deadlock() {
-    let limiter = RateLimiter::new(10, Duration::from_secs(1));
+    let limiter = RateLimiter::new(10, Duration::from_secs(1)).unwrap();
     let shown = format!("{limiter:?}");
     assert!(shown.contains("waiting: 0"), "{shown}");
-    let executor = RateLimitedExecutor::new(limiter.clone(), AsyncExecutor::new(2));
+    let executor = RateLimitedExecutor::new(limiter.clone(), AsyncExecutor::new(2).unwrap());
     let shown = format!("{executor:?}");
     assert!(shown.contains("RateLimiter"), "{shown}");
     // The limiter still works afterwards.
@@ -79,7 +82,10 @@ async fn a_limiter_started_off_the_timer_grid_stays_within_one_token_of_the_idea
     // lost time (so it keeps its rate), which can put two admissions at one instant:
     // never more than one token ahead of the ideal schedule.
     tokio::time::advance(Duration::from_micros(400)).await;
-    let limiter = RateLimiter::new(1_000, Duration::from_secs(1)).with_burst(1);
+    let limiter = RateLimiter::builder(1_000, Duration::from_secs(1))
+        .burst(1)
+        .build()
+        .unwrap();
     let times = admissions(&limiter, 400).await;
     let first = times[0];
     for (i, t) in times.iter().enumerate() {

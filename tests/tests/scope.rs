@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use resource_runtime::{AsyncResource, ResourceError, scope, testing};
-use resource_tests::{Log, Probe, ProbeError, Tracked, Tracker, paths, strings};
+use resource_tests::{Log, Probe, ProbeError, StartsThenPanics, Tracked, Tracker, paths, strings};
 
 /// A counter the body bumps, to prove whether it ran.
 fn body_counter() -> Arc<AtomicUsize> {
@@ -255,4 +255,21 @@ async fn a_panic_in_enter_is_returned_as_an_error_and_the_body_never_runs() {
     // A panicking enter may have opened something before it panicked: it is closed
     // once (closing what was never entered is fine by the close contract).
     assert_eq!(closes.get(), 1, "a panicked enter is closed once");
+}
+
+/// The enter rule in `scope`: the body never runs, and what the panicking enter
+/// started is closed.
+#[tokio::test]
+async fn a_scope_closes_a_resource_whose_enter_panicked() {
+    let resource = StartsThenPanics::default();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let err = scope(resource.clone(), async move |_: &mut StartsThenPanics| {
+        r.fetch_add(1, Ordering::SeqCst);
+    })
+    .await
+    .unwrap_err();
+    assert!(err.is_panic(), "{err}");
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    assert!(!resource.is_running());
 }

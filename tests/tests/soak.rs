@@ -293,10 +293,16 @@ struct Provider {
 
 fn build(server: &TestServer, concurrency: usize) -> Provider {
     // Fast enough not to slow the test, slow enough (burst 32) that batches queue.
-    let limiter = RateLimiter::new(5_000, Duration::from_secs(1)).with_burst(32);
+    let limiter = RateLimiter::builder(5_000, Duration::from_secs(1))
+        .burst(32)
+        .build()
+        .unwrap();
     let executor = RateLimitedExecutor::new(
         limiter.clone(),
-        AsyncExecutor::new(concurrency).with_shutdown_timeout(Duration::from_millis(250)),
+        AsyncExecutor::builder(concurrency)
+            .shutdown_timeout(Duration::from_millis(250))
+            .build()
+            .unwrap(),
     );
     let config = EndpointConfig::new(server.url())
         .name("soak")
@@ -308,9 +314,10 @@ fn build(server: &TestServer, concurrency: usize) -> Provider {
             Duration::from_millis(50),
         ))
         .close_timeout(Duration::from_millis(200));
-    let endpoint = Endpoint::new(config)
-        .expect("a valid endpoint configuration")
-        .pausing(limiter);
+    let endpoint = Endpoint::builder(config)
+        .pausing_limiter(limiter)
+        .build()
+        .expect("a valid endpoint configuration");
     Provider {
         endpoint,
         executor,

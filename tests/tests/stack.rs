@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use resource_runtime::{AsyncResource, ResourceError, ResourceStack, scope, wait_detached};
-use resource_tests::{Events, Log, Probe, ProbeError, Tracked, Tracker, paths, strings};
+use resource_tests::{
+    Events, Log, Probe, ProbeError, StartsThenPanics, Tracked, Tracker, YieldsThenCancels, paths,
+    runtime_without_timers, strings,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Level;
 
@@ -461,4 +464,37 @@ async fn a_stack_dropped_without_close_warns_and_closes_its_entries_in_the_backg
         log.entries(),
         strings(&["close b", "close b finished", "deferred", "close a"])
     );
+}
+
+/// The enter rule in `ResourceStack::enter`: the resource whose enter panicked is
+/// closed and not pushed; what the stack held before stays, and closes with it.
+#[tokio::test]
+async fn stack_enter_closes_a_resource_whose_enter_panicked() {
+    let log = Log::new();
+    let mut stack = ResourceStack::new();
+    stack.enter(log.probe("a")).await.unwrap();
+    let resource = StartsThenPanics::default();
+    let err = stack.enter(resource.clone()).await.unwrap_err();
+    assert!(err.is_panic(), "{err}");
+    assert!(!resource.is_running());
+    assert_eq!(stack.len(), 1);
+    stack.close().await.unwrap();
+    assert_eq!(log.entries(), strings(&["enter a", "close a"]));
+}
+
+/// A stack's step deadline on a runtime without timers: the step is not cut half-way
+/// (that would leave the entry open); it runs to its end and the close says why.
+#[test]
+fn a_step_deadline_without_a_timer_runs_the_step_to_its_end_and_says_why() {
+    let stop = CancellationToken::new();
+    let mut stack = ResourceStack::new().with_step_timeout(Duration::from_secs(1));
+    stack.push(YieldsThenCancels(stop.clone()));
+    let err = runtime_without_timers()
+        .block_on(stack.close())
+        .unwrap_err();
+    assert!(stop.is_cancelled(), "the entry's close was cut half-way");
+    assert!(err.is_unenforced_deadline(), "{err}");
+    assert!(!err.is_panic(), "{err}");
+    assert_eq!(paths(&err), ["0"]);
+    assert!(stack.is_empty());
 }

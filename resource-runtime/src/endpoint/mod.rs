@@ -161,8 +161,8 @@ struct Inner {
     auth: Option<Auth>,
     config: EndpointConfig,
     limiter: Option<RateLimiter>,
-    /// Whether every attempt takes a token (`with_limiter`), or only retries do
-    /// (`pausing`, for calls that already took one outside).
+    /// Whether every attempt takes a token (`limiter`), or only retries do
+    /// (`pausing_limiter`, for calls that already took one outside).
     first_attempt_takes_token: bool,
     state: Mutex<State>,
     in_flight: AtomicUsize,
@@ -216,10 +216,60 @@ fn invalid(name: &str, field: &str, why: impl fmt::Display) -> ResourceError {
     ResourceError::other(format!("endpoint `{name}`: `{field}` {why}"))
 }
 
+/// Configures an [`Endpoint`] before it exists; from [`Endpoint::builder`].
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct EndpointBuilder {
+    config: EndpointConfig,
+    /// The limiter, and whether first attempts take a token from it.
+    limiter: Option<(RateLimiter, bool)>,
+}
+
+impl EndpointBuilder {
+    /// Every attempt first takes a token from `limiter`, and a `429` with
+    /// `Retry-After` pauses it, so every caller sharing it waits, not only the one
+    /// that got the `429`.
+    pub fn limiter(mut self, limiter: RateLimiter) -> Self {
+        self.limiter = Some((limiter, true));
+        self
+    }
+
+    /// Like [`limiter`](Self::limiter) for calls that already run under `limiter`
+    /// (through a [`RateLimitedExecutor`](crate::RateLimitedExecutor) that shares it):
+    /// a first attempt takes no token of its own, retries do, and a `429` with
+    /// `Retry-After` pauses the limiter for every caller.
+    pub fn pausing_limiter(mut self, limiter: RateLimiter) -> Self {
+        self.limiter = Some((limiter, false));
+        self
+    }
+
+    /// Checks the configuration and builds the endpoint.
+    pub fn build(self) -> Result<Endpoint, ResourceError> {
+        Endpoint::build(self.config, self.limiter)
+    }
+}
+
 impl Endpoint {
     /// Checks `config` (the URL parses, the method and header names are valid) and
-    /// builds the endpoint. Nothing connects until [`enter`](AsyncResource::enter).
+    /// builds the endpoint, without a limiter. Nothing connects until
+    /// [`enter`](AsyncResource::enter).
     pub fn new(config: EndpointConfig) -> Result<Endpoint, ResourceError> {
+        Self::builder(config).build()
+    }
+
+    /// An endpoint for `config`, to give a limiter before it is built: the limiter is
+    /// part of the endpoint from the start, so every clone shares it.
+    pub fn builder(config: EndpointConfig) -> EndpointBuilder {
+        EndpointBuilder {
+            config,
+            limiter: None,
+        }
+    }
+
+    fn build(
+        config: EndpointConfig,
+        limiter: Option<(RateLimiter, bool)>,
+    ) -> Result<Endpoint, ResourceError> {
         let name = config.name.clone();
         let mut base = Url::parse(&config.base_url).map_err(|e| {
             invalid(
@@ -287,8 +337,8 @@ impl Endpoint {
                 headers,
                 auth: config.auth.clone(),
                 config,
-                limiter: None,
-                first_attempt_takes_token: true,
+                first_attempt_takes_token: limiter.as_ref().is_none_or(|(_, first)| *first),
+                limiter: limiter.map(|(limiter, _)| limiter),
                 state: Mutex::new(State::default()),
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
@@ -300,35 +350,12 @@ impl Endpoint {
         })
     }
 
-    /// Every attempt first takes a token from `limiter`, and a `429` with `Retry-After`
-    /// pauses it, so every caller sharing it waits, not only the one that got the
-    /// `429`. Call before the endpoint is cloned.
-    #[must_use]
-    pub fn with_limiter(self, limiter: RateLimiter) -> Self {
-        self.attach(limiter, true, "with_limiter")
-    }
-
-    /// Like [`with_limiter`](Self::with_limiter) for calls that already run under
-    /// `limiter` (through a [`RateLimitedExecutor`](crate::RateLimitedExecutor) that
-    /// shares it): a first attempt takes no token of its own, retries do, and a `429`
-    /// with `Retry-After` pauses the limiter for every caller.
-    #[must_use]
-    pub fn pausing(self, limiter: RateLimiter) -> Self {
-        self.attach(limiter, false, "pausing")
-    }
-
-    fn attach(mut self, limiter: RateLimiter, first_attempt_takes_token: bool, how: &str) -> Self {
-        match Arc::get_mut(&mut self.inner) {
-            Some(inner) => {
-                inner.limiter = Some(limiter);
-                inner.first_attempt_takes_token = first_attempt_takes_token;
-            }
-            None => tracing::warn!(
-                endpoint = %self.inner.name,
-                "`{how}` on an endpoint that is already shared: the limiter is not attached"
-            ),
-        }
-        self
+    /// Stops new calls, lets in-flight ones finish up to the close deadline, cuts the
+    /// rest, and drops the client, so every pooled connection closes; for every clone.
+    /// On a runtime without timers the deadline cannot be enforced: the close waits
+    /// for every call and says so ([`ResourceError::is_unenforced_deadline`]).
+    pub async fn close(&self) -> Result<(), ResourceError> {
+        self.inner.close().await
     }
 
     /// The URL `call` sends to.
@@ -696,6 +723,7 @@ impl Inner {
             let _ = crate::step::within_deadline(CUT_GRACE, self.no_calls()).await;
         }
         match drained {
+            crate::step::DeadlineOutcome::Unbounded(why) => Err(why),
             crate::step::DeadlineOutcome::Expired if cut > 0 => Err(ResourceError::other(format!(
                 "endpoint `{}`: {cut} call(s) still running at the close deadline of {:?} were cut",
                 self.name, self.config.close_timeout
@@ -740,10 +768,9 @@ impl AsyncResource for Endpoint {
         self.inner.enter()
     }
 
-    /// Stops new calls, lets in-flight ones finish up to the close deadline, cuts the
-    /// rest, and drops the client. For every clone.
+    /// Closes the endpoint for every clone; see [`close`](Endpoint::close).
     async fn close(&mut self) -> Result<(), ResourceError> {
-        self.inner.close().await
+        Endpoint::close(self).await
     }
 }
 
