@@ -237,6 +237,8 @@ impl RateLimiter {
     ///
     /// Fails at once when `n` is more than the burst, and with a closed error when the
     /// limiter is closed, also while waiting. Dropping the future gives its place up.
+    /// Waiting needs tokio's timer: on a runtime built without `enable_time`, a call
+    /// that would wait fails with an error that says so.
     pub async fn acquire(&self, n: u32) -> Result<(), ResourceError> {
         let limiter = &*self.inner;
         limiter.check(n)?;
@@ -290,7 +292,12 @@ impl RateLimiter {
                             timer.reset(at);
                         }
                     }
-                    None => sleep.set(Some(tokio::time::sleep_until(at))),
+                    None => match crate::step::try_sleep_until(at) {
+                        Some(timer) => sleep.set(Some(timer)),
+                        // Waiting for a token needs a timer: say so instead of
+                        // panicking in the caller's task.
+                        None => return Poll::Ready(Err(no_timer())),
+                    },
                 }
                 let Some(timer) = sleep.as_mut().as_pin_mut() else {
                     return Poll::Pending;
@@ -369,6 +376,13 @@ impl Later<'_> {
         let ready = self.limiter.instant(self.ready_s);
         self.paused.map_or(ready, |paused| ready.max(paused))
     }
+}
+
+/// The error of a waiter on a runtime without timers.
+fn no_timer() -> ResourceError {
+    ResourceError::other(
+        "RateLimiter: waiting for a token needs a timer, and this tokio runtime has none: build it with `enable_time` (or `enable_all`)",
+    )
 }
 
 /// The tick of tokio's timer wheel.

@@ -129,10 +129,11 @@ impl<T: AsyncResource + ?Sized> AsyncResource for Box<T> {
     }
 }
 
-/// A borrowed resource: entering and closing go to the owner's value.
+/// A borrowed resource: entering (by the enter rule above) and closing go to the
+/// owner's value.
 impl<T: AsyncResource + ?Sized> AsyncResource for &mut T {
     fn enter(&mut self) -> impl Future<Output = Result<(), ResourceError>> + Send {
-        (**self).enter()
+        step::enter_or_close(&mut **self)
     }
 
     fn close(&mut self) -> impl Future<Output = Result<(), ResourceError>> + Send {

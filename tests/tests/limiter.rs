@@ -668,3 +668,18 @@ async fn late_wake_ups_never_admit_more_than_one_token_over_the_schedule() {
         }
     }
 }
+
+/// On a runtime without timers, a caller that would have to wait is told why instead of
+/// panicking in its task; a caller admitted at once needs no timer.
+#[test]
+fn a_waiter_on_a_runtime_without_timers_gets_an_error_not_a_panic() {
+    let runtime = resource_tests::runtime_without_timers();
+    runtime.block_on(async {
+        let limiter = RateLimiter::builder(1, SECOND).burst(1).build().unwrap();
+        limiter.acquire(1).await.unwrap();
+        let err = limiter.acquire(1).await.unwrap_err();
+        assert!(err.to_string().contains("enable_time"), "{err}");
+        assert!(!err.is_closed());
+        assert_eq!(limiter.waiting(), 0);
+    });
+}
