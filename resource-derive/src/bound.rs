@@ -2,8 +2,9 @@
 //! that field's type `AsyncResource`; `#[resource(bound = "...")]` replaces the
 //! inference.
 
-use proc_macro2::{Span, TokenStream, TokenTree};
+use proc_macro2::{Spacing, TokenStream, TokenTree};
 use quote::{ToTokens, quote};
+use syn::ext::IdentExt;
 use syn::{Generics, Ident, Type, WhereClause, WherePredicate};
 
 use crate::ast::Input;
@@ -17,9 +18,49 @@ fn mentions(tokens: TokenStream, params: &[&Ident]) -> bool {
     })
 }
 
-/// Whether the type `ty` mentions one of `idents`.
-pub(crate) fn mentions_any(ty: &Type, idents: &[&Ident]) -> bool {
-    mentions(ty.to_token_stream(), idents)
+/// Whether the type `ty` refers to the type being derived, named `ident`: through
+/// `Self`, or through a path whose first segment is `ident` (`Node`, `Node<T>`,
+/// `Vec<Node>`), optionally written `self::Node`. A path that reaches `ident` through
+/// other segments (`sdk::Node`, `::sdk::Node`, `crate::x::Node`) names another type.
+pub(crate) fn mentions_self(ty: &Type, ident: &Ident) -> bool {
+    names_self(ty.to_token_stream(), &ident.unraw())
+}
+
+fn names_self(tokens: TokenStream, own: &Ident) -> bool {
+    let tokens: Vec<TokenTree> = tokens.into_iter().collect();
+    tokens.iter().enumerate().any(|(i, tt)| match tt {
+        TokenTree::Group(group) => names_self(group.stream(), own),
+        TokenTree::Ident(ident) if ident == "Self" => true,
+        TokenTree::Ident(ident) if ident.unraw() == *own => {
+            starts_path(&tokens[..i]) && !names_associated_item(&tokens[i + 1..])
+        }
+        _ => false,
+    })
+}
+
+/// Whether an identifier preceded by `before` is the first segment of a path: not
+/// after `::` (except in `self::`), and not the name of a lifetime.
+fn starts_path(before: &[TokenTree]) -> bool {
+    match before {
+        [.., TokenTree::Punct(quote)] if quote.as_char() == '\'' => false,
+        [rest @ .., TokenTree::Punct(a), TokenTree::Punct(b)]
+            if a.as_char() == ':' && a.spacing() == Spacing::Joint && b.as_char() == ':' =>
+        {
+            matches!(rest, [.., TokenTree::Ident(s)] if s == "self")
+                && starts_path(&rest[..rest.len() - 1])
+        }
+        _ => true,
+    }
+}
+
+/// Whether an identifier followed by `after` names an associated item in a binding or
+/// a constraint (`Item = T`, `Item: Send`), not a type.
+fn names_associated_item(after: &[TokenTree]) -> bool {
+    matches!(
+        after.first(),
+        Some(TokenTree::Punct(p))
+            if (p.as_char() == '=' || p.as_char() == ':') && p.spacing() == Spacing::Alone
+    )
 }
 
 /// The type that must implement `AsyncResource` for a field of type `ty`: for a
@@ -48,11 +89,12 @@ pub(crate) fn where_clause(input: &Input<'_>, krate: &syn::Path) -> Option<Where
         Some(bound) => clause.predicates.extend(bound.iter().cloned()),
         None if !params.is_empty() => {
             let mut seen: Vec<String> = Vec::new();
-            let own: [&Ident; 2] = [input.ident, &Ident::new("Self", Span::call_site())];
             for field in input.all_fields().filter(|f| f.is_resource()) {
                 // A type that contains itself would make the bound circular; its impl is
                 // the one being written.
-                if !mentions(field.ty.to_token_stream(), &params) || mentions_any(field.ty, &own) {
+                if !mentions(field.ty.to_token_stream(), &params)
+                    || mentions_self(field.ty, input.ident)
+                {
                     continue;
                 }
                 let ty = resource_type(field.ty);

@@ -116,11 +116,7 @@ fn slots<'f, 'a>(
                 field,
                 binding,
                 label: LitStr::new(&field_label(variant, field), field.span()),
-                recursive: field.attrs.boxed.is_some()
-                    || bound::mentions_any(
-                        field.ty,
-                        &[ident, &Ident::new("Self", Span::call_site())],
-                    ),
+                recursive: field.attrs.boxed.is_some() || bound::mentions_self(field.ty, ident),
             }
         })
         .collect()
@@ -274,9 +270,6 @@ fn rollback_fields(krate: &Path, variant: Option<&Ident>, slots: &[Slot<'_, '_>]
     }
 }
 
-/// The most futures one `join!` in the expansion takes.
-const JOIN_CHUNK: usize = 32;
-
 /// The most fields one concurrent step closes (the runtime tracks them in a `u128`).
 pub(crate) const MAX_GROUP: usize = 128;
 
@@ -344,6 +337,59 @@ fn close_plan(concurrent: bool, variant: Option<&Ident>, slots: &[Slot<'_, '_>])
     }
 }
 
+/// Awaits `futures` (of output `()`) concurrently: each is pinned on the stack, and
+/// every poll polls the unfinished ones, starting one further along each time so that
+/// none is always polled last. Written out rather than through a runtime's `join!`,
+/// whose expansion needs prelude names, such as `Default`, in scope.
+fn join(futures: impl Iterator<Item = TokenStream>) -> TokenStream {
+    let l_cx = local("__cx");
+    let l_done = local("__done");
+    let l_first = local("__first");
+    let l_pending = local("__pending");
+    let l_at = local("__at");
+    let (pins, arms): (Vec<TokenStream>, Vec<TokenStream>) = futures
+        .enumerate()
+        .map(|(index, fut)| {
+            let member = local(&format!("__member{index}"));
+            let pin = quote!(let mut #member = ::core::pin::pin!(#fut););
+            let arm = quote! {
+                #index => ::core::future::Future::poll(
+                    ::core::pin::Pin::as_mut(&mut #member),
+                    #l_cx,
+                )
+                .is_ready()
+            };
+            (pin, arm)
+        })
+        .unzip();
+    let count = pins.len();
+    quote! {
+        #(#pins)*
+        let mut #l_done = [false; #count];
+        let mut #l_first = 0usize;
+        ::core::future::poll_fn(move |#l_cx| {
+            let mut #l_pending = false;
+            for #l_at in #l_first..#l_first + #count {
+                let #l_at = #l_at % #count;
+                if !#l_done[#l_at] {
+                    #l_done[#l_at] = match #l_at {
+                        #(#arms,)*
+                        _ => true,
+                    };
+                    #l_pending |= !#l_done[#l_at];
+                }
+            }
+            #l_first = (#l_first + 1) % #count;
+            if #l_pending {
+                ::core::task::Poll::Pending
+            } else {
+                ::core::task::Poll::Ready(())
+            }
+        })
+        .await;
+    }
+}
+
 /// The close of one struct or variant.
 fn close_fields(
     krate: &Path,
@@ -372,21 +418,15 @@ fn close_fields(
             }
             CloseStep::Group(members) => {
                 let labels = members.iter().map(|s| &s.label);
-                let closes = members.iter().enumerate().map(|(index, s)| {
+                let join = join(members.iter().enumerate().map(|(index, s)| {
                     let deadline = deadline(krate, s.field.attrs.timeout.map(|t| t.millis));
                     let fut = close_future(krate, s);
                     quote!(#l_group.field(#index, #deadline, #fut))
-                });
-                // `join!` recurses once per future; chunks keep a large group under
-                // the macro recursion limit.
-                let closes: Vec<TokenStream> = closes.collect();
-                let joins = closes
-                    .chunks(JOIN_CHUNK)
-                    .map(|chunk| quote!(async { #krate::__private::tokio::join!(#(#chunk),*); }));
+                }));
                 quote! {
                     {
                         let #l_group = #l_closer.group(&[#(#labels),*]);
-                        #krate::__private::tokio::join!(#(#joins),*);
+                        #join
                     }
                     #l_closer.end_group();
                 }

@@ -64,7 +64,7 @@ mod valid;
 /// | `#[resource(group = "io")]` | fields of one group close concurrently, as one step |
 /// | `#[resource(name = "db")]` | the label in paths and spans (default: the field name) |
 /// | `#[resource(skip)]` | explicitly not a resource |
-/// | `#[resource(boxed)]` | box this field's enter and close futures: needed when the field's type contains this type through another type or an alias (a field that names the type itself, or `Self`, is boxed without it) |
+/// | `#[resource(boxed)]` | box this field's enter and close futures: needed when the field's type contains this type through another type, an alias, or a path other than the type's bare name (`crate::Node`, `super::Node`); a field whose type names the type itself as `Node`, `self::Node` or `Self` (`Vec<Node>`, `Option<Box<Self>>`) is boxed without it. In a generic type such a field also needs `bound = "..."`, since the inferred predicate would require the type's own impl |
 ///
 /// `E` is any error that converts into `Box<dyn Error + Send + Sync>`. Any
 /// `#[resource(...)]` other than `skip` marks the field as a resource.
@@ -87,8 +87,10 @@ mod valid;
 /// # Generics
 ///
 /// For every resource field whose type mentions a type parameter, the impl requires
-/// `FieldType: AsyncResource`, and the type itself must be `Send`. `bound = "..."`
-/// replaces these predicates with the ones given (include `Send` ones if needed).
+/// `FieldType: AsyncResource`, and the type itself must be `Send`. A field whose type
+/// names the type itself (see `boxed`) adds no predicate: its impl is the one derived.
+/// `bound = "..."` replaces these predicates with the ones given (include `Send` ones
+/// if needed).
 ///
 /// # The unmarked-field warning
 ///

@@ -1,9 +1,13 @@
 //! Unit tests of the expansion on `parse_quote!` inputs: one per attribute, and a
 //! corpus of mangled inputs the macro must survive without panicking.
 
-use proc_macro2::{Delimiter, TokenStream, TokenTree};
-use syn::DeriveInput;
+use proc_macro2::{Delimiter, Spacing, TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::{DeriveInput, Ident, Type, WherePredicate};
 
+use crate::ast::Input;
+use crate::bound;
+use crate::ctxt::Ctxt;
 use crate::expand::derive;
 
 fn expand(input: DeriveInput) -> String {
@@ -100,7 +104,13 @@ fn group_joins_its_fields_in_one_step() {
     });
     let join = "let __group = __closer.group(&[\"c\", \"a\"]);";
     assert!(has(&out, join), "{out}");
-    assert!(has(&out, "tokio::join!(__group.field(0usize"), "{out}");
+    assert!(
+        has(
+            &out,
+            "let mut __member0 = ::core::pin::pin!(__group.field(0usize"
+        ),
+        "{out}"
+    );
     assert!(has(&out, "__closer.plan(&[\"c\", \"a\", \"b\"]);"), "{out}");
     // The group stands where its last-declared field (`c`) stands: before `b`.
     let group_at = out.find(&squash(join)).unwrap();
@@ -146,7 +156,13 @@ fn concurrent_closes_every_field_in_one_step() {
         struct S { #[resource] a: A, #[resource] b: B }
     });
     assert!(has(&out, "__closer.group(&[\"b\", \"a\"])"), "{out}");
-    assert!(has(&out, "join!(__group.field(0usize"), "{out}");
+    assert!(
+        has(
+            &out,
+            "let mut __member1 = ::core::pin::pin!(__group.field(1usize"
+        ),
+        "{out}"
+    );
     assert!(!has(&out, "__closer.field("), "{out}");
 }
 
@@ -229,7 +245,7 @@ fn crate_path_replaces_every_runtime_path() {
         struct S { #[resource] a: A, #[resource(group = "g")] b: B, c: C }
     });
     assert!(has(&out, "my::rt::AsyncResource"), "{out}");
-    assert!(has(&out, "my::rt::__private::tokio::join!"), "{out}");
+    assert!(has(&out, "my::rt::__private::Closer::new"), "{out}");
     assert!(!has(&out, "resource_runtime"), "{out}");
 }
 
@@ -337,8 +353,311 @@ fn boxed_and_self_containing_fields_get_boxed_futures() {
     );
 }
 
+/// The predicates of the generated impl's where-clause, as (bounded type, bounds).
+fn predicates(input: &DeriveInput) -> Vec<(String, String)> {
+    let cx = Ctxt::new();
+    let model = Input::from_syn(input, &cx);
+    let krate: syn::Path = syn::parse_quote!(::resource_runtime);
+    let clause = bound::where_clause(&model, &krate);
+    cx.check().expect("a valid input");
+    let Some(clause) = clause else {
+        return Vec::new();
+    };
+    clause
+        .predicates
+        .iter()
+        .map(|predicate| match predicate {
+            WherePredicate::Type(p) => (
+                squash(&p.bounded_ty.to_token_stream().to_string()),
+                squash(&p.bounds.to_token_stream().to_string()),
+            ),
+            other => panic!("unexpected predicate {}", other.to_token_stream()),
+        })
+        .collect()
+}
+
+fn predicate(ty: &str, bounds: &str) -> (String, String) {
+    (squash(ty), squash(bounds))
+}
+
+/// Whether `tokens` start with the path `segments`, joined by `::`.
+fn path_at(tokens: &[TokenTree], segments: &[&str]) -> bool {
+    let mut rest = tokens;
+    for (n, segment) in segments.iter().enumerate() {
+        if n > 0 {
+            match rest {
+                [TokenTree::Punct(a), TokenTree::Punct(b), tail @ ..]
+                    if a.as_char() == ':' && b.as_char() == ':' =>
+                {
+                    rest = tail;
+                }
+                _ => return false,
+            }
+        }
+        match rest {
+            [TokenTree::Ident(ident), tail @ ..] if ident == segment => rest = tail,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// How many times the path `segments` occurs in `stream`, at any depth.
+fn path_count(stream: TokenStream, segments: &[&str]) -> usize {
+    let tokens: Vec<TokenTree> = stream.into_iter().collect();
+    let nested: usize = tokens
+        .iter()
+        .map(|tt| match tt {
+            TokenTree::Group(g) => path_count(g.stream(), segments),
+            _ => 0,
+        })
+        .sum();
+    nested
+        + (0..tokens.len())
+            .filter(|&i| path_at(&tokens[i..], segments))
+            .count()
+}
+
+/// Visits every token list of `stream`, at any depth.
+fn each_level(stream: TokenStream, visit: &mut impl FnMut(&[TokenTree])) {
+    let tokens: Vec<TokenTree> = stream.into_iter().collect();
+    visit(&tokens);
+    for tt in &tokens {
+        if let TokenTree::Group(g) = tt {
+            each_level(g.stream(), visit);
+        }
+    }
+}
+
+/// Whether the two tokens before the end of `before` are `::`.
+fn after_path_sep(before: &[TokenTree]) -> bool {
+    matches!(before, [.., TokenTree::Punct(a), TokenTree::Punct(b)]
+        if a.as_char() == ':' && a.spacing() == Spacing::Joint && b.as_char() == ':')
+}
+
 #[test]
-fn large_groups_are_joined_in_chunks_and_capped() {
+fn the_type_itself_is_its_bare_name_or_self_never_a_longer_path() {
+    let node = Ident::new("Node", proc_macro2::Span::call_site());
+    let cases: Vec<(Type, bool)> = vec![
+        (syn::parse_quote!(Node), true),
+        (syn::parse_quote!(Node<T>), true),
+        (syn::parse_quote!(Vec<Node>), true),
+        (syn::parse_quote!(Option<Box<Node<u8>>>), true),
+        (syn::parse_quote!(self::Node), true),
+        (syn::parse_quote!(Vec<self::Node<T>>), true),
+        (syn::parse_quote!(Self), true),
+        (syn::parse_quote!(Option<Box<Self>>), true),
+        (syn::parse_quote!(r#Node), true),
+        (syn::parse_quote!([Node; 2]), true),
+        (syn::parse_quote!((u8, Node)), true),
+        (syn::parse_quote!(<Node as Trait>::Assoc), true),
+        (syn::parse_quote!(sdk::Client<Node>), true),
+        (syn::parse_quote!(Box<dyn Iterator<Item = Node>>), true),
+        (syn::parse_quote!(sdk::Node), false),
+        (syn::parse_quote!(sdk::Node<T>), false),
+        (syn::parse_quote!(::node::Node), false),
+        (syn::parse_quote!(crate::x::Node), false),
+        (syn::parse_quote!(crate::Node), false),
+        (syn::parse_quote!(super::Node), false),
+        (syn::parse_quote!(Vec<sdk::Node>), false),
+        (syn::parse_quote!(<T as Trait>::Node), false),
+        (syn::parse_quote!(Box<dyn Tr<Node = u8>>), false),
+        (syn::parse_quote!(&'Node mut u8), false),
+        (syn::parse_quote!(NodeList), false),
+        (syn::parse_quote!(MyNode<T>), false),
+    ];
+    for (ty, expected) in cases {
+        assert_eq!(
+            bound::mentions_self(&ty, &node),
+            expected,
+            "`{}`",
+            ty.to_token_stream()
+        );
+    }
+}
+
+#[test]
+fn a_field_of_another_type_with_the_same_name_gets_its_bound_and_no_box() {
+    let input: DeriveInput = syn::parse_quote! {
+        pub struct Client<T> { #[resource] inner: sdk::Client<T> }
+    };
+    assert_eq!(
+        predicates(&input),
+        [
+            predicate("sdk::Client<T>", "::resource_runtime::AsyncResource"),
+            predicate("Client<T>", "::core::marker::Send"),
+        ]
+    );
+    // Entered, closed and rolled back through its own impl, unboxed.
+    let out = derive(&input);
+    assert_eq!(path_count(out.clone(), &["__private", "boxed"]), 0, "{out}");
+    assert_eq!(path_count(out.clone(), &["AsyncResource", "enter"]), 1);
+    assert_eq!(path_count(out.clone(), &["AsyncResource", "close"]), 2);
+
+    // The same through a leading `::`, a longer path, and nested in another type.
+    let input: DeriveInput = syn::parse_quote! {
+        pub struct Client<T, U, V> {
+            #[resource] a: ::sdk::Client<T>,
+            #[resource] b: crate::vendor::Client<U>,
+            #[resource] c: Vec<sdk::Client<V>>,
+        }
+    };
+    let found = predicates(&input);
+    for ty in [
+        "::sdk::Client<T>",
+        "crate::vendor::Client<U>",
+        "Vec<sdk::Client<V>>",
+    ] {
+        assert!(
+            found.contains(&predicate(ty, "::resource_runtime::AsyncResource")),
+            "{ty} in {found:?}"
+        );
+    }
+    assert_eq!(path_count(derive(&input), &["__private", "boxed"]), 0);
+}
+
+#[test]
+fn a_field_naming_the_type_itself_gets_no_bound_and_a_box() {
+    let input: DeriveInput = syn::parse_quote! {
+        struct Node<T> {
+            #[resource] leaf: T,
+            #[resource] kids: Vec<Node<T>>,
+            #[resource] up: Option<Box<self::Node<T>>>,
+            #[resource] back: Option<Box<Self>>,
+        }
+    };
+    assert_eq!(
+        predicates(&input),
+        [
+            predicate("T", "::resource_runtime::AsyncResource"),
+            predicate("Node<T>", "::core::marker::Send"),
+        ]
+    );
+    // Three fields, each with a boxed enter, close and rollback close.
+    assert_eq!(path_count(derive(&input), &["__private", "boxed"]), 9);
+}
+
+#[test]
+fn a_group_is_joined_without_a_macro_that_needs_the_prelude() {
+    for input in [
+        syn::parse_quote! {
+            struct S { #[resource(group = "g")] a: A, #[resource(group = "g", timeout = "1s")] b: B }
+        },
+        syn::parse_quote! {
+            #[resource(concurrent, timeout = "5s")]
+            enum E { X(#[resource] A, #[resource] B), Y { #[resource] c: C } }
+        },
+    ] {
+        let input: DeriveInput = input;
+        let out = derive(&input);
+        let mut macros = Vec::new();
+        each_level(out.clone(), &mut |tokens| {
+            for (i, window) in tokens.windows(3).enumerate() {
+                if let [
+                    TokenTree::Ident(name),
+                    TokenTree::Punct(bang),
+                    TokenTree::Group(_),
+                ] = window
+                    && bang.as_char() == '!'
+                {
+                    let qualified = path_at(&tokens[i.saturating_sub(6)..], &["core", "pin"])
+                        && i >= 6
+                        && after_path_sep(&tokens[..i]);
+                    macros.push((name.to_string(), qualified));
+                }
+            }
+        });
+        assert!(!macros.is_empty(), "{out}");
+        assert!(
+            macros
+                .iter()
+                .all(|(name, qualified)| name == "pin" && *qualified),
+            "{macros:?}"
+        );
+    }
+}
+
+#[test]
+fn the_expansion_names_prelude_items_only_by_full_path() {
+    const PRELUDE: &[&str] = &[
+        "Option",
+        "Some",
+        "None",
+        "Result",
+        "Ok",
+        "Err",
+        "Box",
+        "Vec",
+        "String",
+        "ToString",
+        "ToOwned",
+        "Send",
+        "Sync",
+        "Sized",
+        "Unpin",
+        "Default",
+        "Drop",
+        "Fn",
+        "FnMut",
+        "FnOnce",
+        "Clone",
+        "Copy",
+        "Into",
+        "From",
+        "TryInto",
+        "TryFrom",
+        "Iterator",
+        "IntoIterator",
+        "Extend",
+        "PartialEq",
+        "Eq",
+        "PartialOrd",
+        "Ord",
+        "AsRef",
+        "AsMut",
+        "Future",
+        "IntoFuture",
+        "drop",
+    ];
+    let inputs: Vec<DeriveInput> = vec![
+        syn::parse_quote! {
+            #[resource(timeout = "5s", before_close = drain, after_enter = warm)]
+            struct S<T> {
+                #[resource(timeout = "2s", name = "first")] a: A,
+                #[resource(group = "io")] b: B<T>,
+                #[resource(group = "io", close = shut, enter = open)] c: C,
+                #[resource(boxed)] d: D,
+                #[resource] e: Vec2<S<T>>,
+                #[resource(skip)] f: F,
+                g: G,
+            }
+        },
+        syn::parse_quote! {
+            #[resource(concurrent)]
+            enum E<'a, T> { X { #[resource] x: &'a mut T }, Y(#[resource(close = f)] U, #[resource] T), Z }
+        },
+        syn::parse_quote! { struct Unit; },
+        syn::parse_quote! { #[resource(timeout = "1s")] struct Bare(#[resource(skip)] A); },
+    ];
+    for input in inputs {
+        let out = derive(&input);
+        let mut bare = Vec::new();
+        each_level(out.clone(), &mut |tokens| {
+            for (i, tt) in tokens.iter().enumerate() {
+                if let TokenTree::Ident(ident) = tt
+                    && PRELUDE.iter().any(|p| ident == p)
+                    && !after_path_sep(&tokens[..i])
+                {
+                    bare.push(ident.to_string());
+                }
+            }
+        });
+        assert!(bare.is_empty(), "bare {bare:?} in {out}");
+    }
+}
+
+#[test]
+fn large_groups_are_joined_in_one_step_and_capped() {
     let fields: Vec<syn::Field> = (0..40)
         .map(|i| {
             let name = quote::format_ident!("f{i}");
@@ -349,8 +668,14 @@ fn large_groups_are_joined_in_chunks_and_capped() {
         #[resource(concurrent)]
         struct Wide { #(#fields),* }
     });
-    // 40 members: one join of two chunks (32 + 8), each joined inside an async block.
-    assert_eq!(out.matches("tokio::join!").count(), 3, "{out}");
+    // 40 members: one join, with one pinned future and one poll arm each.
+    assert_eq!(out.matches("::core::future::poll_fn(").count(), 1, "{out}");
+    assert_eq!(out.matches("::core::pin::pin!(").count(), 40, "{out}");
+    assert!(has(&out, "let mut __done = [false; 40usize];"), "{out}");
+    assert!(
+        has(&out, "39usize => ::core::future::Future::poll("),
+        "{out}"
+    );
     let fields: Vec<syn::Field> = (0..129)
         .map(|i| {
             let name = quote::format_ident!("f{i}");

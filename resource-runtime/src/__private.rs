@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 pub use crate::step::{
     Closer, Deadline, DeadlineOutcome, Enterer, Group, NoDeadline, Step, Timed, within_deadline,
 };
-pub use ::tokio;
 
 use crate::error::{BoxError, ResourceError};
 

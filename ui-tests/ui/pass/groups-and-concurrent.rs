@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use resource_runtime::{AsyncResource, ResourceError};
@@ -37,6 +38,40 @@ struct AllAtOnce {
     c: Rendezvous,
 }
 
+/// Spends its task's whole coop budget on every poll until `Modest` has closed.
+struct Greedy(Arc<AtomicBool>);
+
+impl AsyncResource for Greedy {
+    async fn close(&mut self) -> Result<(), ResourceError> {
+        while !self.0.load(Ordering::SeqCst) {
+            tokio::task::consume_budget().await;
+        }
+        Ok(())
+    }
+}
+
+/// Needs one unit of budget to close.
+struct Modest(Arc<AtomicBool>);
+
+impl AsyncResource for Modest {
+    async fn close(&mut self) -> Result<(), ResourceError> {
+        tokio::task::consume_budget().await;
+        self.0.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// `greedy`, declared last, is the first member of the step: polled first on every
+/// poll, it would leave `modest` no budget, and the close would never end.
+#[derive(AsyncResource)]
+#[resource(concurrent)]
+struct Unequal {
+    #[resource]
+    modest: Modest,
+    #[resource]
+    greedy: Greedy,
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -57,5 +92,9 @@ fn main() {
             c: Rendezvous(three),
         };
         tokio::time::timeout(limit, all.close()).await.expect("`concurrent` closed one by one").unwrap();
+
+        let done = Arc::new(AtomicBool::new(false));
+        let mut unequal = Unequal { modest: Modest(done.clone()), greedy: Greedy(done) };
+        tokio::time::timeout(limit, unequal.close()).await.expect("a member was starved").unwrap();
     });
 }
