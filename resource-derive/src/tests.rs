@@ -1,30 +1,865 @@
 //! Unit tests of the expansion on `parse_quote!` inputs: one per attribute, and a
 //! corpus of mangled inputs the macro must survive without panicking.
+//!
+//! The expansion is parsed back with syn and checked by its structure: the impl and its
+//! where-clause, the runtime helpers each method calls, with which labels, deadlines
+//! and futures, and in which order.
+
+use std::fmt;
 
 use proc_macro2::{Delimiter, Spacing, TokenStream, TokenTree};
 use quote::ToTokens;
-use syn::{DeriveInput, Ident, Type, WherePredicate};
+use syn::punctuated::Punctuated;
+use syn::visit::{self, Visit};
+use syn::{
+    DeriveInput, Expr, ExprCall, ExprIf, ExprMatch, ExprMethodCall, Ident, ImplItem, ImplItemFn,
+    Item, ItemImpl, ItemTrait, Lit, LitStr, Local, Member, Pat, Stmt, Token, TraitItem, Type,
+    TypeParamBound, UnOp, UseTree, WherePredicate,
+};
 
-use crate::ast::Input;
 use crate::bound;
-use crate::ctxt::Ctxt;
 use crate::expand::derive;
 
-fn expand(input: DeriveInput) -> String {
-    squash(&derive(&input).to_string())
+/// The runtime crate's path in an expansion without `crate = "..."`.
+const RT: &str = "::resource_runtime";
+
+/// A derive's output, parsed back as items.
+struct Expansion {
+    tokens: TokenStream,
+    file: syn::File,
 }
 
-/// Token strings without whitespace, so assertions do not depend on token spacing.
-fn squash(s: &str) -> String {
-    s.chars().filter(|c| !c.is_whitespace()).collect()
+impl fmt::Display for Expansion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.tokens.fmt(f)
+    }
 }
 
-fn has(out: &str, needle: &str) -> bool {
-    out.contains(&squash(needle))
+fn expand(input: DeriveInput) -> Expansion {
+    let tokens = derive(&input);
+    let file = syn::parse2(tokens.clone())
+        .unwrap_or_else(|e| panic!("the expansion is not a list of items ({e}): {tokens}"));
+    Expansion { tokens, file }
 }
 
-fn errors(out: &str) -> usize {
-    out.matches("compile_error!").count()
+impl Expansion {
+    /// The messages of the top-level `::core::compile_error! { ... }`s, in order.
+    fn errors(&self) -> Vec<String> {
+        self.file
+            .items
+            .iter()
+            .filter_map(|item| match item {
+                Item::Macro(m) if path_text(&m.mac.path) == "::core::compile_error" => {
+                    Some(m.mac.parse_body::<LitStr>().expect("a message").value())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The impls, which sit in one `const _: () = { ... };`.
+    fn impls(&self) -> Vec<&ItemImpl> {
+        let scopes: Vec<&syn::ItemConst> = self
+            .file
+            .items
+            .iter()
+            .filter_map(|item| match item {
+                Item::Const(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let [scope] = scopes[..] else {
+            panic!("expected one `const _: () = {{ ... }};` in {self}");
+        };
+        assert_eq!(scope.ident, "_", "{self}");
+        assert!(
+            matches!(&*scope.ty, Type::Tuple(t) if t.elems.is_empty()),
+            "{self}"
+        );
+        let Expr::Block(block) = &*scope.expr else {
+            panic!("the const's value is not a block: {self}");
+        };
+        block
+            .block
+            .stmts
+            .iter()
+            .filter_map(|stmt| match stmt {
+                Stmt::Item(Item::Impl(item)) => Some(item),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The `impl AsyncResource for ...`.
+    fn trait_impl(&self) -> &ItemImpl {
+        let impls: Vec<&ItemImpl> = self
+            .impls()
+            .into_iter()
+            .filter(|i| i.trait_.is_some())
+            .collect();
+        let [item] = impls[..] else {
+            panic!("expected one trait impl in {self}");
+        };
+        item
+    }
+
+    /// The inherent impl that holds the unmarked-field probes, if any.
+    fn probe_impl(&self) -> Option<&ItemImpl> {
+        let impls: Vec<&ItemImpl> = self
+            .impls()
+            .into_iter()
+            .filter(|i| i.trait_.is_none())
+            .collect();
+        assert!(impls.len() <= 1, "{self}");
+        impls.first().copied()
+    }
+
+    /// The path of the implemented trait.
+    fn trait_path(&self) -> String {
+        let (path, _) = self.trait_impl().trait_.as_ref().expect("a trait impl");
+        path_text(path)
+    }
+
+    fn method_fn(&self, name: &str) -> &ImplItemFn {
+        impl_fn(self.trait_impl(), name)
+    }
+
+    /// What the trait impl's method `name` does.
+    fn method(&self, name: &str) -> Walk {
+        let method = self.method_fn(name);
+        Walk::new(|w| w.visit_impl_item_fn(method))
+    }
+
+    /// The whole expansion.
+    fn walk(&self) -> Walk {
+        Walk::new(|w| w.visit_file(&self.file))
+    }
+
+    /// The where-clause predicates of the trait impl, as (bounded type, bounds), each
+    /// printed from its parsed form.
+    fn predicates(&self) -> Vec<(String, String)> {
+        let Some(clause) = &self.trait_impl().generics.where_clause else {
+            return Vec::new();
+        };
+        clause
+            .predicates
+            .iter()
+            .map(|predicate| match predicate {
+                WherePredicate::Type(p) => {
+                    assert!(p.attrs.is_empty() && p.lifetimes.is_none(), "{self}");
+                    (
+                        p.bounded_ty.to_token_stream().to_string(),
+                        p.bounds.to_token_stream().to_string(),
+                    )
+                }
+                other => panic!("unexpected predicate {}", other.to_token_stream()),
+            })
+            .collect()
+    }
+}
+
+/// A predicate as `Expansion::predicates` gives it.
+fn predicate(ty: &str, bounds: &str) -> (String, String) {
+    let ty: Type = syn::parse_str(ty).expect("a type");
+    let bounds = syn::parse::Parser::parse_str(
+        Punctuated::<TypeParamBound, Token![+]>::parse_separated_nonempty,
+        bounds,
+    )
+    .expect("bounds");
+    (
+        ty.to_token_stream().to_string(),
+        bounds.to_token_stream().to_string(),
+    )
+}
+
+/// A type as syn prints it once parsed.
+fn type_text(ty: &str) -> String {
+    syn::parse_str::<Type>(ty)
+        .expect("a type")
+        .to_token_stream()
+        .to_string()
+}
+
+fn impl_fn<'i>(item: &'i ItemImpl, name: &str) -> &'i ImplItemFn {
+    item.items
+        .iter()
+        .find_map(|i| match i {
+            ImplItem::Fn(f) if f.sig.ident == name => Some(f),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no fn `{name}` in {}", item.to_token_stream()))
+}
+
+/// The nodes of a part of the expansion that the tests look at, in source order. The
+/// body of a macro that parses as an expression (`::core::pin::pin!(...)`) is walked
+/// too.
+#[derive(Default)]
+struct Walk {
+    nodes: Vec<Node>,
+}
+
+enum Node {
+    Call(ExprCall),
+    MethodCall(ExprMethodCall),
+    Local(Local),
+    If(ExprIf),
+    Match(ExprMatch),
+    Macro(syn::Macro),
+    Trait(ItemTrait),
+    Str(String),
+}
+
+impl<'ast> Visit<'ast> for Walk {
+    fn visit_expr_call(&mut self, node: &'ast ExprCall) {
+        self.nodes.push(Node::Call(node.clone()));
+        visit::visit_expr_call(self, node);
+    }
+
+    fn visit_expr_method_call(&mut self, node: &'ast ExprMethodCall) {
+        self.nodes.push(Node::MethodCall(node.clone()));
+        visit::visit_expr_method_call(self, node);
+    }
+
+    fn visit_local(&mut self, node: &'ast Local) {
+        self.nodes.push(Node::Local(node.clone()));
+        visit::visit_local(self, node);
+    }
+
+    fn visit_expr_if(&mut self, node: &'ast ExprIf) {
+        self.nodes.push(Node::If(node.clone()));
+        visit::visit_expr_if(self, node);
+    }
+
+    fn visit_expr_match(&mut self, node: &'ast ExprMatch) {
+        self.nodes.push(Node::Match(node.clone()));
+        visit::visit_expr_match(self, node);
+    }
+
+    fn visit_item_trait(&mut self, node: &'ast ItemTrait) {
+        self.nodes.push(Node::Trait(node.clone()));
+        visit::visit_item_trait(self, node);
+    }
+
+    fn visit_lit_str(&mut self, node: &'ast LitStr) {
+        self.nodes.push(Node::Str(node.value()));
+    }
+
+    fn visit_macro(&mut self, node: &'ast syn::Macro) {
+        self.nodes.push(Node::Macro(node.clone()));
+        if let Ok(body) = node.parse_body::<Expr>() {
+            Visit::visit_expr(self, &body);
+        }
+    }
+}
+
+impl Walk {
+    fn new(visit: impl FnOnce(&mut Walk)) -> Walk {
+        let mut walk = Walk::default();
+        visit(&mut walk);
+        walk
+    }
+
+    /// Every `receiver.method(...)`, with its place in the walk.
+    fn method_calls(&self, receiver: &str, method: &str) -> Vec<(usize, &ExprMethodCall)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(at, node)| match node {
+                Node::MethodCall(call)
+                    if call.method == method
+                        && ident_of(&call.receiver).as_deref() == Some(receiver) =>
+                {
+                    Some((at, call))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The steps run through `receiver.method(label, [deadline,] future)`.
+    fn steps(&self, receiver: &str, method: &str) -> Vec<Step> {
+        self.method_calls(receiver, method)
+            .into_iter()
+            .map(|(_, call)| parse_step(call))
+            .collect()
+    }
+
+    /// The place in the walk of the step `receiver.method(label, ...)`.
+    fn at(&self, receiver: &str, method: &str, label: &str) -> usize {
+        self.method_calls(receiver, method)
+            .into_iter()
+            .find(|(_, call)| call.args.first().map(label_of).as_deref() == Some(label))
+            .unwrap_or_else(|| panic!("no `{receiver}.{method}({label:?}, ...)`"))
+            .0
+    }
+
+    /// The label lists passed to `receiver.method(&[...])`.
+    fn label_lists(&self, receiver: &str, method: &str) -> Vec<Vec<String>> {
+        self.method_calls(receiver, method)
+            .into_iter()
+            .map(|(_, call)| {
+                strings_of(only_arg(&call.args))
+                    .unwrap_or_else(|| panic!("not a list of labels: {}", call.to_token_stream()))
+            })
+            .collect()
+    }
+
+    /// The calls of the function at `path` (generic arguments aside).
+    fn calls(&self, path: &str) -> Vec<&ExprCall> {
+        self.nodes
+            .iter()
+            .filter_map(|node| match node {
+                Node::Call(call) if calls_path(call, path) => Some(call),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn locals(&self) -> impl Iterator<Item = (usize, &Local)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(at, node)| match node {
+                Node::Local(local) => Some((at, local)),
+                _ => None,
+            })
+    }
+
+    /// The value of the one `let name = ...;`, and its place in the walk.
+    fn local(&self, name: &str) -> (usize, &Expr) {
+        let found: Vec<(usize, &Expr)> = self
+            .locals()
+            .filter(|(_, local)| bound_name(&local.pat).as_deref() == Some(name))
+            .map(|(at, local)| (at, &*local.init.as_ref().expect("a value").expr))
+            .collect();
+        let [found] = found[..] else {
+            panic!("expected one `let {name} = ...`, found {}", found.len());
+        };
+        found
+    }
+
+    /// The `let Self... { member: binding, .. } = &mut *self ...;` destructurings.
+    fn bindings(&self) -> Vec<Binding> {
+        self.locals()
+            .filter_map(|(_, local)| {
+                let Pat::Struct(pat) = &local.pat else {
+                    return None;
+                };
+                let init = local.init.as_ref()?;
+                if !is_self_mut(&init.expr) {
+                    return None;
+                }
+                assert!(
+                    pat.rest.is_some(),
+                    "the other fields are left unbound by `..`"
+                );
+                Some(Binding {
+                    pattern: path_text(&pat.path),
+                    fields: pat
+                        .fields
+                        .iter()
+                        .map(|f| {
+                            let member = match &f.member {
+                                Member::Named(ident) => ident.to_string(),
+                                Member::Unnamed(index) => index.index.to_string(),
+                            };
+                            (member, bound_name(&f.pat).expect("a binding"))
+                        })
+                        .collect(),
+                    otherwise: init.diverge.as_ref().map(|(_, e)| break_label(e)),
+                })
+            })
+            .collect()
+    }
+
+    /// The futures of a join, pinned as `let mut name = ::core::pin::pin!(__group.field(...));`.
+    fn pinned(&self) -> Vec<(String, Step)> {
+        self.locals()
+            .filter_map(|(_, local)| {
+                let Expr::Macro(mac) = &*local.init.as_ref()?.expr else {
+                    return None;
+                };
+                assert_eq!(path_text(&mac.mac.path), "::core::pin::pin");
+                let Pat::Ident(name) = &local.pat else {
+                    panic!("a pinned future bound to a pattern");
+                };
+                assert!(name.mutability.is_some(), "pinned in a `let mut`");
+                let Ok(Expr::MethodCall(call)) = mac.mac.parse_body::<Expr>() else {
+                    panic!("not a method call: {}", mac.to_token_stream());
+                };
+                assert_eq!(ident_of(&call.receiver).as_deref(), Some("__group"));
+                assert_eq!(call.method, "field");
+                Some((name.ident.to_string(), parse_step(&call)))
+            })
+            .collect()
+    }
+
+    fn strings(&self) -> Vec<&str> {
+        self.nodes
+            .iter()
+            .filter_map(|node| match node {
+                Node::Str(s) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn macros(&self) -> Vec<&syn::Macro> {
+        self.nodes
+            .iter()
+            .filter_map(|node| match node {
+                Node::Macro(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ifs(&self) -> Vec<(usize, &ExprIf)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(at, node)| match node {
+                Node::If(e) => Some((at, e)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn matches(&self) -> Vec<&ExprMatch> {
+        self.nodes
+            .iter()
+            .filter_map(|node| match node {
+                Node::Match(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn traits(&self) -> Vec<&ItemTrait> {
+        self.nodes
+            .iter()
+            .filter_map(|node| match node {
+                Node::Trait(t) => Some(t),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A path without its generic arguments, as written: `::core::pin::pin`.
+fn path_text(path: &syn::Path) -> String {
+    let segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+    let root = if path.leading_colon.is_some() {
+        "::"
+    } else {
+        ""
+    };
+    format!("{root}{}", segments.join("::"))
+}
+
+/// The path of the function a call calls.
+fn callee(call: &ExprCall) -> Option<String> {
+    match &*call.func {
+        Expr::Path(p) if p.qself.is_none() => Some(path_text(&p.path)),
+        _ => None,
+    }
+}
+
+fn calls_path(call: &ExprCall, path: &str) -> bool {
+    callee(call).as_deref() == Some(path)
+}
+
+fn only_arg(args: &Punctuated<Expr, Token![,]>) -> &Expr {
+    assert_eq!(args.len(), 1, "one argument: {}", args.to_token_stream());
+    &args[0]
+}
+
+/// Parentheses and invisible groups removed.
+fn peel(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Paren(e) => peel(&e.expr),
+        Expr::Group(e) => peel(&e.expr),
+        other => other,
+    }
+}
+
+/// The name of a local used as an expression.
+fn ident_of(expr: &Expr) -> Option<String> {
+    match peel(expr) {
+        Expr::Path(p) if p.qself.is_none() => p.path.get_ident().map(Ident::to_string),
+        _ => None,
+    }
+}
+
+fn bound_name(pat: &Pat) -> Option<String> {
+    match pat {
+        Pat::Ident(p) if p.subpat.is_none() => Some(p.ident.to_string()),
+        _ => None,
+    }
+}
+
+fn lit_of(expr: &Expr) -> Option<&Lit> {
+    match peel(expr) {
+        Expr::Lit(e) => Some(&e.lit),
+        _ => None,
+    }
+}
+
+fn int_of(expr: &Expr) -> Option<u64> {
+    match lit_of(expr)? {
+        Lit::Int(i) => i.base10_parse().ok(),
+        _ => None,
+    }
+}
+
+/// A step's label: a string, or the index of a group member.
+fn label_of(expr: &Expr) -> String {
+    match lit_of(expr) {
+        Some(Lit::Str(s)) => s.value(),
+        Some(Lit::Int(i)) => i.base10_digits().to_owned(),
+        _ => panic!("not a label: {}", expr.to_token_stream()),
+    }
+}
+
+/// `&["a", "b"]`.
+fn strings_of(expr: &Expr) -> Option<Vec<String>> {
+    let Expr::Reference(r) = peel(expr) else {
+        return None;
+    };
+    let Expr::Array(array) = peel(&r.expr) else {
+        return None;
+    };
+    array
+        .elems
+        .iter()
+        .map(|e| match lit_of(e)? {
+            Lit::Str(s) => Some(s.value()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `&mut *self`.
+fn is_self_mut(expr: &Expr) -> bool {
+    match peel(expr) {
+        Expr::Reference(r) if r.mutability.is_some() => matches!(
+            peel(&r.expr),
+            Expr::Unary(u) if matches!(u.op, UnOp::Deref(_)) && ident_of(&u.expr).as_deref() == Some("self")
+        ),
+        _ => false,
+    }
+}
+
+/// The label of `{ break 'label }`.
+fn break_label(expr: &Expr) -> String {
+    match peel(expr) {
+        Expr::Block(block) => match &block.block.stmts[..] {
+            [Stmt::Expr(Expr::Break(b), _)] if b.expr.is_none() => {
+                b.label.as_ref().expect("a label").ident.to_string()
+            }
+            _ => panic!("not a break: {}", expr.to_token_stream()),
+        },
+        other => panic!("not a block: {}", other.to_token_stream()),
+    }
+}
+
+/// The `Duration::from_millis(n)` of a deadline, in milliseconds.
+fn duration_ms(expr: &Expr) -> u64 {
+    match peel(expr) {
+        Expr::Call(call) if calls_path(call, "::core::time::Duration::from_millis") => {
+            int_of(only_arg(&call.args)).expect("a whole number of milliseconds")
+        }
+        other => panic!("not a duration: {}", other.to_token_stream()),
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Deadline {
+    /// `__private::NoDeadline`.
+    Unbounded,
+    /// `__private::Timed::after(Duration::from_millis(n))`.
+    Millis(u64),
+}
+
+fn deadline(expr: &Expr) -> Deadline {
+    match peel(expr) {
+        Expr::Path(p) if path_text(&p.path) == format!("{RT}::__private::NoDeadline") => {
+            Deadline::Unbounded
+        }
+        Expr::Call(call) if calls_path(call, &format!("{RT}::__private::Timed::after")) => {
+            Deadline::Millis(duration_ms(only_arg(&call.args)))
+        }
+        other => panic!("not a deadline: {}", other.to_token_stream()),
+    }
+}
+
+/// The future a step's `move ||` closure makes: which function it calls with which
+/// binding, and whether it is boxed.
+#[derive(Debug, PartialEq)]
+struct Fut {
+    callee: String,
+    arg: String,
+    /// Called through `__private::UserCall(...).user_step()`.
+    user: bool,
+    boxed: bool,
+}
+
+/// `AsyncResource::<method>(binding)`.
+fn via_trait(method: &str, binding: &str) -> Fut {
+    Fut {
+        callee: format!("{RT}::AsyncResource::{method}"),
+        arg: binding.to_owned(),
+        user: false,
+        boxed: false,
+    }
+}
+
+/// The user's function at `path`, called with `binding`.
+fn via_user(path: &str, binding: &str) -> Fut {
+    Fut {
+        callee: path.to_owned(),
+        arg: binding.to_owned(),
+        user: true,
+        boxed: false,
+    }
+}
+
+impl Fut {
+    fn boxed(self) -> Fut {
+        Fut {
+            boxed: true,
+            ..self
+        }
+    }
+}
+
+fn future(expr: &Expr) -> Fut {
+    let Expr::Closure(closure) = peel(expr) else {
+        panic!("a step takes a closure, found {}", expr.to_token_stream());
+    };
+    assert!(
+        closure.capture.is_some() && closure.asyncness.is_none() && closure.inputs.is_empty(),
+        "not a `move ||` closure: {}",
+        closure.to_token_stream()
+    );
+    let (boxed, body) = match peel(&closure.body) {
+        Expr::Call(call) if calls_path(call, &format!("{RT}::__private::boxed")) => {
+            (true, only_arg(&call.args))
+        }
+        body => (false, body),
+    };
+    let (callee, arg, user) = match peel(body) {
+        Expr::Call(call) => (
+            callee(call).expect("a function path"),
+            ident_of(only_arg(&call.args)).expect("a binding"),
+            false,
+        ),
+        Expr::Block(block) => {
+            let (callee, arg) = user_step(&block.block);
+            (callee, arg, true)
+        }
+        other => panic!("not a future: {}", other.to_token_stream()),
+    };
+    Fut {
+        callee,
+        arg,
+        user,
+        boxed,
+    }
+}
+
+/// The names a `use` tree imports, as `path as name`.
+fn imports(tree: &UseTree, prefix: &str, out: &mut Vec<String>) {
+    match tree {
+        UseTree::Path(p) => imports(&p.tree, &format!("{prefix}{}::", p.ident), out),
+        UseTree::Name(n) => out.push(format!("{prefix}{}", n.ident)),
+        UseTree::Rename(r) => out.push(format!("{prefix}{} as {}", r.ident, r.rename)),
+        UseTree::Glob(_) => out.push(format!("{prefix}*")),
+        UseTree::Group(g) => g.items.iter().for_each(|t| imports(t, prefix, out)),
+    }
+}
+
+/// A call of a user function:
+/// `{ use __private::{ViaCheck as _, ViaFuture as _}; let __user_future = path(arg);
+/// let __user_call = __private::UserCall(__user_future); __user_call.user_step() }`.
+fn user_step(block: &syn::Block) -> (String, String) {
+    let [
+        Stmt::Item(Item::Use(import)),
+        Stmt::Local(future),
+        Stmt::Local(call),
+        Stmt::Expr(Expr::MethodCall(step), None),
+    ] = &block.stmts[..]
+    else {
+        panic!("not a user step: {}", block.to_token_stream());
+    };
+    assert!(
+        import.attrs.iter().any(|a| a.path().is_ident("allow")
+            && a.parse_args::<Ident>().is_ok_and(|i| i == "unused_imports")),
+        "{}",
+        import.to_token_stream()
+    );
+    let mut names = Vec::new();
+    imports(&import.tree, "", &mut names);
+    assert!(import.leading_colon.is_some());
+    assert_eq!(
+        names,
+        [
+            "resource_runtime::__private::ViaCheck as _",
+            "resource_runtime::__private::ViaFuture as _",
+        ]
+    );
+    assert_eq!(bound_name(&future.pat).as_deref(), Some("__user_future"));
+    let Expr::Call(user) = &*future.init.as_ref().expect("a value").expr else {
+        panic!("not a call: {}", future.to_token_stream());
+    };
+    assert_eq!(bound_name(&call.pat).as_deref(), Some("__user_call"));
+    let Expr::Call(wrap) = &*call.init.as_ref().expect("a value").expr else {
+        panic!("not a call: {}", call.to_token_stream());
+    };
+    assert_eq!(callee(wrap), Some(format!("{RT}::__private::UserCall")));
+    assert_eq!(
+        ident_of(only_arg(&wrap.args)).as_deref(),
+        Some("__user_future")
+    );
+    assert_eq!(ident_of(&step.receiver).as_deref(), Some("__user_call"));
+    assert_eq!(step.method, "user_step");
+    assert!(step.args.is_empty());
+    (
+        callee(user).expect("a function path"),
+        ident_of(only_arg(&user.args)).expect("a binding"),
+    )
+}
+
+/// One `receiver.method(label, [deadline,] move || future)`.
+#[derive(Debug, PartialEq)]
+struct Step {
+    label: String,
+    /// `None` for a step that takes no deadline (enter, hooks).
+    deadline: Option<Deadline>,
+    fut: Fut,
+}
+
+fn step(label: &str, fut: Fut) -> Step {
+    Step {
+        label: label.to_owned(),
+        deadline: None,
+        fut,
+    }
+}
+
+fn timed(label: &str, deadline: Deadline, fut: Fut) -> Step {
+    Step {
+        label: label.to_owned(),
+        deadline: Some(deadline),
+        fut,
+    }
+}
+
+fn parse_step(call: &ExprMethodCall) -> Step {
+    let args: Vec<&Expr> = call.args.iter().collect();
+    let (label, deadline, fut) = match args[..] {
+        [label, fut] => (label, None, fut),
+        [label, limit, fut] => (label, Some(deadline(limit)), fut),
+        _ => panic!("not a step: {}", call.to_token_stream()),
+    };
+    Step {
+        label: label_of(label),
+        deadline,
+        fut: future(fut),
+    }
+}
+
+/// A destructuring of `&mut *self`: `let Self::V { a: __field0, .. } = &mut *self else
+/// { break 'label };`.
+#[derive(Debug, PartialEq)]
+struct Binding {
+    pattern: String,
+    fields: Vec<(String, String)>,
+    /// The label broken to when another variant is active.
+    otherwise: Option<String>,
+}
+
+fn binding(pattern: &str, fields: &[(&str, &str)], otherwise: Option<&str>) -> Binding {
+    Binding {
+        pattern: pattern.to_owned(),
+        fields: fields
+            .iter()
+            .map(|(m, b)| ((*m).to_owned(), (*b).to_owned()))
+            .collect(),
+        otherwise: otherwise.map(str::to_owned),
+    }
+}
+
+/// Whether the identifier `name` occurs anywhere in `tokens`.
+fn mentions_ident(tokens: TokenStream, name: &str) -> bool {
+    tokens.into_iter().any(|tt| match tt {
+        TokenTree::Ident(ident) => ident == name,
+        TokenTree::Group(g) => mentions_ident(g.stream(), name),
+        _ => false,
+    })
+}
+
+/// Whether a method's body is `async [move] { ::core::result::Result::Ok(()) }`.
+fn resolves_at_once(method: &ImplItemFn) -> bool {
+    let [Stmt::Expr(Expr::Async(body), None)] = &method.block.stmts[..] else {
+        return false;
+    };
+    matches!(
+        &body.block.stmts[..],
+        [Stmt::Expr(Expr::Call(call), None)]
+            if calls_path(call, "::core::result::Result::Ok")
+                && matches!(only_arg(&call.args), Expr::Tuple(t) if t.elems.is_empty())
+    )
+}
+
+/// The types `T` of `(&__private::Probe::<T>::new()).field_is_a_resource_but_unmarked()`.
+fn probed_types(walk: &Walk) -> Vec<String> {
+    walk.nodes
+        .iter()
+        .filter_map(|node| match node {
+            Node::MethodCall(call) if call.method == "field_is_a_resource_but_unmarked" => {
+                Some(call)
+            }
+            _ => None,
+        })
+        .map(|call| {
+            let Expr::Reference(r) = peel(&call.receiver) else {
+                panic!("not `&Probe`: {}", call.to_token_stream());
+            };
+            let Expr::Call(new) = peel(&r.expr) else {
+                panic!("not `Probe::new()`: {}", call.to_token_stream());
+            };
+            assert!(calls_path(new, &format!("{RT}::__private::Probe::new")));
+            assert!(new.args.is_empty());
+            let Expr::Path(path) = &*new.func else {
+                unreachable!()
+            };
+            let syn::PathArguments::AngleBracketed(args) = &path.path.segments[2].arguments else {
+                panic!("`Probe` without its type: {}", call.to_token_stream());
+            };
+            match args.args.iter().collect::<Vec<_>>()[..] {
+                [syn::GenericArgument::Type(ty)] => ty.to_token_stream().to_string(),
+                _ => panic!("{}", call.to_token_stream()),
+            }
+        })
+        .collect()
+}
+
+/// The `note` of the `#[deprecated(note = "...")]` on the method `name` of `item`.
+fn deprecation_note(item: &ItemTrait, name: &str) -> Option<String> {
+    item.items.iter().find_map(|i| match i {
+        TraitItem::Fn(f) if f.sig.ident == name => f
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("deprecated"))
+            .find_map(|a| a.parse_args::<syn::MetaNameValue>().ok())
+            .filter(|nv| nv.path.is_ident("note"))
+            .and_then(|nv| match lit_of(&nv.value) {
+                Some(Lit::Str(s)) => Some(s.value()),
+                _ => None,
+            }),
+        _ => None,
+    })
 }
 
 #[test]
@@ -32,20 +867,46 @@ fn bare_resource_marks_a_field_for_enter_and_close() {
     let out = expand(syn::parse_quote! {
         struct S { #[resource] a: A, b: B }
     });
-    assert!(
-        has(&out, "::resource_runtime::AsyncResource::enter(__field0)"),
+    let enter = out.method("enter");
+    let close = out.method("close");
+    assert_eq!(
+        enter.steps("__enter", "field"),
+        [step("a", via_trait("enter", "__field0"))],
         "{out}"
     );
-    assert!(
-        has(&out, "::resource_runtime::AsyncResource::close(__field0)"),
+    assert_eq!(
+        enter.steps("__enter", "rollback"),
+        [timed(
+            "a",
+            Deadline::Unbounded,
+            via_trait("close", "__field0")
+        )],
         "{out}"
     );
-    assert!(
-        !has(&out, "__field1"),
-        "an unmarked field is not closed: {out}"
+    assert_eq!(
+        close.steps("__closer", "field"),
+        [timed(
+            "a",
+            Deadline::Unbounded,
+            via_trait("close", "__field0")
+        )],
+        "{out}"
     );
-    assert!(has(&out, "#[automatically_derived]"));
-    assert!(has(&out, "const _: () ="));
+    // An unmarked field is not bound, so it is neither entered nor closed.
+    let bindings = out.walk().bindings();
+    assert!(!bindings.is_empty(), "{out}");
+    for found in bindings {
+        assert_eq!(found, binding("Self", &[("a", "__field0")], None), "{out}");
+    }
+    assert!(!mentions_ident(out.tokens.clone(), "__field1"), "{out}");
+    assert_eq!(out.trait_path(), format!("{RT}::AsyncResource"));
+    assert!(
+        out.trait_impl()
+            .attrs
+            .iter()
+            .any(|a| a.path().is_ident("automatically_derived")),
+        "{out}"
+    );
 }
 
 #[test]
@@ -53,16 +914,26 @@ fn close_path_calls_the_function_with_the_field() {
     let out = expand(syn::parse_quote! {
         struct S { #[resource(close = sdk::shutdown)] a: A }
     });
-    assert!(
-        has(
-            &out,
-            "let __user_future = sdk::shutdown(__field0); let __user_call = ::resource_runtime::__private::UserCall(__user_future); __user_call.user_step()"
-        ),
+    let close = out.method("close");
+    assert_eq!(
+        close.steps("__closer", "field"),
+        [timed(
+            "a",
+            Deadline::Unbounded,
+            via_user("sdk::shutdown", "__field0")
+        )],
         "{out}"
     );
-    assert!(!has(&out, "AsyncResource::close(__field0)"), "{out}");
+    assert!(
+        out.walk()
+            .calls(&format!("{RT}::AsyncResource::close"))
+            .is_empty(),
+        "{out}"
+    );
     // A foreign type closed by a function has nothing to enter.
-    assert!(has(&out, "__enter.pass()"), "{out}");
+    let enter = out.method("enter");
+    assert!(enter.steps("__enter", "field").is_empty(), "{out}");
+    assert_eq!(enter.method_calls("__enter", "pass").len(), 1, "{out}");
 }
 
 #[test]
@@ -70,10 +941,18 @@ fn enter_path_calls_the_function_with_the_field() {
     let out = expand(syn::parse_quote! {
         struct S { #[resource(enter = connect, close = disconnect)] a: A }
     });
-    assert!(has(&out, "__enter.field(\"a\", move || {"), "{out}");
-    assert!(has(&out, "let __user_future = connect(__field0);"), "{out}");
-    assert!(
-        has(&out, "let __user_future = disconnect(__field0);"),
+    assert_eq!(
+        out.method("enter").steps("__enter", "field"),
+        [step("a", via_user("connect", "__field0"))],
+        "{out}"
+    );
+    assert_eq!(
+        out.method("close").steps("__closer", "field"),
+        [timed(
+            "a",
+            Deadline::Unbounded,
+            via_user("disconnect", "__field0")
+        )],
         "{out}"
     );
 }
@@ -83,14 +962,14 @@ fn field_timeout_becomes_the_step_deadline() {
     let out = expand(syn::parse_quote! {
         struct S { #[resource(timeout = "2s")] a: A, #[resource(timeout = "250ms")] b: B }
     });
-    assert!(
-        has(
-            &out,
-            "__closer.field(\"a\", ::resource_runtime::__private::Timed::after(::core::time::Duration::from_millis(2000u64))"
-        ),
+    assert_eq!(
+        out.method("close").steps("__closer", "field"),
+        [
+            timed("b", Deadline::Millis(250), via_trait("close", "__field1")),
+            timed("a", Deadline::Millis(2000), via_trait("close", "__field0")),
+        ],
         "{out}"
     );
-    assert!(has(&out, "from_millis(250u64)"), "{out}");
 }
 
 #[test]
@@ -102,20 +981,43 @@ fn group_joins_its_fields_in_one_step() {
             #[resource(group = "io")] c: C,
         }
     });
-    let join = "let __group = __closer.group(&[\"c\", \"a\"]);";
-    assert!(has(&out, join), "{out}");
-    assert!(
-        has(
-            &out,
-            "let mut __member0 = ::core::pin::pin!(__group.field(0usize"
-        ),
+    let close = out.method("close");
+    assert_eq!(
+        close.label_lists("__closer", "group"),
+        [vec!["c", "a"]],
         "{out}"
     );
-    assert!(has(&out, "__closer.plan(&[\"c\", \"a\", \"b\"]);"), "{out}");
+    assert_eq!(
+        close.pinned(),
+        [
+            (
+                "__member0".to_owned(),
+                timed("0", Deadline::Unbounded, via_trait("close", "__field2"))
+            ),
+            (
+                "__member1".to_owned(),
+                timed("1", Deadline::Unbounded, via_trait("close", "__field0"))
+            ),
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        close.steps("__closer", "field"),
+        [timed(
+            "b",
+            Deadline::Unbounded,
+            via_trait("close", "__field1")
+        )],
+        "{out}"
+    );
+    assert_eq!(
+        close.label_lists("__closer", "plan"),
+        [vec!["c", "a", "b"]],
+        "{out}"
+    );
     // The group stands where its last-declared field (`c`) stands: before `b`.
-    let group_at = out.find(&squash(join)).unwrap();
-    let b_at = out.find(&squash("__closer.field(\"b\"")).unwrap();
-    assert!(group_at < b_at, "{out}");
+    let (group_at, _) = close.method_calls("__closer", "group")[0];
+    assert!(group_at < close.at("__closer", "field", "b"), "{out}");
 }
 
 #[test]
@@ -123,8 +1025,26 @@ fn name_relabels_the_field() {
     let out = expand(syn::parse_quote! {
         struct S { #[resource(name = "database")] db: A }
     });
-    assert!(has(&out, "__closer.field(\"database\""), "{out}");
-    assert!(!has(&out, "\"db\""), "{out}");
+    let close = out.method("close");
+    assert_eq!(
+        close.steps("__closer", "field"),
+        [timed(
+            "database",
+            Deadline::Unbounded,
+            via_trait("close", "__field0")
+        )],
+        "{out}"
+    );
+    assert_eq!(
+        close.label_lists("__closer", "plan"),
+        [vec!["database"]],
+        "{out}"
+    );
+    assert_eq!(
+        out.method("enter").steps("__enter", "field")[0].label,
+        "database"
+    );
+    assert!(!out.walk().strings().contains(&"db"), "{out}");
 }
 
 #[test]
@@ -132,9 +1052,13 @@ fn skip_is_never_touched_and_not_checked() {
     let out = expand(syn::parse_quote! {
         struct S { #[resource(skip)] a: A, #[resource] b: B }
     });
-    assert!(!has(&out, "__field0"), "{out}");
-    assert!(has(&out, "__field1"), "{out}");
-    assert!(!has(&out, "__unmarked_resource_fields"), "{out}");
+    let bindings = out.walk().bindings();
+    assert!(!bindings.is_empty(), "{out}");
+    for found in bindings {
+        assert_eq!(found, binding("Self", &[("b", "__field1")], None), "{out}");
+    }
+    assert!(!mentions_ident(out.tokens.clone(), "__field0"), "{out}");
+    assert!(out.probe_impl().is_none(), "{out}");
 }
 
 #[test]
@@ -142,11 +1066,30 @@ fn unmarked_fields_get_the_deprecation_probe_naming_them() {
     let out = expand(syn::parse_quote! {
         struct Provider { client: Client }
     });
-    assert!(
-        has(&out, "#[deprecated(note = \"field `client` of `Provider`"),
-        "{out}"
+    let probe = out.probe_impl().expect("an impl with the probes");
+    assert_eq!(
+        probe.self_ty.to_token_stream().to_string(),
+        type_text("Provider")
     );
-    assert!(has(&out, "Probe::<Client>::new()"), "{out}");
+    let probes = impl_fn(probe, "__unmarked_resource_fields");
+    let walk = Walk::new(|w| w.visit_impl_item_fn(probes));
+    let marked: Vec<&ItemTrait> = walk
+        .traits()
+        .into_iter()
+        .filter(|t| t.ident == "__Marked")
+        .collect();
+    let [marked] = marked[..] else {
+        panic!("one `__Marked` trait in {out}");
+    };
+    let note = deprecation_note(marked, "field_is_a_resource_but_unmarked").expect("a note");
+    assert!(
+        note.starts_with("field `client` of `Provider` implements `AsyncResource`"),
+        "{note}"
+    );
+    assert_eq!(probed_types(&walk), [type_text("Client")]);
+    // Nothing to enter or close.
+    assert!(resolves_at_once(out.method_fn("enter")), "{out}");
+    assert!(resolves_at_once(out.method_fn("close")), "{out}");
 }
 
 #[test]
@@ -155,15 +1098,27 @@ fn concurrent_closes_every_field_in_one_step() {
         #[resource(concurrent)]
         struct S { #[resource] a: A, #[resource] b: B }
     });
-    assert!(has(&out, "__closer.group(&[\"b\", \"a\"])"), "{out}");
-    assert!(
-        has(
-            &out,
-            "let mut __member1 = ::core::pin::pin!(__group.field(1usize"
-        ),
+    let close = out.method("close");
+    assert_eq!(
+        close.label_lists("__closer", "group"),
+        [vec!["b", "a"]],
         "{out}"
     );
-    assert!(!has(&out, "__closer.field("), "{out}");
+    assert_eq!(
+        close.pinned(),
+        [
+            (
+                "__member0".to_owned(),
+                timed("0", Deadline::Unbounded, via_trait("close", "__field1"))
+            ),
+            (
+                "__member1".to_owned(),
+                timed("1", Deadline::Unbounded, via_trait("close", "__field0"))
+            ),
+        ],
+        "{out}"
+    );
+    assert!(close.method_calls("__closer", "field").is_empty(), "{out}");
 }
 
 #[test]
@@ -172,17 +1127,37 @@ fn container_timeout_bounds_the_whole_close() {
         #[resource(timeout = "5s")]
         struct S { #[resource] a: A }
     });
-    assert!(
-        has(
-            &out,
-            "let __deadline = ::core::time::Duration::from_millis(5000u64);"
-        ),
+    let close = out.method("close");
+    let (_, limit) = close.local("__deadline");
+    assert_eq!(duration_ms(limit), 5000, "{out}");
+    let within = close.calls(&format!("{RT}::__private::within_deadline"));
+    let [within] = within[..] else {
+        panic!("one `within_deadline` in {out}");
+    };
+    let [limit, Expr::Async(fields)] = &within.args.iter().collect::<Vec<_>>()[..] else {
+        panic!("`within_deadline(deadline, async move {{ ... }})` in {out}");
+    };
+    assert_eq!(ident_of(limit).as_deref(), Some("__deadline"));
+    assert!(fields.capture.is_some(), "{out}");
+    // The fields close inside the deadline.
+    let inside = Walk::new(|w| w.visit_expr_async(fields));
+    assert_eq!(
+        inside.steps("__closer", "field"),
+        [timed(
+            "a",
+            Deadline::Unbounded,
+            via_trait("close", "__field0")
+        )],
         "{out}"
     );
-    assert!(has(&out, "within_deadline(__deadline"), "{out}");
-    assert!(
-        has(&out, "__closer.deadline_outcome(__deadline, __outcome)"),
-        "{out}"
+    let outcome = close.method_calls("__closer", "deadline_outcome");
+    let [(_, outcome)] = outcome[..] else {
+        panic!("one `deadline_outcome` in {out}");
+    };
+    let args: Vec<Option<String>> = outcome.args.iter().map(ident_of).collect();
+    assert_eq!(
+        args,
+        [Some("__deadline".to_owned()), Some("__outcome".to_owned())]
     );
 }
 
@@ -192,11 +1167,17 @@ fn before_close_runs_before_the_fields() {
         #[resource(before_close = drain)]
         struct S { #[resource] a: A }
     });
-    let hook = squash(
-        "let __this = &mut *self; __closer.hook(\"before_close\", move || { #[allow(unused_imports)] use ::resource_runtime::__private::{ViaCheck as _, ViaFuture as _}; let __user_future = Self::drain(__this);",
+    let close = out.method("close");
+    assert_eq!(
+        close.steps("__closer", "hook"),
+        [step("before_close", via_user("Self::drain", "__this"))],
+        "{out}"
     );
-    let hook_at = out.find(&hook).expect(&out);
-    assert!(hook_at < out.find(&squash("__closer.field(\"a\"")).unwrap());
+    let (this_at, this) = close.local("__this");
+    assert!(is_self_mut(this), "{out}");
+    let hook_at = close.at("__closer", "hook", "before_close");
+    assert!(this_at < hook_at, "{out}");
+    assert!(hook_at < close.at("__closer", "field", "a"), "{out}");
 }
 
 #[test]
@@ -205,11 +1186,31 @@ fn after_enter_runs_once_every_field_is_entered() {
         #[resource(after_enter = warm_up)]
         struct S { #[resource] a: A }
     });
-    let hook = squash(
-        "if !__enter.failed() { let __this = &mut *self; __enter.hook(\"after_enter\", move || { #[allow(unused_imports)] use ::resource_runtime::__private::{ViaCheck as _, ViaFuture as _}; let __user_future = Self::warm_up(__this);",
+    let enter = out.method("enter");
+    assert_eq!(
+        enter.steps("__enter", "hook"),
+        [step("after_enter", via_user("Self::warm_up", "__this"))],
+        "{out}"
     );
-    let hook_at = out.find(&hook).expect(&out);
-    assert!(out.find(&squash("__enter.field(\"a\"")).unwrap() < hook_at);
+    // Only when no field failed: in `if !__enter.failed() { ... }`.
+    let guarded: Vec<usize> = enter
+        .ifs()
+        .into_iter()
+        .filter(|(_, e)| {
+            matches!(&*e.cond, Expr::Unary(u) if matches!(u.op, UnOp::Not(_))
+                && matches!(peel(&u.expr), Expr::MethodCall(m)
+                    if m.method == "failed" && ident_of(&m.receiver).as_deref() == Some("__enter")))
+        })
+        .filter(|(_, e)| {
+            let then = Walk::new(|w| w.visit_block(&e.then_branch));
+            then.method_calls("__enter", "hook").len() == 1
+        })
+        .map(|(at, _)| at)
+        .collect();
+    let [guard_at] = guarded[..] else {
+        panic!("one `if !__enter.failed()` around the hook in {out}");
+    };
+    assert!(enter.at("__enter", "field", "a") < guard_at, "{out}");
 }
 
 #[test]
@@ -217,12 +1218,15 @@ fn bounds_are_inferred_for_parameters_in_resource_fields() {
     let out = expand(syn::parse_quote! {
         struct S<T, U> { #[resource] a: Vec<T>, #[resource(skip)] b: U }
     });
-    assert!(
-        has(&out, "Vec<T>: ::resource_runtime::AsyncResource"),
+    // No `U: AsyncResource`: `b` is skipped.
+    assert_eq!(
+        out.predicates(),
+        [
+            predicate("Vec<T>", "::resource_runtime::AsyncResource"),
+            predicate("S<T, U>", "::core::marker::Send"),
+        ],
         "{out}"
     );
-    assert!(!has(&out, "U: ::resource_runtime::AsyncResource"), "{out}");
-    assert!(has(&out, "S<T, U>: ::core::marker::Send"), "{out}");
 }
 
 #[test]
@@ -231,9 +1235,9 @@ fn bound_replaces_the_inferred_predicates() {
         #[resource(bound = "T: Clone + Send + Sync")]
         struct S<T> { #[resource] a: Wrapper<T> }
     });
-    assert!(has(&out, "whereT:Clone+Send+Sync"), "{out}");
-    assert!(
-        !has(&out, "Wrapper<T>: ::resource_runtime::AsyncResource"),
+    assert_eq!(
+        out.predicates(),
+        [predicate("T", "Clone + Send + Sync")],
         "{out}"
     );
 }
@@ -244,9 +1248,29 @@ fn crate_path_replaces_every_runtime_path() {
         #[resource(crate = "my::rt")]
         struct S { #[resource] a: A, #[resource(group = "g")] b: B, c: C }
     });
-    assert!(has(&out, "my::rt::AsyncResource"), "{out}");
-    assert!(has(&out, "my::rt::__private::Closer::new"), "{out}");
-    assert!(!has(&out, "resource_runtime"), "{out}");
+    assert_eq!(out.trait_path(), "my::rt::AsyncResource");
+    let walk = out.walk();
+    assert_eq!(
+        walk.calls("my::rt::__private::Closer::new").len(),
+        1,
+        "{out}"
+    );
+    assert_eq!(
+        walk.calls("my::rt::__private::Enterer::new").len(),
+        1,
+        "{out}"
+    );
+    // `a` and `b` each closed once in a rollback and once in the close.
+    assert_eq!(walk.calls("my::rt::AsyncResource::close").len(), 4, "{out}");
+    assert_eq!(
+        walk.calls("my::rt::__private::Probe::new").len(),
+        1,
+        "{out}"
+    );
+    assert!(
+        !mentions_ident(out.tokens.clone(), "resource_runtime"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -254,46 +1278,57 @@ fn enums_close_the_active_variant_with_variant_paths() {
     let out = expand(syn::parse_quote! {
         enum E { A { #[resource] x: X }, B(#[resource] Y), C }
     });
-    assert!(
-        has(
-            &out,
-            "let Self::A { x: __field0, .. } = &mut *self else { break '__fields };"
-        ),
+    let close = out.method("close");
+    assert_eq!(
+        close.bindings(),
+        [
+            binding("Self::A", &[("x", "__field0")], Some("__fields")),
+            binding("Self::B", &[("0", "__field0")], Some("__fields")),
+        ],
         "{out}"
     );
-    assert!(has(&out, "__closer.field(\"A.x\""), "{out}");
-    assert!(has(&out, "let Self::B { 0: __field0, .. }"), "{out}");
-    assert!(has(&out, "__closer.field(\"B.0\""), "{out}");
+    let labels: Vec<String> = close
+        .steps("__closer", "field")
+        .into_iter()
+        .map(|s| s.label)
+        .collect();
+    assert_eq!(labels, ["A.x", "B.0"], "{out}");
 }
 
 #[test]
 fn tuple_and_unit_structs() {
     let out =
         expand(syn::parse_quote! { struct T(#[resource] A, #[resource(skip)] B, #[resource] C); });
-    assert!(
-        has(
-            &out,
-            "let Self { 0: __field0, 2: __field2, .. } = &mut *self;"
-        ),
+    assert_eq!(
+        out.method("close").bindings(),
+        [binding(
+            "Self",
+            &[("0", "__field0"), ("2", "__field2")],
+            None
+        )],
         "{out}"
     );
     let out = expand(syn::parse_quote! { struct U; });
-    assert!(
-        has(&out, "async move { ::core::result::Result::Ok(()) }"),
-        "{out}"
-    );
-    assert_eq!(errors(&out), 0);
+    assert!(resolves_at_once(out.method_fn("enter")), "{out}");
+    assert!(resolves_at_once(out.method_fn("close")), "{out}");
+    assert_eq!(out.errors(), Vec::<String>::new());
 }
 
 #[test]
 fn union_is_rejected_with_a_stub_impl() {
     let out = expand(syn::parse_quote! { union U { a: u32, b: f32 } });
-    assert_eq!(errors(&out), 1, "{out}");
-    assert!(has(&out, "cannot be derived for a union"), "{out}");
+    let errors = out.errors();
+    assert_eq!(errors.len(), 1, "{out}");
     assert!(
-        has(&out, "impl ::resource_runtime::AsyncResource for U"),
-        "{out}"
+        errors[0].contains("cannot be derived for a union"),
+        "{errors:?}"
     );
+    assert_eq!(out.trait_path(), format!("{RT}::AsyncResource"));
+    assert_eq!(
+        out.trait_impl().self_ty.to_token_stream().to_string(),
+        type_text("U")
+    );
+    assert!(resolves_at_once(out.method_fn("close")), "{out}");
 }
 
 #[test]
@@ -308,7 +1343,8 @@ fn every_attribute_error_is_reported_at_once() {
             #[resource(name = "x", name = "y")] e: E,
         }
     });
-    assert_eq!(errors(&out), 7, "{out}");
+    let errors = out.errors();
+    assert_eq!(errors.len(), 7, "{errors:#?}");
     for message in [
         "malformed timeout `forever`",
         "did you mean `concurrent`?",
@@ -319,8 +1355,8 @@ fn every_attribute_error_is_reported_at_once() {
         "duplicate key `name`",
     ] {
         assert!(
-            out.contains(&squash(message)),
-            "missing {message:?} in {out}"
+            errors.iter().any(|e| e.contains(message)),
+            "missing {message:?} in {errors:#?}"
         );
     }
 }
@@ -330,109 +1366,160 @@ fn boxed_and_self_containing_fields_get_boxed_futures() {
     let out = expand(syn::parse_quote! {
         struct Node { #[resource(boxed)] peer: Option<Box<Peer>>, #[resource] kids: Vec<Node>, #[resource] plain: A }
     });
-    assert!(
-        has(
-            &out,
-            "move || ::resource_runtime::__private::boxed(::resource_runtime::AsyncResource::close(__field0))"
-        ),
-        "{out}"
-    );
-    assert!(
-        has(
-            &out,
-            "move || ::resource_runtime::__private::boxed(::resource_runtime::AsyncResource::close(__field1))"
-        ),
-        "{out}"
-    );
-    assert!(
-        has(
-            &out,
-            "move || ::resource_runtime::AsyncResource::close(__field2)"
-        ),
-        "{out}"
-    );
-}
-
-/// The predicates of the generated impl's where-clause, as (bounded type, bounds).
-fn predicates(input: &DeriveInput) -> Vec<(String, String)> {
-    let cx = Ctxt::new();
-    let model = Input::from_syn(input, &cx);
-    let krate: syn::Path = syn::parse_quote!(::resource_runtime);
-    let clause = bound::where_clause(&model, &krate);
-    cx.check().expect("a valid input");
-    let Some(clause) = clause else {
-        return Vec::new();
-    };
-    clause
-        .predicates
-        .iter()
-        .map(|predicate| match predicate {
-            WherePredicate::Type(p) => (
-                squash(&p.bounded_ty.to_token_stream().to_string()),
-                squash(&p.bounds.to_token_stream().to_string()),
+    assert_eq!(
+        out.method("close").steps("__closer", "field"),
+        [
+            timed("plain", Deadline::Unbounded, via_trait("close", "__field2")),
+            timed(
+                "kids",
+                Deadline::Unbounded,
+                via_trait("close", "__field1").boxed()
             ),
-            other => panic!("unexpected predicate {}", other.to_token_stream()),
-        })
-        .collect()
+            timed(
+                "peer",
+                Deadline::Unbounded,
+                via_trait("close", "__field0").boxed()
+            ),
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        out.method("enter").steps("__enter", "field"),
+        [
+            step("peer", via_trait("enter", "__field0").boxed()),
+            step("kids", via_trait("enter", "__field1").boxed()),
+            step("plain", via_trait("enter", "__field2")),
+        ],
+        "{out}"
+    );
 }
 
-fn predicate(ty: &str, bounds: &str) -> (String, String) {
-    (squash(ty), squash(bounds))
+/// Every step of the expansion: enters, rollbacks and closes.
+fn all_steps(out: &Expansion) -> Vec<Step> {
+    let enter = out.method("enter");
+    let close = out.method("close");
+    let mut steps = enter.steps("__enter", "field");
+    steps.extend(enter.steps("__enter", "rollback"));
+    steps.extend(close.steps("__closer", "field"));
+    steps.extend(close.pinned().into_iter().map(|(_, s)| s));
+    steps
 }
 
-/// Whether `tokens` start with the path `segments`, joined by `::`.
-fn path_at(tokens: &[TokenTree], segments: &[&str]) -> bool {
-    let mut rest = tokens;
-    for (n, segment) in segments.iter().enumerate() {
-        if n > 0 {
-            match rest {
-                [TokenTree::Punct(a), TokenTree::Punct(b), tail @ ..]
-                    if a.as_char() == ':' && b.as_char() == ':' =>
-                {
-                    rest = tail;
-                }
-                _ => return false,
-            }
+#[test]
+fn a_field_of_another_type_with_the_same_name_gets_its_bound_and_no_box() {
+    let out = expand(syn::parse_quote! {
+        pub struct Client<T> { #[resource] inner: sdk::Client<T> }
+    });
+    assert_eq!(
+        out.predicates(),
+        [
+            predicate("sdk::Client<T>", "::resource_runtime::AsyncResource"),
+            predicate("Client<T>", "::core::marker::Send"),
+        ]
+    );
+    // Entered, closed and rolled back through its own impl, unboxed.
+    assert_eq!(
+        all_steps(&out),
+        [
+            step("inner", via_trait("enter", "__field0")),
+            timed("inner", Deadline::Unbounded, via_trait("close", "__field0")),
+            timed("inner", Deadline::Unbounded, via_trait("close", "__field0")),
+        ],
+        "{out}"
+    );
+    let walk = out.walk();
+    assert!(
+        walk.calls(&format!("{RT}::__private::boxed")).is_empty(),
+        "{out}"
+    );
+    assert_eq!(walk.calls(&format!("{RT}::AsyncResource::enter")).len(), 1);
+    assert_eq!(walk.calls(&format!("{RT}::AsyncResource::close")).len(), 2);
+
+    // The same through a leading `::`, a longer path, and nested in another type.
+    let out = expand(syn::parse_quote! {
+        pub struct Client<T, U, V> {
+            #[resource] a: ::sdk::Client<T>,
+            #[resource] b: crate::vendor::Client<U>,
+            #[resource] c: Vec<sdk::Client<V>>,
         }
-        match rest {
-            [TokenTree::Ident(ident), tail @ ..] if ident == segment => rest = tail,
-            _ => return false,
+    });
+    let found = out.predicates();
+    for ty in [
+        "::sdk::Client<T>",
+        "crate::vendor::Client<U>",
+        "Vec<sdk::Client<V>>",
+    ] {
+        assert!(
+            found.contains(&predicate(ty, "::resource_runtime::AsyncResource")),
+            "{ty} in {found:?}"
+        );
+    }
+    let steps = all_steps(&out);
+    assert_eq!(steps.len(), 9, "{out}");
+    assert!(steps.iter().all(|s| !s.fut.boxed), "{steps:#?}");
+    assert!(
+        out.walk()
+            .calls(&format!("{RT}::__private::boxed"))
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_field_naming_the_type_itself_gets_no_bound_and_a_box() {
+    let out = expand(syn::parse_quote! {
+        struct Node<T> {
+            #[resource] leaf: T,
+            #[resource] kids: Vec<Node<T>>,
+            #[resource] up: Option<Box<self::Node<T>>>,
+            #[resource] back: Option<Box<Self>>,
+        }
+    });
+    assert_eq!(
+        out.predicates(),
+        [
+            predicate("T", "::resource_runtime::AsyncResource"),
+            predicate("Node<T>", "::core::marker::Send"),
+        ]
+    );
+    // Three fields, each with a boxed enter, close and rollback close.
+    let steps = all_steps(&out);
+    assert_eq!(steps.len(), 12, "{out}");
+    for s in &steps {
+        assert_eq!(s.fut.boxed, s.label != "leaf", "{s:?}");
+    }
+    assert_eq!(
+        out.walk().calls(&format!("{RT}::__private::boxed")).len(),
+        9
+    );
+}
+
+#[test]
+fn a_group_is_joined_without_a_macro_that_needs_the_prelude() {
+    for input in [
+        syn::parse_quote! {
+            struct S { #[resource(group = "g")] a: A, #[resource(group = "g", timeout = "1s")] b: B }
+        },
+        syn::parse_quote! {
+            #[resource(concurrent, timeout = "5s")]
+            enum E { X(#[resource] A, #[resource] B), Y { #[resource] c: C } }
+        },
+    ] {
+        let out = expand(input);
+        let walk = out.walk();
+        let macros = walk.macros();
+        assert!(!macros.is_empty(), "{out}");
+        for mac in macros {
+            assert_eq!(path_text(&mac.path), "::core::pin::pin", "{out}");
+            // Its body is walked too, so no macro hides in it.
+            assert!(mac.parse_body::<Expr>().is_ok(), "{out}");
+        }
+        // The members of each join are pinned as `__member0`, `__member1`, ...
+        let members = walk.pinned();
+        assert!(!members.is_empty(), "{out}");
+        for (name, member) in members {
+            assert_eq!(name, format!("__member{}", member.label), "{out}");
         }
     }
-    true
-}
-
-/// How many times the path `segments` occurs in `stream`, at any depth.
-fn path_count(stream: TokenStream, segments: &[&str]) -> usize {
-    let tokens: Vec<TokenTree> = stream.into_iter().collect();
-    let nested: usize = tokens
-        .iter()
-        .map(|tt| match tt {
-            TokenTree::Group(g) => path_count(g.stream(), segments),
-            _ => 0,
-        })
-        .sum();
-    nested
-        + (0..tokens.len())
-            .filter(|&i| path_at(&tokens[i..], segments))
-            .count()
-}
-
-/// Visits every token list of `stream`, at any depth.
-fn each_level(stream: TokenStream, visit: &mut impl FnMut(&[TokenTree])) {
-    let tokens: Vec<TokenTree> = stream.into_iter().collect();
-    visit(&tokens);
-    for tt in &tokens {
-        if let TokenTree::Group(g) = tt {
-            each_level(g.stream(), visit);
-        }
-    }
-}
-
-/// Whether the two tokens before the end of `before` are `::`.
-fn after_path_sep(before: &[TokenTree]) -> bool {
-    matches!(before, [.., TokenTree::Punct(a), TokenTree::Punct(b)]
-        if a.as_char() == ':' && a.spacing() == Spacing::Joint && b.as_char() == ':')
 }
 
 #[test]
@@ -477,104 +1564,127 @@ fn the_type_itself_is_its_bare_name_or_self_never_a_longer_path() {
 }
 
 #[test]
-fn a_field_of_another_type_with_the_same_name_gets_its_bound_and_no_box() {
-    let input: DeriveInput = syn::parse_quote! {
-        pub struct Client<T> { #[resource] inner: sdk::Client<T> }
-    };
-    assert_eq!(
-        predicates(&input),
-        [
-            predicate("sdk::Client<T>", "::resource_runtime::AsyncResource"),
-            predicate("Client<T>", "::core::marker::Send"),
-        ]
-    );
-    // Entered, closed and rolled back through its own impl, unboxed.
-    let out = derive(&input);
-    assert_eq!(path_count(out.clone(), &["__private", "boxed"]), 0, "{out}");
-    assert_eq!(path_count(out.clone(), &["AsyncResource", "enter"]), 1);
-    assert_eq!(path_count(out.clone(), &["AsyncResource", "close"]), 2);
-
-    // The same through a leading `::`, a longer path, and nested in another type.
-    let input: DeriveInput = syn::parse_quote! {
-        pub struct Client<T, U, V> {
-            #[resource] a: ::sdk::Client<T>,
-            #[resource] b: crate::vendor::Client<U>,
-            #[resource] c: Vec<sdk::Client<V>>,
-        }
-    };
-    let found = predicates(&input);
-    for ty in [
-        "::sdk::Client<T>",
-        "crate::vendor::Client<U>",
-        "Vec<sdk::Client<V>>",
-    ] {
-        assert!(
-            found.contains(&predicate(ty, "::resource_runtime::AsyncResource")),
-            "{ty} in {found:?}"
+fn large_groups_are_joined_in_one_step_and_capped() {
+    let fields: Vec<syn::Field> = (0..40)
+        .map(|i| {
+            let name = quote::format_ident!("f{i}");
+            syn::parse_quote!(#[resource] #name: A)
+        })
+        .collect();
+    let out = expand(syn::parse_quote! {
+        #[resource(concurrent)]
+        struct Wide { #(#fields),* }
+    });
+    let close = out.method("close");
+    // 40 members: one join, with one pinned future and one poll arm each.
+    assert_eq!(close.calls("::core::future::poll_fn").len(), 1, "{out}");
+    let members = close.pinned();
+    assert_eq!(members.len(), 40, "{out}");
+    for (index, (name, member)) in members.iter().enumerate() {
+        assert_eq!(*name, format!("__member{index}"));
+        assert_eq!(member.label, index.to_string());
+        assert_eq!(
+            member.fut,
+            via_trait("close", &format!("__field{}", 39 - index))
         );
     }
-    assert_eq!(path_count(derive(&input), &["__private", "boxed"]), 0);
+    let (_, done) = close.local("__done");
+    let Expr::Repeat(done) = done else {
+        panic!("`[false; n]` in {out}");
+    };
+    assert!(
+        matches!(lit_of(&done.expr), Some(Lit::Bool(b)) if !b.value),
+        "{out}"
+    );
+    assert_eq!(int_of(&done.len), Some(40), "{out}");
+    // `index => ::core::future::Future::poll(::core::pin::Pin::as_mut(&mut __memberN), __cx).is_ready()`
+    let polls: Vec<&ExprMatch> = close
+        .matches()
+        .into_iter()
+        .filter(|m| ident_of(&m.expr).as_deref() == Some("__at"))
+        .collect();
+    let [polls] = polls[..] else {
+        panic!("one `match __at` in {out}");
+    };
+    let (last, arms) = polls.arms.split_last().expect("arms");
+    assert_eq!(arms.len(), 40, "{out}");
+    for (index, arm) in arms.iter().enumerate() {
+        let Pat::Lit(pat) = &arm.pat else {
+            panic!("not an index: {}", arm.to_token_stream());
+        };
+        assert_eq!(int_of(&Expr::Lit(pat.clone())), Some(index as u64));
+        let Expr::MethodCall(ready) = &*arm.body else {
+            panic!("not `.is_ready()`: {}", arm.to_token_stream());
+        };
+        assert_eq!(ready.method, "is_ready");
+        let Expr::Call(poll) = &*ready.receiver else {
+            panic!("not a poll: {}", arm.to_token_stream());
+        };
+        assert!(calls_path(poll, "::core::future::Future::poll"));
+        let [Expr::Call(pinned), cx] = &poll.args.iter().collect::<Vec<_>>()[..] else {
+            panic!("{}", arm.to_token_stream());
+        };
+        assert!(calls_path(pinned, "::core::pin::Pin::as_mut"));
+        let Expr::Reference(member) = only_arg(&pinned.args) else {
+            panic!("{}", arm.to_token_stream());
+        };
+        assert!(member.mutability.is_some());
+        assert_eq!(ident_of(&member.expr), Some(format!("__member{index}")));
+        assert_eq!(ident_of(cx).as_deref(), Some("__cx"));
+    }
+    assert!(matches!(last.pat, Pat::Wild(_)), "{out}");
+    assert!(
+        matches!(lit_of(&last.body), Some(Lit::Bool(b)) if b.value),
+        "{out}"
+    );
+
+    let fields: Vec<syn::Field> = (0..129)
+        .map(|i| {
+            let name = quote::format_ident!("f{i}");
+            syn::parse_quote!(#[resource] #name: A)
+        })
+        .collect();
+    let out = expand(syn::parse_quote! {
+        #[resource(concurrent)]
+        struct Wider { #(#fields),* }
+    });
+    let errors = out.errors();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].contains("closes more than 128 fields in one concurrent step"),
+        "{errors:#?}"
+    );
 }
 
 #[test]
-fn a_field_naming_the_type_itself_gets_no_bound_and_a_box() {
-    let input: DeriveInput = syn::parse_quote! {
-        struct Node<T> {
-            #[resource] leaf: T,
-            #[resource] kids: Vec<Node<T>>,
-            #[resource] up: Option<Box<self::Node<T>>>,
-            #[resource] back: Option<Box<Self>>,
-        }
-    };
-    assert_eq!(
-        predicates(&input),
-        [
-            predicate("T", "::resource_runtime::AsyncResource"),
-            predicate("Node<T>", "::core::marker::Send"),
-        ]
+fn concurrent_with_group_is_rejected() {
+    let out = expand(syn::parse_quote! {
+        #[resource(concurrent)]
+        struct S { #[resource(group = "a")] a: A }
+    });
+    let errors = out.errors();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].contains("`group` cannot be used with `#[resource(concurrent)]`"),
+        "{errors:#?}"
     );
-    // Three fields, each with a boxed enter, close and rollback close.
-    assert_eq!(path_count(derive(&input), &["__private", "boxed"]), 9);
 }
 
-#[test]
-fn a_group_is_joined_without_a_macro_that_needs_the_prelude() {
-    for input in [
-        syn::parse_quote! {
-            struct S { #[resource(group = "g")] a: A, #[resource(group = "g", timeout = "1s")] b: B }
-        },
-        syn::parse_quote! {
-            #[resource(concurrent, timeout = "5s")]
-            enum E { X(#[resource] A, #[resource] B), Y { #[resource] c: C } }
-        },
-    ] {
-        let input: DeriveInput = input;
-        let out = derive(&input);
-        let mut macros = Vec::new();
-        each_level(out.clone(), &mut |tokens| {
-            for (i, window) in tokens.windows(3).enumerate() {
-                if let [
-                    TokenTree::Ident(name),
-                    TokenTree::Punct(bang),
-                    TokenTree::Group(_),
-                ] = window
-                    && bang.as_char() == '!'
-                {
-                    let qualified = path_at(&tokens[i.saturating_sub(6)..], &["core", "pin"])
-                        && i >= 6
-                        && after_path_sep(&tokens[..i]);
-                    macros.push((name.to_string(), qualified));
-                }
-            }
-        });
-        assert!(!macros.is_empty(), "{out}");
-        assert!(
-            macros
-                .iter()
-                .all(|(name, qualified)| name == "pin" && *qualified),
-            "{macros:?}"
-        );
+/// Visits every token list of `stream`, at any depth.
+fn each_level(stream: TokenStream, visit: &mut impl FnMut(&[TokenTree])) {
+    let tokens: Vec<TokenTree> = stream.into_iter().collect();
+    visit(&tokens);
+    for tt in &tokens {
+        if let TokenTree::Group(g) = tt {
+            each_level(g.stream(), visit);
+        }
     }
+}
+
+/// Whether the two tokens before the end of `before` are `::`.
+fn after_path_sep(before: &[TokenTree]) -> bool {
+    matches!(before, [.., TokenTree::Punct(a), TokenTree::Punct(b)]
+        if a.as_char() == ':' && a.spacing() == Spacing::Joint && b.as_char() == ':')
 }
 
 #[test]
@@ -654,51 +1764,6 @@ fn the_expansion_names_prelude_items_only_by_full_path() {
         });
         assert!(bare.is_empty(), "bare {bare:?} in {out}");
     }
-}
-
-#[test]
-fn large_groups_are_joined_in_one_step_and_capped() {
-    let fields: Vec<syn::Field> = (0..40)
-        .map(|i| {
-            let name = quote::format_ident!("f{i}");
-            syn::parse_quote!(#[resource] #name: A)
-        })
-        .collect();
-    let out = expand(syn::parse_quote! {
-        #[resource(concurrent)]
-        struct Wide { #(#fields),* }
-    });
-    // 40 members: one join, with one pinned future and one poll arm each.
-    assert_eq!(out.matches("::core::future::poll_fn(").count(), 1, "{out}");
-    assert_eq!(out.matches("::core::pin::pin!(").count(), 40, "{out}");
-    assert!(has(&out, "let mut __done = [false; 40usize];"), "{out}");
-    assert!(
-        has(&out, "39usize => ::core::future::Future::poll("),
-        "{out}"
-    );
-    let fields: Vec<syn::Field> = (0..129)
-        .map(|i| {
-            let name = quote::format_ident!("f{i}");
-            syn::parse_quote!(#[resource] #name: A)
-        })
-        .collect();
-    let out = expand(syn::parse_quote! {
-        #[resource(concurrent)]
-        struct Wider { #(#fields),* }
-    });
-    assert!(
-        has(&out, "closes more than 128 fields in one concurrent step"),
-        "{out}"
-    );
-}
-
-#[test]
-fn concurrent_with_group_is_rejected() {
-    let out = expand(syn::parse_quote! {
-        #[resource(concurrent)]
-        struct S { #[resource(group = "a")] a: A }
-    });
-    assert_eq!(errors(&out), 1, "{out}");
 }
 
 // ---------------------------------------------------------------------------------

@@ -470,6 +470,10 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    #[cfg_attr(
+        not(any(feature = "executor", feature = "limiter")),
+        allow(dead_code, reason = "used by the executor and the limiter")
+    )]
     pub(crate) fn new(
         handle: &'static str,
         setting: &'static str,

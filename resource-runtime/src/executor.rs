@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::AsyncResource;
 use crate::error::{ConfigError, ResourceError};
+#[cfg(feature = "limiter")]
 use crate::limiter::RateLimiter;
 use crate::step::DeadlineOutcome;
 
@@ -283,17 +284,13 @@ impl AsyncExecutor {
             Ok(permit) => permit,
             Err(TryAcquireError::Closed) => return Err(ResourceError::closed("AsyncExecutor")),
             Err(TryAcquireError::NoPermits) => {
-                tokio::select! {
-                    biased;
-                    permit = exec.permits.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        // The shutdown closed the permits at its deadline.
-                        Err(_) => {
-                            exec.count_stopped_waiter();
-                            return Err(ResourceError::closed("AsyncExecutor"));
-                        }
-                    },
-                    () = exec.abort.cancelled() => {
+                let acquired = exec
+                    .unless_aborted(exec.permits.clone().acquire_owned())
+                    .await;
+                match acquired {
+                    Some(Ok(permit)) => permit,
+                    // Aborted at the deadline, or the shutdown closed the permits then.
+                    Some(Err(_)) | None => {
                         exec.count_stopped_waiter();
                         return Err(ResourceError::closed("AsyncExecutor"));
                     }
@@ -432,18 +429,21 @@ pub(crate) struct Reserved<'a> {
 impl Reserved<'_> {
     /// Runs `fut` (a limiter's acquisition, say) while holding the slot; the shutdown
     /// deadline stops it like any caller waiting for a slot.
+    #[cfg_attr(
+        not(feature = "limiter"),
+        allow(dead_code, reason = "used by the rate-limited executor")
+    )]
     pub(crate) async fn wait_for<F, T>(&self, fut: F) -> Result<T, ResourceError>
     where
         F: Future<Output = Result<T, ResourceError>>,
     {
         let exec = &*self.executor.inner;
-        tokio::select! {
-            biased;
-            () = exec.abort.cancelled() => {
+        match exec.unless_aborted(fut).await {
+            Some(out) => out,
+            None => {
                 exec.count_stopped_waiter();
                 Err(ResourceError::closed("AsyncExecutor"))
             }
-            out = fut => out,
         }
     }
 
@@ -467,6 +467,19 @@ impl Exec {
     /// Names this executor for the task-local check.
     fn id(&self) -> usize {
         std::ptr::from_ref(self) as usize
+    }
+
+    /// Runs `fut` until the shutdown deadline aborts the waiting; `None` then.
+    async fn unless_aborted<F: Future>(&self, fut: F) -> Option<F::Output> {
+        let mut fut = pin!(fut);
+        let mut aborted = pin!(self.abort.cancelled());
+        poll_fn(|cx| {
+            if aborted.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            fut.as_mut().poll(cx).map(Some)
+        })
+        .await
     }
 
     /// A caller waiting for a slot stopped by the shutdown deadline.
@@ -648,6 +661,7 @@ impl Executor for AsyncExecutor {
     }
 }
 
+#[cfg(feature = "limiter")]
 /// An [`AsyncExecutor`] whose every task first takes tokens from a [`RateLimiter`]:
 /// bounded concurrency under a provider's rate limit.
 ///
@@ -673,16 +687,22 @@ impl Executor for AsyncExecutor {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug, resource_derive::AsyncResource)]
-#[resource(crate = "crate")]
+#[cfg(feature = "limiter")]
+#[derive(Clone, Debug)]
 pub struct RateLimitedExecutor {
-    // Declared first, closed last: the tasks drain after the limiter stopped admitting.
-    #[resource]
     executor: AsyncExecutor,
-    #[resource]
     limiter: RateLimiter,
 }
 
+#[cfg(feature = "limiter")]
+impl AsyncResource for RateLimitedExecutor {
+    /// Closes the limiter, then the executor; see [`close`](RateLimitedExecutor::close).
+    async fn close(&mut self) -> Result<(), ResourceError> {
+        RateLimitedExecutor::close(self).await
+    }
+}
+
+#[cfg(feature = "limiter")]
 impl RateLimitedExecutor {
     /// Runs every task of `executor` under `limiter`.
     pub fn new(limiter: RateLimiter, executor: AsyncExecutor) -> Self {
@@ -737,6 +757,7 @@ impl RateLimitedExecutor {
     }
 }
 
+#[cfg(feature = "limiter")]
 impl Executor for RateLimitedExecutor {
     fn execute<F>(&self, fut: F) -> impl Future<Output = Result<F::Output, ResourceError>> + Send
     where

@@ -102,9 +102,12 @@
 
 mod adapters;
 mod detached;
+#[cfg(feature = "http")]
 mod endpoint;
 mod error;
+#[cfg(feature = "executor")]
 mod executor;
+#[cfg(feature = "limiter")]
 mod limiter;
 mod resource;
 mod scope;
@@ -124,14 +127,19 @@ mod testing {
 pub mod __private;
 
 pub use crate::detached::{detached_in_flight, wait_detached};
+#[cfg(feature = "http")]
 pub use crate::endpoint::{
     Auth, Endpoint, EndpointBuilder, EndpointConfig, EndpointError, EndpointStats, ResourceClient,
     RetryPolicy, Secret,
 };
 pub use crate::error::{BoxError, ConfigError, Operation, ResourceError};
+#[cfg(all(feature = "executor", feature = "limiter"))]
+pub use crate::executor::RateLimitedExecutor;
+#[cfg(feature = "executor")]
 pub use crate::executor::{
-    AsyncExecutor, AsyncExecutorBuilder, Executor, ExecutorError, RateLimitedExecutor, TaskHandle,
+    AsyncExecutor, AsyncExecutorBuilder, Executor, ExecutorError, TaskHandle,
 };
+#[cfg(feature = "limiter")]
 pub use crate::limiter::{RateLimiter, RateLimiterBuilder};
 pub use crate::resource::AsyncResource;
 pub use crate::scope::{Managed, scope};
@@ -141,6 +149,12 @@ pub use crate::stack::{ResourceStack, Slot};
 pub use resource_derive::AsyncResource;
 
 /// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
+#[cfg(all(
+    doctest,
+    feature = "derive",
+    feature = "executor",
+    feature = "limiter",
+    feature = "http"
+))]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;

@@ -70,6 +70,10 @@ pub(crate) fn try_sleep(after: Duration) -> Option<tokio::time::Sleep> {
 }
 
 /// A timer until `at`, or `None` on a runtime without timers.
+#[cfg_attr(
+    not(any(feature = "executor", feature = "limiter")),
+    allow(dead_code, reason = "used by the executor and the limiter")
+)]
 pub(crate) fn try_sleep_until(at: tokio::time::Instant) -> Option<tokio::time::Sleep> {
     catch_unwind(|| tokio::time::sleep_until(at)).ok()
 }
@@ -749,6 +753,10 @@ pub async fn within_deadline<F: Future<Output = ()>>(
 
 /// Runs `fut` until the instant `at`; `deadline` is the duration reported when the
 /// timer cannot be made.
+#[cfg_attr(
+    not(feature = "executor"),
+    allow(dead_code, reason = "used by the executor")
+)]
 pub(crate) async fn within_deadline_at<F: Future<Output = ()>>(
     at: tokio::time::Instant,
     deadline: Duration,

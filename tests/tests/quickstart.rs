@@ -2,7 +2,7 @@
 //! smaller load against its embedded API on 127.0.0.1.
 
 #[allow(dead_code)]
-#[path = "../../resource-runtime/examples/quickstart.rs"]
+#[path = "../../examples/quickstart.rs"]
 mod quickstart;
 
 use tracing_subscriber::layer::SubscriberExt;

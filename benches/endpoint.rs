@@ -1,5 +1,5 @@
 //! What `Endpoint` costs a request, a burst of requests and a close, against a plain
-//! `reqwest::Client` doing the same. Run: `cargo bench -p resource-runtime --bench endpoint`.
+//! `reqwest::Client` doing the same. Run: `cargo bench -p resource-benches --bench endpoint`.
 //!
 //! Both sides call the same HTTP/1.1 server, started by the bench on 127.0.0.1 (hyper 1,
 //! keep-alive, `TCP_NODELAY`): it answers every `POST` at once with the request's own

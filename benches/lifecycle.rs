@@ -1,4 +1,4 @@
-//! What `scope` and `ResourceStack` cost. Run: `cargo bench -p resource-runtime --bench lifecycle`.
+//! What `scope` and `ResourceStack` cost. Run: `cargo bench -p resource-benches --bench lifecycle`.
 //!
 //! - `scope_worker`: `scope(resource, body)` around a trivial body against the same
 //!   enter, body and close written by hand, for a derived resource of two

@@ -1,5 +1,5 @@
 //! What `AsyncExecutor` costs a task and a shutdown, against tokio's own ways to run many
-//! tasks. Run: `cargo bench -p resource-runtime --bench executor_overhead`.
+//! tasks. Run: `cargo bench -p resource-benches --bench executor_overhead`.
 //!
 //! - `spawn_200k_c64`: 200 000 trivial tasks (each returns its index), at most 64 in
 //!   flight, started from inside a task on a multi-thread runtime (2 workers here) and

@@ -1,5 +1,5 @@
 //! Heap bytes an in-flight task costs on `AsyncExecutor`, against the tokio ways to run
-//! it. Run: `cargo bench -p resource-runtime --bench executor_memory`.
+//! it. Run: `cargo bench -p resource-benches --bench executor_memory`.
 //!
 //! A counting global allocator (`stats_alloc`, which needs no `unsafe` here: the
 //! workspace forbids it) counts every byte allocated and freed in the process. For each

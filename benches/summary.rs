@@ -1,6 +1,6 @@
 //! The summary table of BENCHMARKS.md from the figures the other benches just wrote.
-//! `cargo bench -p resource-runtime` runs it last (benches run in name order); alone,
-//! `cargo bench -p resource-runtime --bench summary` prints the last figures measured.
+//! `cargo bench -p resource-benches` runs it last (benches run in name order); alone,
+//! `cargo bench -p resource-benches --bench summary` prints the last figures measured.
 //! The limiter accuracy and executor memory rows are printed by their own binaries.
 
 use std::path::{Path, PathBuf};
@@ -124,7 +124,7 @@ fn main() {
             median(&dir, row.group, row.peer),
         ) else {
             println!(
-                "{:<50} not measured yet: run `cargo bench -p resource-runtime`",
+                "{:<50} not measured yet: run `cargo bench -p resource-benches`",
                 row.what
             );
             continue;

@@ -1,5 +1,5 @@
 //! What the derive costs against the same close written by hand, and what a concurrent
-//! group buys. Run: `cargo bench -p resource-runtime --bench close_overhead`.
+//! group buys. Run: `cargo bench -p resource-benches --bench close_overhead`.
 //!
 //! - `sequential_16`: the derived close of a 16-field struct against the close a careful
 //!   user writes by hand (reverse order, every field closed, first error kept). Every

@@ -2,8 +2,8 @@
 //! On the real clock, on a multi-thread tokio runtime. Run:
 //!
 //! ```sh
-//! cargo bench -p resource-runtime --bench limiter_accuracy             # 1 s warm-up, 3 s measured
-//! cargo bench -p resource-runtime --bench limiter_accuracy -- --quick  # 0.2 s + 0.5 s, a smoke run
+//! cargo bench -p resource-benches --bench limiter_accuracy             # 1 s warm-up, 3 s measured
+//! cargo bench -p resource-benches --bench limiter_accuracy -- --quick  # 0.2 s + 0.5 s, a smoke run
 //! ```
 //!
 //! (`LIMITER_ACCURACY_QUICK=1` does the same as `--quick`.) For each rate in {100, 1000}

@@ -1,6 +1,6 @@
 //! What a `try_acquire` costs when it passes and when it is rejected, on one thread and
 //! on two threads sharing one limiter, against the peers a user would reach for. Run:
-//! `cargo bench -p resource-runtime --bench limiter_hot_path`.
+//! `cargo bench -p resource-benches --bench limiter_hot_path`.
 //!
 //! - `try_acquire_pass`: every call is admitted. A GCRA limiter admits forever when a
 //!   token takes 1 ns (`RateLimiter::new(1_000_000_000, 1 s).unwrap()`, governor's
