@@ -49,7 +49,10 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use reqwest::Url;
-use resource_runtime::{AsyncResource, Endpoint, EndpointConfig};
+use resource_runtime::{
+    AsyncResource,
+    http::{Endpoint, EndpointConfig},
+};
 use serde_json::{Value, json};
 use tokio::runtime::Runtime;
 use tokio::sync::Barrier;

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use resource_runtime::AsyncExecutor;
+use resource_runtime::executor::AsyncExecutor;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, Stats, StatsAlloc};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;

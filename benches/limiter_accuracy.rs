@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use resource_runtime::RateLimiter;
+use resource_runtime::limiter::RateLimiter;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {

@@ -46,7 +46,7 @@ use criterion::{
 };
 use governor::clock::{Clock as _, QuantaClock};
 use governor::{Quota, RateLimiter as Governor};
-use resource_runtime::RateLimiter;
+use resource_runtime::limiter::RateLimiter;
 use tokio::sync::Semaphore;
 
 const HOUR: Duration = Duration::from_secs(3600);

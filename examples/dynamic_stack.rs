@@ -9,7 +9,7 @@
 //! 3. if one fails to enter, closes the stack on the error path: what was entered is
 //!    released, last in first out, and the scratch file removed;
 //! 4. if every provider entered, hands the whole stack over with `pop_all()` to the
-//!    gateway, a long-lived owner that reaches each client through its `Slot` and closes
+//!    gateway, a long-lived owner that reaches each client through its `StackSlot` and closes
 //!    the stack when it shuts down.
 //!
 //! The first configuration has a provider whose enter fails; the second enters, and two
@@ -24,7 +24,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use resource_runtime::{AsyncResource, Managed, ResourceError, ResourceStack, Slot, wait_detached};
+use resource_runtime::{
+    AsyncResource, Managed, ResourceError, ResourceStack, StackSlot, wait_detached,
+};
 
 /// One provider in the configuration, and how the simulation makes it behave.
 #[derive(Debug)]
@@ -154,7 +156,7 @@ impl AsyncResource for ProviderClient {
 }
 
 /// The routes a built setup serves: a provider name and the slot of its client.
-type Routes = Vec<(&'static str, Slot<ProviderClient>)>;
+type Routes = Vec<(&'static str, StackSlot<ProviderClient>)>;
 
 /// Builds one client per provider in `config` on a stack. On success the stack is handed
 /// over with `pop_all()`; on failure it is closed here, before the error is returned.

@@ -31,7 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use resource_runtime::{
-    AsyncExecutor, AsyncResource, Managed, RateLimiter, ResourceError, wait_detached,
+    AsyncResource, Managed, ResourceError, executor::AsyncExecutor, limiter::RateLimiter,
+    wait_detached,
 };
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;

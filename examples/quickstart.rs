@@ -15,8 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use resource_runtime::{
-    AsyncExecutor, AsyncResource, Endpoint, EndpointConfig, RateLimitedExecutor, RateLimiter,
-    RetryPolicy, Secret, scope, wait_detached,
+    AsyncResource,
+    executor::{AsyncExecutor, RateLimitedExecutor},
+    http::{Endpoint, EndpointConfig, RetryPolicy, Secret},
+    limiter::RateLimiter,
+    scope, wait_detached,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncWriteExt, BufWriter};

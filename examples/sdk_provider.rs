@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use resource_runtime::{AsyncResource, ResourceClient, ResourceError, scope, wait_detached};
+use resource_runtime::{AsyncResource, ResourceError, http::ResourceClient, scope, wait_detached};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 

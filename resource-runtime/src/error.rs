@@ -456,7 +456,7 @@ impl StdError for ResourceError {
 /// it with [`ResourceError::downcast_ref`].
 ///
 /// ```
-/// use resource_runtime::{AsyncExecutor, ConfigError};
+/// use resource_runtime::{ConfigError, executor::AsyncExecutor};
 ///
 /// let err = AsyncExecutor::new(0).unwrap_err();
 /// let config = err.downcast_ref::<ConfigError>().unwrap();

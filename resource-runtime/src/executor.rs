@@ -23,7 +23,7 @@ use crate::step::DeadlineOutcome;
 /// Something that runs futures: a provider written against it works with any executor.
 ///
 /// ```
-/// use resource_runtime::{AsyncExecutor, Executor, ResourceError};
+/// use resource_runtime::{ResourceError, executor::{AsyncExecutor, Executor}};
 ///
 /// async fn double<E: Executor>(executor: &E, x: u32) -> Result<u32, ResourceError> {
 ///     executor.execute(async move { x * 2 }).await
@@ -64,7 +64,7 @@ pub trait Executor: AsyncResource {
 ///
 /// ```
 /// use std::time::Duration;
-/// use resource_runtime::AsyncExecutor;
+/// use resource_runtime::executor::AsyncExecutor;
 ///
 /// # #[tokio::main]
 /// # async fn main() -> Result<(), resource_runtime::ResourceError> {
@@ -670,7 +670,7 @@ impl Executor for AsyncExecutor {
 ///
 /// ```
 /// use std::time::Duration;
-/// use resource_runtime::{AsyncExecutor, RateLimitedExecutor, RateLimiter};
+/// use resource_runtime::{executor::{AsyncExecutor, RateLimitedExecutor}, limiter::RateLimiter};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), resource_runtime::ResourceError> {

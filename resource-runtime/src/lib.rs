@@ -79,16 +79,16 @@
 //! The runtime types an API client is made of are built the same way, each a cheap
 //! `Clone` handle whose `close` closes it for every clone:
 //!
-//! - [`AsyncExecutor`]: at most `max_concurrency` tasks at once, backpressure on
+//! - [`AsyncExecutor`](executor::AsyncExecutor): at most `max_concurrency` tasks at once, backpressure on
 //!   submission, a task's panic returned to its caller, and a shutdown that stops new
 //!   work, drains, then aborts and counts what is left;
-//! - [`RateLimiter`]: `rate` per `period` with a `burst`, first come first served, on
-//!   tokio's clock, with [`pause_until`](RateLimiter::pause_until) for `Retry-After`;
-//! - [`RateLimitedExecutor`]: both, derived;
-//! - [`Endpoint`]: an HTTP API on reqwest, configured by an [`EndpointConfig`] (serde),
+//! - [`RateLimiter`](limiter::RateLimiter): `rate` per `period` with a `burst`, first come first served, on
+//!   tokio's clock, with [`pause_until`](limiter::RateLimiter::pause_until) for `Retry-After`;
+//! - [`RateLimitedExecutor`](executor::RateLimitedExecutor): both;
+//! - [`Endpoint`](http::Endpoint): an HTTP API on reqwest, configured by an [`EndpointConfig`](http::EndpointConfig) (serde),
 //!   with retries, backoff and `Retry-After`, and a close that lets in-flight calls
 //!   finish, cuts the rest and releases every pooled connection. Providers are written
-//!   against [`ResourceClient`] and [`Executor`], so an SDK-style client of your own
+//!   against [`ResourceClient`](http::ResourceClient) and [`Executor`](executor::Executor), so an SDK-style client of your own
 //!   fits beside it.
 //!
 //! [`AsyncResource`] is implemented for `Option<T>`, `Box<T>`, `&mut T` and `Vec<T>`,
@@ -102,13 +102,16 @@
 
 mod adapters;
 mod detached;
-#[cfg(feature = "http")]
-mod endpoint;
 mod error;
 #[cfg(feature = "executor")]
-mod executor;
+#[cfg_attr(docsrs, doc(cfg(feature = "executor")))]
+pub mod executor;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 #[cfg(feature = "limiter")]
-mod limiter;
+#[cfg_attr(docsrs, doc(cfg(feature = "limiter")))]
+pub mod limiter;
 mod resource;
 mod scope;
 mod stack;
@@ -127,23 +130,10 @@ mod testing {
 pub mod __private;
 
 pub use crate::detached::{detached_in_flight, wait_detached};
-#[cfg(feature = "http")]
-pub use crate::endpoint::{
-    Auth, Endpoint, EndpointBuilder, EndpointConfig, EndpointError, EndpointStats, ResourceClient,
-    RetryPolicy, Secret,
-};
 pub use crate::error::{BoxError, ConfigError, Operation, ResourceError};
-#[cfg(all(feature = "executor", feature = "limiter"))]
-pub use crate::executor::RateLimitedExecutor;
-#[cfg(feature = "executor")]
-pub use crate::executor::{
-    AsyncExecutor, AsyncExecutorBuilder, Executor, ExecutorError, TaskHandle,
-};
-#[cfg(feature = "limiter")]
-pub use crate::limiter::{RateLimiter, RateLimiterBuilder};
 pub use crate::resource::AsyncResource;
 pub use crate::scope::{Managed, scope};
-pub use crate::stack::{ResourceStack, Slot};
+pub use crate::stack::{ResourceStack, StackSlot};
 
 #[cfg(feature = "derive")]
 pub use resource_derive::AsyncResource;

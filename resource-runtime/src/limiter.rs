@@ -44,7 +44,7 @@ use crate::error::{ConfigError, ResourceError};
 ///
 /// ```
 /// use std::time::Duration;
-/// use resource_runtime::RateLimiter;
+/// use resource_runtime::limiter::RateLimiter;
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), resource_runtime::ResourceError> {
@@ -177,7 +177,7 @@ impl RateLimiter {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use resource_runtime::RateLimiter;
+    /// use resource_runtime::limiter::RateLimiter;
     ///
     /// # fn main() -> Result<(), resource_runtime::ResourceError> {
     /// let limiter = RateLimiter::builder(100, Duration::from_secs(60)).burst(10).build()?;
@@ -209,7 +209,7 @@ impl RateLimiter {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use resource_runtime::RateLimiter;
+    /// use resource_runtime::limiter::RateLimiter;
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), resource_runtime::ResourceError> {

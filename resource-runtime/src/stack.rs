@@ -48,23 +48,23 @@ static NEXT_STACK: AtomicU64 = AtomicU64::new(0);
 
 /// A typed handle to a resource in a [`ResourceStack`], to reach it again with
 /// [`get`](ResourceStack::get) and [`get_mut`](ResourceStack::get_mut).
-pub struct Slot<R> {
+pub struct StackSlot<R> {
     stack: u64,
     index: usize,
     _type: PhantomData<fn() -> R>,
 }
 
-impl<R> Clone for Slot<R> {
+impl<R> Clone for StackSlot<R> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<R> Copy for Slot<R> {}
+impl<R> Copy for StackSlot<R> {}
 
-impl<R> std::fmt::Debug for Slot<R> {
+impl<R> std::fmt::Debug for StackSlot<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Slot")
+        f.debug_struct("StackSlot")
             .field("type", &std::any::type_name::<R>())
             .field("index", &self.index)
             .finish()
@@ -162,7 +162,7 @@ impl ResourceStack {
     pub async fn enter<R: AsyncResource + 'static>(
         &mut self,
         resource: R,
-    ) -> Result<Slot<R>, ResourceError> {
+    ) -> Result<StackSlot<R>, ResourceError> {
         let mut guard = Guard::new(resource, Dropped::Stack);
         guard.enter().await?;
         match guard.take() {
@@ -174,13 +174,13 @@ impl ResourceStack {
     }
 
     /// Pushes a resource that is already entered.
-    pub fn push<R: AsyncResource + 'static>(&mut self, resource: R) -> Slot<R> {
+    pub fn push<R: AsyncResource + 'static>(&mut self, resource: R) -> StackSlot<R> {
         let index = self.entries.len();
         self.entries.push(Entry::Resource {
             ty: std::any::type_name::<R>(),
             resource: Box::new(resource),
         });
-        Slot {
+        StackSlot {
             stack: self.id,
             index,
             _type: PhantomData,
@@ -198,7 +198,7 @@ impl ResourceStack {
         });
     }
 
-    fn entry<R: 'static>(&self, slot: &Slot<R>) -> Option<&dyn Erased> {
+    fn entry<R: 'static>(&self, slot: &StackSlot<R>) -> Option<&dyn Erased> {
         if slot.stack != self.id {
             return None;
         }
@@ -210,12 +210,12 @@ impl ResourceStack {
 
     /// The resource `slot` was given for; `None` if it is from another stack or the
     /// stack has been closed or handed over.
-    pub fn get<R: 'static>(&self, slot: &Slot<R>) -> Option<&R> {
+    pub fn get<R: 'static>(&self, slot: &StackSlot<R>) -> Option<&R> {
         self.entry(slot)?.as_any().downcast_ref()
     }
 
     /// The resource `slot` was given for, mutably.
-    pub fn get_mut<R: 'static>(&mut self, slot: &Slot<R>) -> Option<&mut R> {
+    pub fn get_mut<R: 'static>(&mut self, slot: &StackSlot<R>) -> Option<&mut R> {
         if slot.stack != self.id {
             return None;
         }

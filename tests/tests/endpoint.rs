@@ -6,8 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use resource_runtime::{
-    AsyncExecutor, AsyncResource, Endpoint, EndpointConfig, EndpointError, RateLimiter,
-    ResourceClient, ResourceError, RetryPolicy, Secret, scope,
+    AsyncResource, ResourceError,
+    executor::AsyncExecutor,
+    http::{Endpoint, EndpointConfig, EndpointError, ResourceClient, RetryPolicy, Secret},
+    limiter::RateLimiter,
+    scope,
 };
 use resource_tests::server::{Reply, TestServer};
 use serde_json::{Value, json};

@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use resource_runtime::{
-    AsyncExecutor, AsyncResource, ConfigError, Executor, ExecutorError, ResourceError,
+    AsyncResource, ConfigError, ResourceError,
+    executor::{AsyncExecutor, Executor, ExecutorError},
 };
 use resource_tests::{
     Gauge, Log, at_once, block_on_without_runtime, counter, get, runtime_without_timers, strings,

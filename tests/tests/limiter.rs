@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use resource_runtime::{ConfigError, RateLimiter, ResourceError};
+use resource_runtime::{ConfigError, ResourceError, limiter::RateLimiter};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 

@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use resource_runtime::{
-    AsyncExecutor, AsyncResource, Executor, ExecutorError, RateLimitedExecutor, RateLimiter,
-    ResourceError,
+    AsyncResource, ResourceError,
+    executor::{AsyncExecutor, Executor, ExecutorError, RateLimitedExecutor},
+    limiter::RateLimiter,
 };
 use resource_tests::{Gauge, Log, Probe, at_once, counter, get};
 use tokio::task::JoinSet;

@@ -4,7 +4,10 @@ use std::future::Future;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
-use resource_runtime::{AsyncExecutor, RateLimitedExecutor, RateLimiter};
+use resource_runtime::{
+    executor::{AsyncExecutor, RateLimitedExecutor},
+    limiter::RateLimiter,
+};
 
 #[tokio::test(start_paused = true)]
 async fn a_close_past_its_deadline_does_not_wait_for_a_waiter_nobody_polls() {

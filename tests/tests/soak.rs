@@ -45,9 +45,11 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use resource_runtime::{
-    AsyncExecutor, AsyncResource, Endpoint, EndpointConfig, EndpointError, Managed,
-    RateLimitedExecutor, RateLimiter, ResourceError, ResourceStack, RetryPolicy,
-    detached_in_flight, scope, testing, wait_detached,
+    AsyncResource, Managed, ResourceError, ResourceStack, detached_in_flight,
+    executor::{AsyncExecutor, RateLimitedExecutor},
+    http::{Endpoint, EndpointConfig, EndpointError, RetryPolicy},
+    limiter::RateLimiter,
+    scope, testing, wait_detached,
 };
 use resource_tests::server::{Reply, TestServer};
 use serde_json::{Value, json};

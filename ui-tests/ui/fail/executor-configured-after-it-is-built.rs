@@ -2,7 +2,7 @@
 // no call can give one clone another shutdown deadline.
 use std::time::Duration;
 
-use resource_runtime::AsyncExecutor;
+use resource_runtime::executor::AsyncExecutor;
 
 fn main() {
     let executor = AsyncExecutor::new(4).unwrap();

@@ -2,7 +2,7 @@
 // no call can give one clone another burst.
 use std::time::Duration;
 
-use resource_runtime::RateLimiter;
+use resource_runtime::limiter::RateLimiter;
 
 fn main() {
     let limiter = RateLimiter::new(10, Duration::from_secs(1)).unwrap();

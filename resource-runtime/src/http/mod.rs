@@ -129,7 +129,7 @@ impl EndpointError {
 /// A cheap handle: every clone is the same endpoint.
 ///
 /// ```no_run
-/// use resource_runtime::{Endpoint, EndpointConfig, ResourceError, Secret, scope};
+/// use resource_runtime::{ResourceError, scope, http::{Endpoint, EndpointConfig, Secret}};
 /// use serde_json::{Value, json};
 ///
 /// # #[tokio::main]
@@ -235,7 +235,7 @@ impl EndpointBuilder {
     }
 
     /// Like [`limiter`](Self::limiter) for calls that already run under `limiter`
-    /// (through a [`RateLimitedExecutor`](crate::RateLimitedExecutor) that shares it):
+    /// (through a [`RateLimitedExecutor`](crate::executor::RateLimitedExecutor) that shares it):
     /// a first attempt takes no token of its own, retries do, and a `429` with
     /// `Retry-After` pauses the limiter for every caller.
     pub fn pausing_limiter(mut self, limiter: RateLimiter) -> Self {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 /// format; durations are strings such as `"500ms"`, `"30s"`, `"2m"`):
 ///
 /// ```
-/// use resource_runtime::{Auth, EndpointConfig, Secret};
+/// use resource_runtime::http::{Auth, EndpointConfig, Secret};
 ///
 /// let json = r#"{
 ///     "name": "chat",
