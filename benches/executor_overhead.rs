@@ -10,7 +10,7 @@
 //!     waits for every task: the like-for-like of the tracker row;
 //!   - `tracker_semaphore`: `TaskTracker` + `Arc<Semaphore>(64)`: `acquire_owned` before
 //!     each spawn, the permit moved into the task, handles dropped, then `close` and
-//!     `wait`: the floor for a bounded executor (DESIGN.md), and the peer of the ratios;
+//!     `wait`: the floor for a bounded executor (docs/design.md, "Reference points"), and the peer of the ratios;
 //!   - `joinset_drain`: a `JoinSet`, `join_next` whenever 64 are in it, drained at the end;
 //!   - `tokio_spawn`: unbounded `tokio::spawn`, every handle kept and awaited.
 //! - `close_10k`: the time `shutdown()` takes on an `AsyncExecutor` with 10 000 tasks

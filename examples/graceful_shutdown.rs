@@ -14,8 +14,9 @@
 //! On shutdown the fields close in reverse declaration order: the token (the worker is
 //! told to stop), the worker (it gets a moment to finish on its own), the executor
 //! (no new jobs; running ones finish), the limiter, and the log (flushed, so no line is
-//! lost). A `tracing` layer records each field's close, printed as a report. Before it
-//! exits, the program waits for any close left to the background (`wait_detached`).
+//! lost). The library's close report (`resource_runtime::report`) records each field's
+//! close, printed as a table. Before it exits, the program waits for any close left to
+//! the background (`wait_detached`).
 //!
 //! ```sh
 //! cargo run --example graceful_shutdown                     # runs 2 s, then shuts down
@@ -27,17 +28,18 @@
 //! `cargo run` ends by itself in CI and in scripts.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use resource_runtime::{
-    AsyncResource, Managed, ResourceError, executor::AsyncExecutor, limiter::RateLimiter,
-    wait_detached,
+    AsyncResource, Managed, Operation, ResourceError, executor::AsyncExecutor,
+    limiter::RateLimiter, report::CloseRecorder, wait_detached,
 };
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 
 /// The service: declared in the order it is built, closed in reverse, all of it within
@@ -167,8 +169,17 @@ async fn heartbeat(stop: CancellationToken, jobs: AsyncExecutor, limiter: RateLi
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let run_for = run_for()?;
-    let steps = StepLog::default();
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(steps.clone()))?;
+    // Warnings and up on stderr, and the close report, which traces the library's
+    // steps at DEBUG for itself alone.
+    let steps = CloseRecorder::new();
+    let subscriber = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(LevelFilter::WARN),
+        )
+        .with(steps.layer());
+    tracing::subscriber::set_global_default(subscriber)?;
 
     let log_path = std::env::temp_dir().join(format!(
         "resource-graceful-shutdown-{}.log",
@@ -240,8 +251,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         println!("  {line}   <- finished while the executor shut down");
     }
 
-    println!("\nclose report (every field, in the order it closed):");
-    steps.print();
+    let mut report = steps.take();
+    report.retain(|step| step.operation == Operation::Close);
+    println!("\nclose report (every field, in the order it closed):\n{report}");
     match &closed {
         Ok(()) => println!("whole close: ok in {} ms", took.as_millis()),
         Err(e) => println!("whole close: failed in {} ms:\n{e}", took.as_millis()),
@@ -260,112 +272,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!("wait_detached: no close left in the background; exiting");
     closed?;
     Ok(())
-}
-
-/// A `tracing` layer that keeps the close steps the derive reports (`resource.close`
-/// spans) and warnings, in the order they finish (from `quickstart.rs`, trimmed).
-#[derive(Clone, Default)]
-struct StepLog {
-    rows: Arc<Mutex<Vec<String>>>,
-}
-
-impl StepLog {
-    fn print(&self) {
-        let rows = std::mem::take(&mut *self.rows.lock().unwrap_or_else(|p| p.into_inner()));
-        println!(
-            "    {:<3} {:<14} {:<10} {:>10}  outcome",
-            "#", "type", "field", "took"
-        );
-        for (i, row) in rows.iter().enumerate() {
-            println!("    {:<3} {row}", i + 1);
-        }
-    }
-
-    fn push(&self, row: String) {
-        self.rows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(row);
-    }
-}
-
-#[derive(Default)]
-struct Fields {
-    message: String,
-    resource: String,
-    path: String,
-    elapsed_us: u64,
-    outcome: String,
-}
-
-impl tracing::field::Visit for Fields {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        match field.name() {
-            "resource" => self.resource = value.to_owned(),
-            "outcome" => self.outcome = value.to_owned(),
-            _ => {}
-        }
-    }
-
-    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        if field.name() == "elapsed_us" {
-            self.elapsed_us = value;
-        }
-    }
-
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        match field.name() {
-            "path" => self.path = format!("{value:?}"),
-            "message" => self.message = format!("{value:?}"),
-            _ => {}
-        }
-    }
-}
-
-impl<S> tracing_subscriber::Layer<S> for StepLog
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        id: &tracing::span::Id,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        if attrs.metadata().name() != "resource.close" {
-            return;
-        }
-        let mut fields = Fields::default();
-        attrs.record(&mut fields);
-        if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(fields);
-        }
-    }
-
-    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
-        if *event.metadata().level() <= tracing::Level::WARN {
-            let mut fields = Fields::default();
-            event.record(&mut fields);
-            self.push(format!("{}: {}", event.metadata().level(), fields.message));
-            return;
-        }
-        let Some(span) = ctx.event_span(event) else {
-            return;
-        };
-        let mut done = Fields::default();
-        event.record(&mut done);
-        let extensions = span.extensions();
-        let Some(fields) = extensions.get::<Fields>() else {
-            return;
-        };
-        let took = match done.elapsed_us {
-            us @ 0..1_000 => format!("{us} µs"),
-            us => format!("{:.1} ms", us as f64 / 1_000.0),
-        };
-        let ty = fields.resource.rsplit("::").next().unwrap_or_default();
-        self.push(format!(
-            "{ty:<14} {:<10} {took:>10}  {}",
-            fields.path, done.outcome
-        ));
-    }
 }

@@ -10,19 +10,22 @@
 //! ```
 
 use std::io::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use resource_runtime::{
-    AsyncResource,
+    AsyncResource, Operation,
     executor::{AsyncExecutor, RateLimitedExecutor},
     http::{Endpoint, EndpointConfig, RetryPolicy, Secret},
     limiter::RateLimiter,
+    report::CloseRecorder,
     scope, wait_detached,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncWriteExt, BufWriter};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 
 /// The provider: declared in the order it is built, closed in reverse. The jobs close
@@ -84,11 +87,24 @@ fn options() -> Result<Options, String> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let options = options()?;
-    let steps = StepLog::default();
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(steps.clone()))?;
+    let steps = CloseRecorder::new();
+    // Warnings and up on stderr, and the close report, which traces the library's
+    // steps at DEBUG for itself alone.
+    let subscriber = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(LevelFilter::WARN),
+        )
+        .with(steps.layer());
+    tracing::subscriber::set_global_default(subscriber)?;
     run(options, steps).await?;
     Ok(())
 }
+
+/// Where `run` reads the steps of the close from: the library's recorder, installed by
+/// the caller (`main`, or the end-to-end test on a subscriber of its own).
+pub(crate) type StepLog = CloseRecorder;
 
 /// The statistics `run` ends with (printed as it goes; the end-to-end test in
 /// `tests/tests/quickstart.rs` reads them).
@@ -99,10 +115,11 @@ pub(crate) struct Report {
     pub(crate) answered: u64,
     pub(crate) failed: u64,
     pub(crate) retries: u64,
+    /// The close steps, one row each (`close  Provider  jobs  106 µs  ok`).
     pub(crate) closed: Vec<String>,
 }
 
-/// The whole job; `main` only reads the arguments and installs the step log.
+/// The whole job; `main` only reads the arguments and installs the subscriber.
 pub(crate) async fn run(
     options: Options,
     steps: StepLog,
@@ -193,8 +210,10 @@ pub(crate) async fn run(
     .await?;
     let elapsed = started.elapsed();
 
-    println!("\nclose report (every step as it finished):");
-    let closed = steps.print();
+    let mut report = steps.take();
+    report.retain(|step| step.operation == Operation::Close);
+    println!("\nclose report (every step as it finished):\n{report}");
+    let closed: Vec<String> = report.iter().map(ToString::to_string).collect();
     println!("\nrequests: {total} sent, {ok} answered, {failed} failed");
     println!(
         "attempts: {} ({} retries after 429 or 5xx)",
@@ -320,126 +339,5 @@ mod demo_api {
                 .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
         }
         Ok(response)
-    }
-}
-
-/// A `tracing` layer that keeps the steps the derive reports (`resource.enter` and
-/// `resource.close` spans) and warnings, in the order they happen.
-#[derive(Clone, Default)]
-pub(crate) struct StepLog {
-    rows: Arc<Mutex<Vec<String>>>,
-}
-
-impl StepLog {
-    /// Prints the close steps and warnings seen so far, and returns them.
-    fn print(&self) -> Vec<String> {
-        let rows = std::mem::take(&mut *self.rows.lock().unwrap_or_else(|p| p.into_inner()));
-        let rows: Vec<String> = rows
-            .into_iter()
-            .filter(|r| !r.starts_with("enter"))
-            .collect();
-        println!(
-            "    {:<3} {:<6} {:<20} {:<10} {:>10}  outcome",
-            "#", "step", "type", "field", "took"
-        );
-        for (i, row) in rows.iter().enumerate() {
-            println!("    {:<3} {row}", i + 1);
-        }
-        rows
-    }
-}
-
-#[derive(Default)]
-struct Fields {
-    message: String,
-    resource: String,
-    path: String,
-    elapsed_us: u64,
-    outcome: String,
-}
-
-impl tracing::field::Visit for Fields {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        match field.name() {
-            "resource" => self.resource = value.to_owned(),
-            "outcome" => self.outcome = value.to_owned(),
-            _ => {}
-        }
-    }
-
-    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        if field.name() == "elapsed_us" {
-            self.elapsed_us = value;
-        }
-    }
-
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        match field.name() {
-            "path" => self.path = format!("{value:?}"),
-            "message" => self.message = format!("{value:?}"),
-            _ => {}
-        }
-    }
-}
-
-impl<S> tracing_subscriber::Layer<S> for StepLog
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        id: &tracing::span::Id,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        if !attrs.metadata().name().starts_with("resource.") {
-            return;
-        }
-        let mut fields = Fields::default();
-        attrs.record(&mut fields);
-        if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(fields);
-        }
-    }
-
-    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
-        if *event.metadata().level() <= tracing::Level::WARN {
-            let mut fields = Fields::default();
-            event.record(&mut fields);
-            let row = format!("{}: {}", event.metadata().level(), fields.message);
-            self.rows
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(row);
-            return;
-        }
-        let Some(span) = ctx.event_span(event) else {
-            return;
-        };
-        let name = span.name();
-        let Some(step) = name
-            .strip_prefix("resource.")
-            .filter(|s| *s == "enter" || *s == "close")
-        else {
-            return;
-        };
-        let mut done = Fields::default();
-        event.record(&mut done);
-        let extensions = span.extensions();
-        let Some(fields) = extensions.get::<Fields>() else {
-            return;
-        };
-        let took = match done.elapsed_us {
-            us @ 0..1_000 => format!("{us} µs"),
-            us => format!("{:.1} ms", us as f64 / 1_000.0),
-        };
-        let row = format!(
-            "{step:<6} {:<20} {:<10} {took:>10}  {}",
-            fields.resource, fields.path, done.outcome
-        );
-        self.rows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(row);
     }
 }

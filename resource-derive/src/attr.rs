@@ -21,7 +21,7 @@ pub(crate) const CONTAINER_KEYS: &[&str] = &[
     "crate",
 ];
 
-/// A deadline given as `"500ms"`, `"2s"`, `"1m"` or `"1h"`.
+/// A deadline given as a duration string, read by [`parse_deadline_ms`].
 #[derive(Clone, Copy)]
 pub(crate) struct Timeout {
     pub(crate) millis: u64,
@@ -284,43 +284,76 @@ fn string_value(key: &str, example: &str, meta: &ParseNestedMeta<'_>) -> syn::Re
 
 fn timeout_value(meta: &ParseNestedMeta<'_>) -> syn::Result<Timeout> {
     let lit = string_value("timeout", "\"2s\"", meta)?;
-    let millis = parse_duration_ms(&lit.value()).map_err(|why| syn::Error::new(lit.span(), why))?;
+    let millis = parse_deadline_ms(&lit.value()).map_err(|why| syn::Error::new(lit.span(), why))?;
     Ok(Timeout { millis })
 }
 
-/// `"500ms"`, `"2s"`, `"1m"`, `"1h"` into milliseconds.
+// The duration grammar below is the one `resource_runtime::http::EndpointConfig` reads
+// from configuration files (`resource-runtime/src/http/config.rs`): the same parser,
+// the same rules and the same messages. A change here is a change there.
+
+/// A duration in [humantime]'s grammar (`"500ms"`, `"2s"`, `"1m 30s"`, `"1.5s"`,
+/// `"1h"`), in whole milliseconds: a timer keeps nothing finer, so a value that is not
+/// a whole number of milliseconds is an error rather than silently rounded.
 pub(crate) fn parse_duration_ms(text: &str) -> Result<u64, String> {
-    let malformed = || {
-        format!(
-            "malformed timeout `{text}`: write a whole number followed by `ms`, `s`, `m` or `h`, like \"500ms\" or \"2s\""
-        )
-    };
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits_end);
-    if number.is_empty() {
-        return Err(malformed());
-    }
-    let scale: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(malformed()),
-    };
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("timeout `{text}` is too large"))?;
-    let millis = value
-        .checked_mul(scale)
-        .ok_or_else(|| format!("timeout `{text}` is too large"))?;
-    if millis == 0 {
+    let duration = humantime::parse_duration(text).map_err(|e| not_a_duration(text, &e))?;
+    if duration.subsec_nanos() % 1_000_000 != 0 {
+        let down = duration.as_millis();
+        let hint = if down == 0 {
+            "write \"1ms\"".to_owned()
+        } else {
+            format!("write \"{down}ms\" or \"{}ms\"", down + 1)
+        };
         return Err(format!(
-            "a zero timeout would drop every close at once: give a deadline of at least \"1ms\", or remove `timeout` for none (found `{text}`)"
+            "`{text}` is not a whole number of milliseconds, the finest step a deadline or delay keeps: {hint}"
         ));
     }
-    Ok(millis)
+    u64::try_from(duration.as_millis()).map_err(|_| too_long(text))
+}
+
+/// A deadline: a duration that is not zero. A zero deadline would expire before the
+/// work it bounds could run, so it is refused rather than given a meaning.
+pub(crate) fn parse_deadline_ms(text: &str) -> Result<u64, String> {
+    match parse_duration_ms(text)? {
+        0 => Err(format!(
+            "`{text}` is a zero deadline, which would cut what it bounds at once: give at least \"1ms\", or leave the deadline out"
+        )),
+        millis => Ok(millis),
+    }
+}
+
+fn too_long(text: &str) -> String {
+    format!("`{text}` is too long a duration: keep it under 500 years")
+}
+
+/// What a duration looks like, ending every message about a malformed one.
+const DURATION_HINT: &str = "write numbers with units, like \"500ms\", \"2s\", \"1m 30s\" or \"1h\" (units: `ms`, `s`, `m`, `h`, `d`, `w`, and long names such as `sec`, `min`, `hours`)";
+
+/// What is wrong with `text`, and what to write instead.
+fn not_a_duration(text: &str, error: &humantime::DurationError) -> String {
+    use humantime::DurationError as E;
+    let detail = match error {
+        E::Empty => return format!("an empty string is not a duration: {DURATION_HINT}"),
+        E::UnknownUnit { unit, value, .. } if unit.is_empty() => {
+            format!("the number needs a unit, like \"{value}s\" or \"{value}ms\"")
+        }
+        E::UnknownUnit { unit, .. } => format!("`{unit}` is not a unit"),
+        E::NumberExpected(at) => match text.get(*at..).map(str::trim_start) {
+            Some(rest) if !rest.is_empty() => format!("expected a number at `{rest}`"),
+            _ => "expected a number".to_owned(),
+        },
+        E::InvalidCharacter(at) => match text.get(*at..).and_then(|rest| rest.chars().next()) {
+            Some(c) => format!("unexpected `{c}`"),
+            None => "unexpected character".to_owned(),
+        },
+        E::NumberOverflow if text.contains('.') => {
+            return format!(
+                "`{text}` is too long a duration, or finer than a millisecond: keep it under 500 years, in whole milliseconds"
+            );
+        }
+        E::NumberOverflow => return too_long(text),
+    };
+    format!("`{text}` is not a duration: {detail}; {DURATION_HINT}")
 }
 
 pub(crate) fn field_attrs(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
@@ -437,29 +470,149 @@ pub(crate) fn reject(cx: &Ctxt, attrs: &[Attribute], why: &str) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration_ms("500ms"), Ok(500));
-        assert_eq!(parse_duration_ms("2s"), Ok(2_000));
-        assert_eq!(parse_duration_ms("1m"), Ok(60_000));
-        assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
-        for bad in ["", "s", "2", "2 s", "2sec", "-1s", "1.5s", "ms500"] {
-            assert!(
-                parse_duration_ms(bad).unwrap_err().contains("malformed"),
-                "{bad}"
-            );
+    /// Inputs and what a deadline makes of them: whole milliseconds, or the whole message
+    /// (`HINT` standing for [`DURATION_HINT`]). A delay reads them the same, except that
+    /// a zero is `Ok(0)`. The same table is in the derive (`resource-derive/src/attr.rs`)
+    /// and in the endpoint's configuration (`resource-runtime/src/http/config.rs`), and a
+    /// test of the latter checks that the two are equal.
+    const DURATION_CASES: &[(&str, Result<u64, &str>)] = &[
+        ("500ms", Ok(500)),
+        ("2s", Ok(2_000)),
+        ("2 s", Ok(2_000)),
+        (" 2s ", Ok(2_000)),
+        ("2 seconds", Ok(2_000)),
+        ("1.5s", Ok(1_500)),
+        ("1m", Ok(60_000)),
+        ("2 min", Ok(120_000)),
+        ("1m 30s", Ok(90_000)),
+        ("1m30s", Ok(90_000)),
+        ("1h", Ok(3_600_000)),
+        ("1d", Ok(86_400_000)),
+        ("1w", Ok(604_800_000)),
+        ("2000us", Ok(2)),
+        (
+            "0s",
+            Err(
+                "`0s` is a zero deadline, which would cut what it bounds at once: give at least \"1ms\", or leave the deadline out",
+            ),
+        ),
+        (
+            "0ms",
+            Err(
+                "`0ms` is a zero deadline, which would cut what it bounds at once: give at least \"1ms\", or leave the deadline out",
+            ),
+        ),
+        (
+            "0",
+            Err(
+                "`0` is a zero deadline, which would cut what it bounds at once: give at least \"1ms\", or leave the deadline out",
+            ),
+        ),
+        (
+            "0.0s",
+            Err(
+                "`0.0s` is a zero deadline, which would cut what it bounds at once: give at least \"1ms\", or leave the deadline out",
+            ),
+        ),
+        (
+            "1500us",
+            Err(
+                "`1500us` is not a whole number of milliseconds, the finest step a deadline or delay keeps: write \"1ms\" or \"2ms\"",
+            ),
+        ),
+        (
+            "1.5ms",
+            Err(
+                "`1.5ms` is not a whole number of milliseconds, the finest step a deadline or delay keeps: write \"1ms\" or \"2ms\"",
+            ),
+        ),
+        (
+            "500us",
+            Err(
+                "`500us` is not a whole number of milliseconds, the finest step a deadline or delay keeps: write \"1ms\"",
+            ),
+        ),
+        (
+            "1ns",
+            Err(
+                "`1ns` is not a whole number of milliseconds, the finest step a deadline or delay keeps: write \"1ms\"",
+            ),
+        ),
+        ("", Err("an empty string is not a duration: HINT")),
+        ("  ", Err("an empty string is not a duration: HINT")),
+        (
+            "2",
+            Err("`2` is not a duration: the number needs a unit, like \"2s\" or \"2ms\"; HINT"),
+        ),
+        (
+            "1m 30",
+            Err(
+                "`1m 30` is not a duration: the number needs a unit, like \"30s\" or \"30ms\"; HINT",
+            ),
+        ),
+        ("2x", Err("`2x` is not a duration: `x` is not a unit; HINT")),
+        (
+            "2 fortnights",
+            Err("`2 fortnights` is not a duration: `fortnights` is not a unit; HINT"),
+        ),
+        ("2S", Err("`2S` is not a duration: `S` is not a unit; HINT")),
+        (
+            "soon",
+            Err("`soon` is not a duration: expected a number at `soon`; HINT"),
+        ),
+        (
+            "-1s",
+            Err("`-1s` is not a duration: expected a number at `-1s`; HINT"),
+        ),
+        (
+            "2 seconds later",
+            Err("`2 seconds later` is not a duration: expected a number at `later`; HINT"),
+        ),
+        (
+            "1,5s",
+            Err("`1,5s` is not a duration: unexpected `,`; HINT"),
+        ),
+        ("1.s", Err("`1.s` is not a duration: unexpected `.`; HINT")),
+        (
+            "18446744073709551615h",
+            Err("`18446744073709551615h` is too long a duration: keep it under 500 years"),
+        ),
+        (
+            "18446744073709551615s",
+            Err("`18446744073709551615s` is too long a duration: keep it under 500 years"),
+        ),
+        (
+            "99999999999999999999ms",
+            Err("`99999999999999999999ms` is too long a duration: keep it under 500 years"),
+        ),
+        (
+            "0.5ns",
+            Err(
+                "`0.5ns` is too long a duration, or finer than a millisecond: keep it under 500 years, in whole milliseconds",
+            ),
+        ),
+    ];
+
+    /// What the table says of `text` as a deadline (`zero: None`) or as a delay.
+    fn expected(want: &Result<u64, &str>, zero: Option<u64>) -> Result<u64, String> {
+        match (want, zero) {
+            (Err(message), Some(zero)) if message.contains("zero deadline") => Ok(zero),
+            _ => want.map_err(|message| message.replace("HINT", DURATION_HINT)),
         }
-        assert!(parse_duration_ms("0s").unwrap_err().contains("zero"));
-        assert!(
-            parse_duration_ms("99999999999999999999ms")
-                .unwrap_err()
-                .contains("too large")
-        );
-        assert!(
-            parse_duration_ms("18446744073709551615h")
-                .unwrap_err()
-                .contains("too large")
-        );
+    }
+
+    #[test]
+    fn deadlines_follow_the_shared_table() {
+        for (text, want) in DURATION_CASES {
+            assert_eq!(parse_deadline_ms(text), expected(want, None), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn durations_follow_the_shared_table_and_take_zero() {
+        for (text, want) in DURATION_CASES {
+            assert_eq!(parse_duration_ms(text), expected(want, Some(0)), "{text:?}");
+        }
     }
 
     #[test]

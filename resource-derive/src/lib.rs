@@ -60,7 +60,7 @@ mod valid;
 /// | `#[resource]` | the field implements `AsyncResource`; it is entered and closed |
 /// | `#[resource(close = path)]` | close with `async fn(&mut FieldType) -> Result<(), E>` (a foreign type); nothing to enter unless `enter` is given |
 /// | `#[resource(enter = path)]` | enter with `async fn(&mut FieldType) -> Result<(), E>` |
-/// | `#[resource(timeout = "2s")]` | deadline for this field's close: `"500ms"`, `"2s"`, `"1m"`, `"1h"` |
+/// | `#[resource(timeout = "2s")]` | deadline for this field's close: numbers with units, like `"500ms"`, `"2s"`, `"1m 30s"`, `"1.5s"` or `"1h"` (humantime's grammar, the one `resource_runtime::http::EndpointConfig` reads durations in); a whole number of milliseconds, not zero |
 /// | `#[resource(group = "io")]` | fields of one group close concurrently, as one step |
 /// | `#[resource(name = "db")]` | the label in paths and spans (default: the field name) |
 /// | `#[resource(skip)]` | explicitly not a resource |
@@ -74,7 +74,7 @@ mod valid;
 /// | attribute | meaning |
 /// |---|---|
 /// | `#[resource(concurrent)]` | all resource fields close concurrently as one step |
-/// | `#[resource(timeout = "5s")]` | deadline for the whole close: the step in progress is dropped, and the error names it and every field not reached |
+/// | `#[resource(timeout = "5s")]` | deadline for the whole close, written as a field's `timeout`: the step in progress is dropped, and the error names it and every field not reached |
 /// | `#[resource(before_close = method)]` | `async fn(&mut self) -> Result<(), E>` run before the fields close |
 /// | `#[resource(after_enter = method)]` | `async fn(&mut self) -> Result<(), E>` run once every field is entered |
 /// | `#[resource(bound = "T: Trait")]` | replace the inferred where-clause predicates |

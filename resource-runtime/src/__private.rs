@@ -1,16 +1,22 @@
-//! What the derive's expansion calls. Not public API: names and signatures here change
-//! without notice.
+//! What the derive's expansion calls: the close and enter protocol of a derived
+//! resource, on top of the step runner. Not public API: names and signatures here
+//! change without notice.
 
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-pub use crate::step::{
-    Closer, Deadline, DeadlineOutcome, Enterer, Group, NoDeadline, Step, Timed, within_deadline,
-};
+pub use crate::step::{Deadline, DeadlineOutcome, NoDeadline, Step, Timed, within_deadline};
 
-use crate::error::{BoxError, ResourceError};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use crate::error::{BoxError, Operation, ResourceError};
+use crate::step::{Label, catch_panic, tracing_on};
+use crate::sync::{get_mut, lock};
 
 /// The future of a user function the derive calls: `close = path`, `enter = path`,
 /// `before_close = method`, `after_enter = method`. Its on-unimplemented text is the
@@ -154,5 +160,342 @@ impl<T: ?Sized> Default for Probe<T> {
 impl<T: ?Sized> std::fmt::Debug for Probe<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Probe")
+    }
+}
+
+/// Collects the failures of a close, step by step, and knows which fields are still to
+/// be closed, so that a whole-close deadline can name every field it cut or never
+/// reached.
+#[derive(Debug)]
+pub struct Closer {
+    ty: &'static str,
+    /// Whether steps build spans: decided once for the whole close.
+    trace: bool,
+    /// Field labels in close order, a group's members side by side.
+    plan: &'static [&'static str],
+    /// Index in `plan` of the next field to start.
+    next: usize,
+    current: Current,
+    error: Option<ResourceError>,
+    /// What the members of a running [`Group`] report as they finish, concurrently.
+    group: Mutex<GroupState>,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    error: Option<ResourceError>,
+    /// Bit `i` is set once member `i` has finished.
+    done: u128,
+}
+
+/// The step in progress.
+#[derive(Debug, Default, Clone, Copy)]
+enum Current {
+    #[default]
+    Idle,
+    Hook(&'static str),
+    Field(&'static str),
+    Group(&'static [&'static str]),
+}
+
+impl Closer {
+    /// A collector for closing a value of type `ty`.
+    pub fn new(ty: &'static str) -> Self {
+        Closer {
+            ty,
+            trace: tracing_on(),
+            plan: &[],
+            next: 0,
+            current: Current::Idle,
+            error: None,
+            group: Mutex::new(GroupState::default()),
+        }
+    }
+
+    /// Declares the fields this close will close, in order.
+    pub fn plan(&mut self, plan: &'static [&'static str]) {
+        self.plan = plan;
+        self.next = 0;
+    }
+
+    /// Starts closing one field: `make` makes its close future, `deadline` is its own. The
+    /// expansion awaits the step and hands its outcome to [`record`](Self::record).
+    #[inline]
+    pub fn field<M, F, D>(&mut self, label: &'static str, deadline: D, make: M) -> Step<M, F, D>
+    where
+        M: FnOnce() -> F,
+    {
+        self.next += 1;
+        self.current = Current::Field(label);
+        Step::new(
+            self.trace.then_some(self.ty),
+            Operation::Close,
+            Label::Static(label),
+            deadline,
+            make,
+        )
+    }
+
+    /// Keeps the failure of a finished step.
+    #[inline]
+    pub fn record(&mut self, outcome: Result<(), ResourceError>) {
+        if let Err(e) = outcome {
+            ResourceError::push(&mut self.error, e);
+        }
+    }
+
+    /// Runs a hook of the resource itself (`before_close`).
+    pub async fn hook<M, F>(&mut self, name: &'static str, make: M)
+    where
+        M: FnOnce() -> F,
+        F: Future<Output = Result<(), ResourceError>>,
+    {
+        self.current = Current::Hook(name);
+        let outcome = run_hook(self.ty, Operation::Close, name, make).await;
+        self.record(outcome);
+    }
+
+    /// Starts a step of fields that close concurrently; `members` are their labels, and
+    /// each is closed with [`Group::field`] and its index in `members`. The expansion
+    /// calls [`end_group`](Self::end_group) once they have all finished.
+    pub fn group(&mut self, members: &'static [&'static str]) -> Group<'_> {
+        self.next += members.len();
+        self.current = Current::Group(members);
+        *get_mut(&mut self.group) = GroupState::default();
+        Group {
+            ty: self.ty,
+            trace: self.trace,
+            members,
+            state: &self.group,
+        }
+    }
+
+    /// Takes the failures of the finished group, in the order they happened.
+    pub fn end_group(&mut self) {
+        let state = get_mut(&mut self.group);
+        if let Some(e) = state.error.take() {
+            ResourceError::push(&mut self.error, e);
+        }
+    }
+
+    /// Records that the deadline of the whole close passed: the step in progress timed
+    /// out (every unfinished member, for a group), and the fields after it were not
+    /// closed.
+    pub fn deadline_passed(&mut self, deadline: Duration) {
+        let unreached = self.plan.get(self.next..).unwrap_or(&[]);
+        let timeout =
+            |label: &'static str| ResourceError::timeout(deadline).within(&label, Operation::Close);
+        let mut cut = Vec::new();
+        match self.current {
+            Current::Idle => {}
+            Current::Hook(name) => {
+                cut.push(ResourceError::timeout(deadline).in_hook(name, Operation::Close));
+            }
+            Current::Field(label) => cut.push(timeout(label)),
+            Current::Group(members) => {
+                // The members that finished before the deadline have reported already.
+                self.end_group();
+                let done = lock(&self.group).done;
+                for (i, label) in members.iter().enumerate() {
+                    if i >= 128 || done & (1 << i) == 0 {
+                        cut.push(timeout(label));
+                    }
+                }
+            }
+        }
+        cut.extend(
+            unreached
+                .iter()
+                .map(|label| ResourceError::not_reached(deadline).within(label, Operation::Close)),
+        );
+        if cut.is_empty() {
+            cut.push(ResourceError::timeout(deadline).in_hook("close deadline", Operation::Close));
+        }
+        for e in cut {
+            ResourceError::push(&mut self.error, e);
+        }
+    }
+
+    /// Records how a close bounded by a whole-close deadline ended.
+    pub fn deadline_outcome(&mut self, deadline: Duration, outcome: DeadlineOutcome) {
+        match outcome {
+            DeadlineOutcome::InTime => {}
+            DeadlineOutcome::Expired => self.deadline_passed(deadline),
+            DeadlineOutcome::Unbounded(e) => {
+                let e = e.in_hook("close deadline", Operation::Close);
+                self.record(Err(e));
+            }
+        }
+    }
+
+    /// The outcome of the whole close.
+    pub fn finish(self) -> Result<(), ResourceError> {
+        match self.error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+/// The fields of one concurrent close step; each records its outcome in the closer as
+/// it finishes, so a deadline that cuts the group loses none of them.
+#[derive(Debug)]
+pub struct Group<'c> {
+    ty: &'static str,
+    trace: bool,
+    members: &'static [&'static str],
+    state: &'c Mutex<GroupState>,
+}
+
+impl Group<'_> {
+    /// Closes the member at `index` of the group.
+    pub async fn field<M, F, D>(&self, index: usize, deadline: D, make: M)
+    where
+        M: FnOnce() -> F,
+        F: Future<Output = Result<(), ResourceError>>,
+        D: Deadline,
+    {
+        let label = self.members.get(index).copied().unwrap_or("?");
+        let step = Step::new(
+            self.trace.then_some(self.ty),
+            Operation::Close,
+            Label::Static(label),
+            deadline,
+            make,
+        );
+        let outcome = step.await;
+        let mut state = lock(self.state);
+        if index < 128 {
+            state.done |= 1 << index;
+        }
+        if let Err(e) = outcome {
+            ResourceError::push(&mut state.error, e);
+        }
+    }
+}
+
+async fn run_hook<M, F>(
+    ty: &'static str,
+    op: Operation,
+    name: &'static str,
+    make: M,
+) -> Result<(), ResourceError>
+where
+    M: FnOnce() -> F,
+    F: Future<Output = Result<(), ResourceError>>,
+{
+    let span = tracing::debug_span!("resource.hook", resource = ty, hook = name);
+    // The hook's future is made inside the panic guard, like a field's.
+    catch_panic(async move { make().await })
+        .instrument(span)
+        .await
+        .map_err(|e| e.in_hook(name, op))
+}
+
+/// Collects the outcome of an enter: how many fields are entered, and the failure and
+/// rollback failures if one failed.
+#[derive(Debug)]
+pub struct Enterer {
+    ty: &'static str,
+    trace: bool,
+    entered: usize,
+    /// The field that failed panicked: it is closed with the entered ones.
+    failed_panicked: bool,
+    error: Option<ResourceError>,
+}
+
+impl Enterer {
+    /// A collector for entering a value of type `ty`.
+    pub fn new(ty: &'static str) -> Self {
+        Enterer {
+            ty,
+            trace: tracing_on(),
+            entered: 0,
+            failed_panicked: false,
+            error: None,
+        }
+    }
+
+    /// Enters one field; `false` when it failed and entering must stop.
+    pub async fn field<M, F>(&mut self, label: &'static str, make: M) -> bool
+    where
+        M: FnOnce() -> F,
+        F: Future<Output = Result<(), ResourceError>>,
+    {
+        let step = Step::new(
+            self.trace.then_some(self.ty),
+            Operation::Enter,
+            Label::Static(label),
+            NoDeadline,
+            make,
+        );
+        match step.await {
+            Ok(()) => {
+                self.entered += 1;
+                true
+            }
+            Err(e) => {
+                self.failed_panicked = e.is_panic();
+                ResourceError::push(&mut self.error, e);
+                false
+            }
+        }
+    }
+
+    /// Counts a field that has nothing to enter (it only has a close).
+    pub fn pass(&mut self) -> bool {
+        self.entered += 1;
+        true
+    }
+
+    /// Runs a hook of the resource itself (`after_enter`) once every field is entered.
+    pub async fn hook<M, F>(&mut self, name: &'static str, make: M)
+    where
+        M: FnOnce() -> F,
+        F: Future<Output = Result<(), ResourceError>>,
+    {
+        if let Err(e) = run_hook(self.ty, Operation::Enter, name, make).await {
+            ResourceError::push(&mut self.error, e);
+        }
+    }
+
+    /// Whether the enter failed and the entered fields must be closed.
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// Whether the field at `index` (counting resource fields in declaration order)
+    /// needs a rollback close: it was entered before the failure, or it is the field
+    /// whose enter panicked (see the enter rule on [`AsyncResource`](crate::AsyncResource)).
+    pub fn needs_rollback(&self, index: usize) -> bool {
+        self.error.is_some()
+            && (index < self.entered || (self.failed_panicked && index == self.entered))
+    }
+
+    /// Closes one entered field to roll back the failed enter.
+    pub async fn rollback<M, F, D>(&mut self, label: &'static str, deadline: D, make: M)
+    where
+        M: FnOnce() -> F,
+        F: Future<Output = Result<(), ResourceError>>,
+        D: Deadline,
+    {
+        let step = Step::new(
+            self.trace.then_some(self.ty),
+            Operation::Close,
+            Label::Static(label),
+            deadline,
+            make,
+        );
+        if let Err(e) = step.await {
+            ResourceError::push(&mut self.error, e.in_rollback());
+        }
+    }
+
+    /// The outcome of the whole enter.
+    pub fn finish(self) -> Result<(), ResourceError> {
+        match self.error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
     }
 }

@@ -32,7 +32,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Registry {
 
 fn pending() -> std::sync::MutexGuard<'static, BTreeMap<u64, &'static str>> {
     // Every update is one insert or one remove: a poisoned map is still consistent.
-    REGISTRY.pending.lock().unwrap_or_else(|p| p.into_inner())
+    crate::sync::lock(&REGISTRY.pending)
 }
 
 /// Takes a close out of the registry when its task ends, however it ends: finished,

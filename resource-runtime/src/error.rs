@@ -29,16 +29,27 @@ impl fmt::Display for Operation {
 
 /// The error of a resource operation: one failure, or several aggregated into one.
 ///
-/// Every failure (a *leaf*) carries
+/// Every failure is a [`Failure`], which carries
 /// - the field path it happened at (`"endpoint.client"`, `"0"` for a tuple field,
 ///   `"Variant.field"` in an enum), or none for a resource's own error;
 /// - the [`Operation`], and whether it was a close run to roll back a failed enter;
 /// - the cause: a source error, a timeout with its deadline, a caught panic with its
-///   message, or "the resource is closed".
+///   message, a deadline the runtime could not enforce, "the resource is closed", or
+///   "the resource was not entered".
 ///
 /// A close that fails at several fields returns one `ResourceError` holding every
 /// failure; [`failures`](Self::failures) yields them flattened, in the order they
 /// happened. An enter failure is followed by the failures of its rollback.
+///
+/// The accessors of `ResourceError` itself answer for the whole error:
+/// - the predicates (`is_closed`, `is_timeout`, `is_panic`, ...) are true when **any**
+///   failure is of that kind;
+/// - [`downcast_ref`](Self::downcast_ref) finds the first failure whose source is of
+///   the type asked for;
+/// - the rest (`path`, `operation`, `hook`, `is_rollback`, `deadline`,
+///   `panic_message`, `get_ref`) describe the **first** failure (of an enter, the one
+///   that stopped it; of a close, the first step that failed), or for `deadline` and
+///   `panic_message` the first failure that has one. A single failure is its own first.
 ///
 /// `Display` prints every failure on its own line with its path, so one log line tells
 /// which field failed and why:
@@ -59,12 +70,47 @@ pub struct ResourceError {
 }
 
 enum Repr {
-    Leaf(Leaf),
-    /// Two or more leaves, flattened, in the order they happened.
-    Many(Vec<ResourceError>),
+    One(Failure),
+    /// Two or more failures, flattened, in the order they happened.
+    Many(Vec<Failure>),
 }
 
-struct Leaf {
+/// One failure of a [`ResourceError`]: where it happened and why. Every accessor
+/// answers for this failure alone.
+///
+/// ```
+/// use std::time::Duration;
+/// use resource_runtime::{AsyncResource, ResourceError};
+///
+/// struct Stuck;
+/// impl AsyncResource for Stuck {
+///     async fn close(&mut self) -> Result<(), ResourceError> {
+///         std::future::pending().await
+///     }
+/// }
+///
+/// #[derive(AsyncResource)]
+/// struct Pair {
+///     #[resource(timeout = "1s")]
+///     stuck: Stuck,
+///     #[resource(close = refuse)]
+///     other: u8,
+/// }
+/// async fn refuse(_: &mut u8) -> std::io::Result<()> {
+///     Err(std::io::Error::other("refused"))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let err = Pair { stuck: Stuck, other: 0 }.close().await.unwrap_err();
+/// let failures: Vec<_> = err.failures().collect();
+/// assert_eq!(failures[0].path(), Some("other"));
+/// assert!(failures[0].downcast_ref::<std::io::Error>().is_some());
+/// assert_eq!(failures[1].path(), Some("stuck"));
+/// assert_eq!(failures[1].deadline(), Some(Duration::from_secs(1)));
+/// # }
+/// ```
+pub struct Failure {
     path: Option<String>,
     op: Option<Operation>,
     rollback: bool,
@@ -75,6 +121,7 @@ struct Leaf {
 
 enum Cause {
     Closed(Cow<'static, str>),
+    NotEntered(Cow<'static, str>),
     Timeout(Duration),
     /// Never started: the whole-close deadline passed before its turn.
     NotReached(Duration),
@@ -87,10 +134,99 @@ enum Cause {
     Unenforced(Duration),
 }
 
+impl Failure {
+    /// The field path (`"client.pool"`), or `None` for the resource's own failure
+    /// (its hook, its whole-close deadline, or an error it returned itself).
+    pub fn path(&self) -> Option<&str> {
+        self.path.as_deref()
+    }
+
+    /// The operation it happened in, or `None` for a failure raised outside enter
+    /// and close (a call refused because the resource is closed, say).
+    pub fn operation(&self) -> Option<Operation> {
+        self.op
+    }
+
+    /// The lifecycle hook (`"before_close"`, `"after_enter"`, `"close deadline"`) it
+    /// came from, or `None` for a field's failure.
+    pub fn hook(&self) -> Option<&'static str> {
+        self.hook
+    }
+
+    /// Whether it happened while closing the fields of a failed enter.
+    pub fn is_rollback(&self) -> bool {
+        self.rollback
+    }
+
+    /// Whether it is an operation refused because the resource is closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.cause, Cause::Closed(_))
+    }
+
+    /// Whether it is an operation refused because the resource was never entered.
+    pub fn is_not_entered(&self) -> bool {
+        matches!(self.cause, Cause::NotEntered(_))
+    }
+
+    /// Whether it is a step that missed its deadline, a field a whole-close deadline
+    /// left unclosed, or a detached close still running when the wait gave up.
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self.cause,
+            Cause::Timeout(_) | Cause::NotReached(_) | Cause::StillRunning(_)
+        )
+    }
+
+    /// Whether it is a deadline that could not be enforced because the tokio runtime
+    /// has no timer: the step ran to its end.
+    pub fn is_unenforced_deadline(&self) -> bool {
+        matches!(self.cause, Cause::Unenforced(_))
+    }
+
+    /// Whether it is a caught panic.
+    pub fn is_panic(&self) -> bool {
+        matches!(self.cause, Cause::Panic(_))
+    }
+
+    /// The deadline, for a timeout or a deadline that could not be enforced; `None`
+    /// for any other failure.
+    pub fn deadline(&self) -> Option<Duration> {
+        match self.cause {
+            Cause::Timeout(d)
+            | Cause::NotReached(d)
+            | Cause::StillRunning(d)
+            | Cause::Unenforced(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The panic's message, for a caught panic; `None` for any other failure.
+    pub fn panic_message(&self) -> Option<&str> {
+        match &self.cause {
+            Cause::Panic(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The error it wraps (from [`ResourceError::other`] or a field's close function);
+    /// `None` when the cause is one of the kinds above.
+    pub fn get_ref(&self) -> Option<&(dyn StdError + Send + Sync + 'static)> {
+        match &self.cause {
+            Cause::Source(e) => Some(&**e),
+            _ => None,
+        }
+    }
+
+    /// The wrapped error, if it is an `E`.
+    pub fn downcast_ref<E: StdError + 'static>(&self) -> Option<&E> {
+        self.get_ref()?.downcast_ref::<E>()
+    }
+}
+
 impl ResourceError {
-    fn leaf(cause: Cause) -> Self {
+    fn one(cause: Cause) -> Self {
         ResourceError {
-            repr: Box::new(Repr::Leaf(Leaf {
+            repr: Box::new(Repr::One(Failure {
                 path: None,
                 op: None,
                 rollback: false,
@@ -100,7 +236,7 @@ impl ResourceError {
         }
     }
 
-    /// Wraps any error (or a message: `&str` and `String` convert too) as a leaf.
+    /// Wraps any error (or a message: `&str` and `String` convert too) as one failure.
     ///
     /// ```
     /// use resource_runtime::ResourceError;
@@ -114,7 +250,7 @@ impl ResourceError {
     where
         E: Into<BoxError>,
     {
-        Self::leaf(Cause::Source(error.into()))
+        Self::one(Cause::Source(error.into()))
     }
 
     /// The error an operation on a closed resource returns; `what` names the resource.
@@ -127,7 +263,21 @@ impl ResourceError {
     /// assert_eq!(err.to_string(), "`AsyncExecutor` is closed");
     /// ```
     pub fn closed(what: impl Into<Cow<'static, str>>) -> Self {
-        Self::leaf(Cause::Closed(what.into()))
+        Self::one(Cause::Closed(what.into()))
+    }
+
+    /// The error an operation on a resource that was never entered returns; `what`
+    /// names the resource.
+    ///
+    /// ```
+    /// use resource_runtime::ResourceError;
+    ///
+    /// let err = ResourceError::not_entered("Endpoint `chat`");
+    /// assert!(err.is_not_entered());
+    /// assert!(err.to_string().contains("enter"));
+    /// ```
+    pub fn not_entered(what: impl Into<Cow<'static, str>>) -> Self {
+        Self::one(Cause::NotEntered(what.into()))
     }
 
     /// A step that did not finish before its deadline.
@@ -141,23 +291,23 @@ impl ResourceError {
     /// assert_eq!(err.deadline(), Some(Duration::from_secs(2)));
     /// ```
     pub fn timeout(deadline: Duration) -> Self {
-        Self::leaf(Cause::Timeout(deadline))
+        Self::one(Cause::Timeout(deadline))
     }
 
     /// A field the whole-close deadline passed before its turn came.
     pub(crate) fn not_reached(deadline: Duration) -> Self {
-        Self::leaf(Cause::NotReached(deadline))
+        Self::one(Cause::NotReached(deadline))
     }
 
     /// A detached close that had not finished after `waited`.
     pub(crate) fn still_running(waited: Duration) -> Self {
-        Self::leaf(Cause::StillRunning(waited))
+        Self::one(Cause::StillRunning(waited))
     }
 
     /// A deadline that could not be set because the tokio runtime has no timer (it was
     /// built without `enable_time`): the step it bounds ran to its end, unbounded.
     pub(crate) fn unenforced(deadline: Duration) -> Self {
-        Self::leaf(Cause::Unenforced(deadline))
+        Self::one(Cause::Unenforced(deadline))
     }
 
     /// A step that panicked, from the payload `catch_unwind` returned.
@@ -169,7 +319,7 @@ impl ResourceError {
         } else {
             "a panic with a non-string payload".to_owned()
         };
-        Self::leaf(Cause::Panic(message))
+        Self::one(Cause::Panic(message))
     }
 
     /// Joins two errors into one holding the failures of both, `self`'s first.
@@ -183,24 +333,21 @@ impl ResourceError {
     /// ```
     #[must_use]
     pub fn combine(self, other: ResourceError) -> ResourceError {
-        let mut leaves = match *self.repr {
-            Repr::Many(leaves) => leaves,
-            leaf @ Repr::Leaf(_) => vec![ResourceError {
-                repr: Box::new(leaf),
-            }],
+        let mut failures = match *self.repr {
+            Repr::Many(failures) => failures,
+            Repr::One(failure) => vec![failure],
         };
         match *other.repr {
-            Repr::Many(more) => leaves.extend(more),
-            leaf @ Repr::Leaf(_) => leaves.push(ResourceError {
-                repr: Box::new(leaf),
-            }),
+            Repr::Many(more) => failures.extend(more),
+            Repr::One(failure) => failures.push(failure),
         }
         ResourceError {
-            repr: Box::new(Repr::Many(leaves)),
+            repr: Box::new(Repr::Many(failures)),
         }
     }
 
-    /// Adds `error` to an optional accumulated error.
+    /// Adds `error` to an optional accumulated error: the one failure accumulator every
+    /// close and enter in the crate uses.
     pub(crate) fn push(acc: &mut Option<ResourceError>, error: ResourceError) {
         *acc = Some(match acc.take() {
             None => error,
@@ -208,160 +355,135 @@ impl ResourceError {
         });
     }
 
-    fn leaves_mut(&mut self) -> &mut [ResourceError] {
-        if matches!(*self.repr, Repr::Leaf(_)) {
-            return std::slice::from_mut(self);
-        }
+    fn failures_mut(&mut self) -> &mut [Failure] {
         match &mut *self.repr {
-            Repr::Many(leaves) => leaves,
-            Repr::Leaf(_) => &mut [],
+            Repr::One(failure) => std::slice::from_mut(failure),
+            Repr::Many(failures) => failures,
         }
     }
 
-    fn as_leaf(&self) -> Option<&Leaf> {
+    /// The first failure: a `ResourceError` always holds at least one.
+    fn first(&self) -> &Failure {
         match &*self.repr {
-            Repr::Leaf(leaf) => Some(leaf),
-            Repr::Many(_) => None,
+            Repr::One(failure) => failure,
+            // Built only by `combine`, which always leaves two or more.
+            Repr::Many(failures) => &failures[0],
         }
     }
 
     /// Places every failure under the field `label` and marks the ones that do not know
     /// their operation yet with `op`.
     pub(crate) fn within(mut self, label: &dyn fmt::Display, op: Operation) -> Self {
-        for leaf in self.leaves_mut() {
-            if let Repr::Leaf(leaf) = &mut *leaf.repr {
-                leaf.path = Some(match leaf.path.take() {
-                    None => label.to_string(),
-                    Some(inner) => format!("{label}.{inner}"),
-                });
-                leaf.op.get_or_insert(op);
-            }
+        for failure in self.failures_mut() {
+            failure.path = Some(match failure.path.take() {
+                None => label.to_string(),
+                Some(inner) => format!("{label}.{inner}"),
+            });
+            failure.op.get_or_insert(op);
         }
         self
     }
 
     /// Marks every failure as the failure of the hook `name` during `op`.
     pub(crate) fn in_hook(mut self, name: &'static str, op: Operation) -> Self {
-        for leaf in self.leaves_mut() {
-            if let Repr::Leaf(leaf) = &mut *leaf.repr {
-                leaf.hook.get_or_insert(name);
-                leaf.op.get_or_insert(op);
-            }
+        for failure in self.failures_mut() {
+            failure.hook.get_or_insert(name);
+            failure.op.get_or_insert(op);
         }
         self
     }
 
     /// Marks every failure as part of the rollback of a failed enter.
     pub(crate) fn in_rollback(mut self) -> Self {
-        for leaf in self.leaves_mut() {
-            if let Repr::Leaf(leaf) = &mut *leaf.repr {
-                leaf.rollback = true;
-                leaf.op.get_or_insert(Operation::Close);
-            }
+        for failure in self.failures_mut() {
+            failure.rollback = true;
+            failure.op.get_or_insert(Operation::Close);
         }
         self
     }
 
-    /// Every leaf failure, flattened, in the order they happened. A single failure
-    /// yields itself.
-    pub fn failures(&self) -> impl ExactSizeIterator<Item = &ResourceError> + '_ {
+    /// Every failure, flattened, in the order they happened; at least one.
+    pub fn failures(&self) -> impl ExactSizeIterator<Item = &Failure> + '_ {
         match &*self.repr {
-            Repr::Leaf(_) => std::slice::from_ref(self).iter(),
-            Repr::Many(leaves) => leaves.iter(),
+            Repr::One(failure) => std::slice::from_ref(failure).iter(),
+            Repr::Many(failures) => failures.iter(),
         }
     }
 
-    /// The field path of a single failure (`"client.pool"`); `None` for a resource's own
-    /// error and for an aggregate (use [`failures`](Self::failures)).
+    /// The first failure's field path (`"client.pool"`); `None` when the first failure
+    /// is the resource's own. See [`failures`](Self::failures) for every path.
     pub fn path(&self) -> Option<&str> {
-        self.as_leaf()?.path.as_deref()
+        self.first().path()
     }
 
-    /// The operation of a single failure; `None` for an aggregate or an error raised
-    /// outside enter and close (a call on a closed resource).
+    /// The first failure's operation; `None` when it was raised outside enter and close.
     pub fn operation(&self) -> Option<Operation> {
-        self.as_leaf()?.op
+        self.first().operation()
     }
 
-    /// The lifecycle hook (`"before_close"`, `"after_enter"`) a single failure came from.
+    /// The lifecycle hook the first failure came from, if it came from one.
     pub fn hook(&self) -> Option<&'static str> {
-        self.as_leaf()?.hook
+        self.first().hook()
     }
 
-    /// Whether this single failure happened while closing the fields of a failed enter.
+    /// Whether the first failure happened while rolling back a failed enter.
     pub fn is_rollback(&self) -> bool {
-        self.as_leaf().is_some_and(|l| l.rollback)
-    }
-
-    fn any_leaf(&self, pred: impl Fn(&Cause) -> bool) -> bool {
-        self.failures()
-            .any(|f| f.as_leaf().is_some_and(|l| pred(&l.cause)))
+        self.first().is_rollback()
     }
 
     /// Whether any failure is an operation refused because the resource is closed.
     pub fn is_closed(&self) -> bool {
-        self.any_leaf(|c| matches!(c, Cause::Closed(_)))
+        self.failures().any(Failure::is_closed)
+    }
+
+    /// Whether any failure is an operation refused because the resource was never
+    /// entered.
+    pub fn is_not_entered(&self) -> bool {
+        self.failures().any(Failure::is_not_entered)
     }
 
     /// Whether any failure is a step that missed its deadline, or a field a whole-close
     /// deadline left unclosed.
     pub fn is_timeout(&self) -> bool {
-        self.any_leaf(|c| {
-            matches!(
-                c,
-                Cause::Timeout(_) | Cause::NotReached(_) | Cause::StillRunning(_)
-            )
-        })
+        self.failures().any(Failure::is_timeout)
     }
 
     /// Whether any failure is a deadline that could not be enforced because the tokio
     /// runtime has no timer (built without `enable_time`). The step it bounded ran to
     /// its end: nothing was left open, but nothing bounded how long that took.
     pub fn is_unenforced_deadline(&self) -> bool {
-        self.any_leaf(|c| matches!(c, Cause::Unenforced(_)))
+        self.failures().any(Failure::is_unenforced_deadline)
     }
 
     /// Whether any failure is a caught panic.
     pub fn is_panic(&self) -> bool {
-        self.any_leaf(|c| matches!(c, Cause::Panic(_)))
+        self.failures().any(Failure::is_panic)
     }
 
-    /// The deadline of a single timeout failure, or of a deadline that could not be
-    /// enforced.
+    /// The deadline of the first failure that has one (a timeout, or a deadline that
+    /// could not be enforced).
     pub fn deadline(&self) -> Option<Duration> {
-        match self.as_leaf()?.cause {
-            Cause::Timeout(d)
-            | Cause::NotReached(d)
-            | Cause::StillRunning(d)
-            | Cause::Unenforced(d) => Some(d),
-            _ => None,
-        }
+        self.failures().find_map(Failure::deadline)
     }
 
-    /// The message of a single caught panic.
+    /// The message of the first caught panic.
     pub fn panic_message(&self) -> Option<&str> {
-        match &self.as_leaf()?.cause {
-            Cause::Panic(m) => Some(m),
-            _ => None,
-        }
+        self.failures().find_map(Failure::panic_message)
     }
 
-    /// The error a single failure wraps (from [`other`](Self::other) or a field's close
-    /// function), to inspect it.
+    /// The error the first failure wraps (from [`other`](Self::other) or a field's close
+    /// function), to inspect it; `None` when the first failure has another cause.
     pub fn get_ref(&self) -> Option<&(dyn StdError + Send + Sync + 'static)> {
-        match &self.as_leaf()?.cause {
-            Cause::Source(e) => Some(&**e),
-            _ => None,
-        }
+        self.first().get_ref()
     }
 
-    /// The wrapped error of a single failure, if it is an `E`.
+    /// The first wrapped error, over every failure, that is an `E`.
     pub fn downcast_ref<E: StdError + 'static>(&self) -> Option<&E> {
-        self.get_ref()?.downcast_ref::<E>()
+        self.failures().find_map(Failure::downcast_ref::<E>)
     }
 }
 
-impl fmt::Display for Leaf {
+impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut prefixed = false;
         if let Some(op) = self.op {
@@ -384,6 +506,10 @@ impl fmt::Display for Leaf {
         }
         match &self.cause {
             Cause::Closed(what) => write!(f, "`{what}` is closed"),
+            Cause::NotEntered(what) => write!(
+                f,
+                "`{what}` was not entered: call `enter().await` (or use it in a `scope` or `Managed`) first"
+            ),
             Cause::Timeout(d) => write!(f, "timed out after {d:?}; the step was dropped"),
             Cause::NotReached(d) => write!(
                 f,
@@ -400,14 +526,35 @@ impl fmt::Display for Leaf {
     }
 }
 
+impl fmt::Debug for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Failure");
+        d.field("path", &self.path)
+            .field("op", &self.op)
+            .field("rollback", &self.rollback)
+            .field("hook", &self.hook);
+        match &self.cause {
+            Cause::Closed(what) => d.field("closed", what),
+            Cause::NotEntered(what) => d.field("not_entered", what),
+            Cause::Timeout(deadline) => d.field("timeout", deadline),
+            Cause::NotReached(deadline) => d.field("not_reached", deadline),
+            Cause::StillRunning(waited) => d.field("still_running", waited),
+            Cause::Panic(message) => d.field("panic", message),
+            Cause::Source(source) => d.field("source", source),
+            Cause::Unenforced(deadline) => d.field("unenforced", deadline),
+        };
+        d.finish()
+    }
+}
+
 impl fmt::Display for ResourceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.repr {
-            Repr::Leaf(leaf) => leaf.fmt(f),
-            Repr::Many(leaves) => {
-                write!(f, "{} failures:", leaves.len())?;
-                for leaf in leaves {
-                    write!(f, "\n  {leaf}")?;
+            Repr::One(failure) => failure.fmt(f),
+            Repr::Many(failures) => {
+                write!(f, "{} failures:", failures.len())?;
+                for failure in failures {
+                    write!(f, "\n  {failure}")?;
                 }
                 Ok(())
             }
@@ -418,33 +565,17 @@ impl fmt::Display for ResourceError {
 impl fmt::Debug for ResourceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.repr {
-            Repr::Leaf(leaf) => {
-                let mut d = f.debug_struct("ResourceError");
-                d.field("path", &leaf.path)
-                    .field("op", &leaf.op)
-                    .field("rollback", &leaf.rollback)
-                    .field("hook", &leaf.hook);
-                match &leaf.cause {
-                    Cause::Closed(what) => d.field("closed", what),
-                    Cause::Timeout(deadline) => d.field("timeout", deadline),
-                    Cause::NotReached(deadline) => d.field("not_reached", deadline),
-                    Cause::StillRunning(waited) => d.field("still_running", waited),
-                    Cause::Panic(message) => d.field("panic", message),
-                    Cause::Source(source) => d.field("source", source),
-                    Cause::Unenforced(deadline) => d.field("unenforced", deadline),
-                };
-                d.finish()
-            }
-            Repr::Many(leaves) => f.debug_list().entries(leaves).finish(),
+            Repr::One(failure) => failure.fmt(f),
+            Repr::Many(failures) => f.debug_list().entries(failures).finish(),
         }
     }
 }
 
 impl StdError for ResourceError {
-    /// The wrapped error's own source: its message is already part of `Display`, so a
-    /// reporter walking the chain prints it once.
+    /// The first failure's wrapped error's own source: its message is already part of
+    /// `Display`, so a reporter walking the chain prints it once.
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        match &self.as_leaf()?.cause {
+        match &self.first().cause {
             Cause::Source(e) => e.source(),
             _ => None,
         }
@@ -452,7 +583,7 @@ impl StdError for ResourceError {
 }
 
 /// A configuration that cannot work, refused when the handle is built: a rate of 0,
-/// an executor with no slot, a zero period. Returned inside a [`ResourceError`]; reach
+/// an executor with no slot, a zero period, an endpoint URL that does not parse. Returned inside a [`ResourceError`]; reach
 /// it with [`ResourceError::downcast_ref`].
 ///
 /// ```
@@ -464,31 +595,34 @@ impl StdError for ResourceError {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    handle: &'static str,
+    handle: Cow<'static, str>,
     setting: &'static str,
     why: Cow<'static, str>,
 }
 
 impl ConfigError {
     #[cfg_attr(
-        not(any(feature = "executor", feature = "limiter")),
-        allow(dead_code, reason = "used by the executor and the limiter")
+        not(any(feature = "executor", feature = "limiter", feature = "http")),
+        allow(
+            dead_code,
+            reason = "used by the executor, the limiter and the endpoint"
+        )
     )]
     pub(crate) fn new(
-        handle: &'static str,
+        handle: impl Into<Cow<'static, str>>,
         setting: &'static str,
         why: impl Into<Cow<'static, str>>,
     ) -> Self {
         ConfigError {
-            handle,
+            handle: handle.into(),
             setting,
             why: why.into(),
         }
     }
 
-    /// The type being configured (`"RateLimiter"`).
-    pub fn handle(&self) -> &'static str {
-        self.handle
+    /// What is being configured (`"RateLimiter"`, ``"Endpoint `chat`"``).
+    pub fn handle(&self) -> &str {
+        &self.handle
     }
 
     /// The setting that is wrong (`"burst"`).
@@ -535,7 +669,9 @@ mod tests {
         );
         assert!(outer.is_timeout());
         assert!(!outer.is_panic());
-        assert_eq!(outer.path(), None);
+        // On an aggregate, the first failure answers.
+        assert_eq!(outer.path(), Some("client.pool"));
+        assert_eq!(outer.deadline(), Some(Duration::from_millis(500)));
     }
 
     #[test]

@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::AsyncResource;
 use crate::error::{ConfigError, ResourceError};
@@ -120,13 +121,11 @@ impl AsyncExecutorBuilder {
                 permits: Arc::new(Semaphore::new(permits)),
                 tracker: TaskTracker::new(),
                 abort: CancellationToken::new(),
-                waiting: AtomicUsize::new(0),
-                waiting_done: Notify::new(),
+                waiters: TaskTracker::new(),
                 aborted: AtomicUsize::new(0),
                 lifecycle: Mutex::new(Lifecycle::Open),
                 closing: AtomicBool::new(false),
                 stragglers_counted: AtomicBool::new(false),
-                closed: Notify::new(),
             }),
         })
     }
@@ -173,9 +172,9 @@ struct Exec {
     tracker: TaskTracker,
     /// Fired when the shutdown deadline passes: running tasks and slot waiters stop.
     abort: CancellationToken,
-    /// Callers waiting for a slot.
-    waiting: AtomicUsize,
-    waiting_done: Notify,
+    /// Callers waiting for a slot, one token each; closed once the shutdown starts, so
+    /// that waiting for it to empty can end.
+    waiters: TaskTracker,
     /// Tasks and waiters stopped by the deadline.
     aborted: AtomicUsize,
     lifecycle: Mutex<Lifecycle>,
@@ -184,7 +183,6 @@ struct Exec {
     closing: AtomicBool,
     /// Set once the shutdown has counted the waiters that did not leave in time.
     stragglers_counted: AtomicBool,
-    closed: Notify,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,7 +246,7 @@ impl AsyncExecutor {
 
     /// How many callers are waiting for a slot.
     pub fn waiting(&self) -> usize {
-        self.inner.waiting.load(Ordering::Acquire)
+        self.inner.waiters.len()
     }
 
     /// The most tasks that run at once.
@@ -278,7 +276,7 @@ impl AsyncExecutor {
         // Counted as waiting before the open check and until its task is tracked: a
         // shutdown sets `closing` and then looks at the count, so either it sees this
         // caller or this caller sees `closing`.
-        let waiting = Waiting::new(exec);
+        let waiting = exec.waiters.token();
         exec.check_open()?;
         let permit = match exec.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -423,7 +421,7 @@ impl AsyncExecutor {
 pub(crate) struct Reserved<'a> {
     executor: &'a AsyncExecutor,
     permit: OwnedSemaphorePermit,
-    _waiting: Waiting<'a>,
+    _waiting: TaskTrackerToken,
 }
 
 impl Reserved<'_> {
@@ -461,7 +459,7 @@ impl Reserved<'_> {
 impl Exec {
     fn lifecycle(&self) -> MutexGuard<'_, Lifecycle> {
         // One assignment at a time: a poisoned lock still holds a valid state.
-        self.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.lifecycle)
     }
 
     /// Names this executor for the task-local check.
@@ -499,15 +497,8 @@ impl Exec {
     /// Returns once no caller is waiting for a slot (nobody new can start waiting once
     /// the executor is closing).
     async fn no_waiters(&self) {
-        loop {
-            let done = self.waiting_done.notified();
-            let mut done = std::pin::pin!(done);
-            done.as_mut().enable();
-            if self.waiting.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            done.await;
-        }
+        self.waiters.close();
+        self.waiters.wait().await;
     }
 
     /// Drives the shutdown to its end. Every step can be taken again by another close
@@ -559,7 +550,7 @@ impl Exec {
         let _ = crate::step::within_deadline(STRAGGLER_GRACE, self.no_waiters()).await;
         if !self.stragglers_counted.swap(true, Ordering::SeqCst) {
             self.aborted
-                .fetch_add(self.waiting.load(Ordering::SeqCst), Ordering::Relaxed);
+                .fetch_add(self.waiters.len(), Ordering::Relaxed);
         }
         self.tracker.close();
         self.tracker.wait().await;
@@ -569,17 +560,14 @@ impl Exec {
     fn finish_shutdown(&self) -> usize {
         self.permits.close();
         let mut lifecycle = self.lifecycle();
-        let aborted = match *lifecycle {
+        match *lifecycle {
             Lifecycle::Closed { aborted } => aborted,
             _ => {
                 let aborted = self.aborted.load(Ordering::Relaxed);
                 *lifecycle = Lifecycle::Closed { aborted };
                 aborted
             }
-        };
-        drop(lifecycle);
-        self.closed.notify_waiters();
-        aborted
+        }
     }
 
     fn outcome(&self, aborted: usize) -> Result<(), ResourceError> {
@@ -590,28 +578,6 @@ impl Exec {
             count: aborted,
             deadline: self.shutdown_timeout,
         }))
-    }
-}
-
-/// Counts a caller waiting for a slot, for as long as it waits.
-struct Waiting<'a>(&'a Exec);
-
-impl<'a> Waiting<'a> {
-    fn new(exec: &'a Exec) -> Self {
-        exec.waiting.fetch_add(1, Ordering::SeqCst);
-        Waiting(exec)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        // Only a shutdown waits for the count to reach zero, and it sets `closing`
-        // before it looks: so the (locking) notification is needed only then.
-        if self.0.waiting.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.0.closing.load(Ordering::SeqCst)
-        {
-            self.0.waiting_done.notify_waiters();
-        }
     }
 }
 

@@ -112,10 +112,14 @@ pub mod http;
 #[cfg(feature = "limiter")]
 #[cfg_attr(docsrs, doc(cfg(feature = "limiter")))]
 pub mod limiter;
+#[cfg(feature = "report")]
+#[cfg_attr(docsrs, doc(cfg(feature = "report")))]
+pub mod report;
 mod resource;
 mod scope;
 mod stack;
 mod step;
+mod sync;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
@@ -130,7 +134,7 @@ mod testing {
 pub mod __private;
 
 pub use crate::detached::{detached_in_flight, wait_detached};
-pub use crate::error::{BoxError, ConfigError, Operation, ResourceError};
+pub use crate::error::{BoxError, ConfigError, Failure, Operation, ResourceError};
 pub use crate::resource::AsyncResource;
 pub use crate::scope::{Managed, scope};
 pub use crate::stack::{ResourceStack, StackSlot};

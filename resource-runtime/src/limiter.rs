@@ -380,10 +380,42 @@ impl Later<'_> {
 
 /// The error of a waiter on a runtime without timers.
 fn no_timer() -> ResourceError {
-    ResourceError::other(
-        "RateLimiter: waiting for a token needs a timer, and this tokio runtime has none: build it with `enable_time` (or `enable_all`)",
-    )
+    ResourceError::other(LimiterError::NoTimer)
 }
+
+/// Why a [`RateLimiter`] refused a request (beside a closed limiter, for which
+/// [`ResourceError::is_closed`] is true): inside the [`ResourceError`] its calls
+/// return (reach it with [`ResourceError::downcast_ref`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LimiterError {
+    /// More tokens than the burst were asked for at once: they could never be admitted.
+    ExceedsBurst {
+        /// The tokens asked for.
+        requested: u32,
+        /// The limiter's burst.
+        burst: u32,
+    },
+    /// The caller would have to wait, and waiting needs tokio's timer, which this
+    /// runtime does not have.
+    NoTimer,
+}
+
+impl std::fmt::Display for LimiterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LimiterError::ExceedsBurst { requested, burst } => write!(
+                f,
+                "{requested} tokens can never be admitted by a rate limiter with a burst of {burst}: ask for at most {burst} at a time, or raise the burst"
+            ),
+            LimiterError::NoTimer => f.write_str(
+                "RateLimiter: waiting for a token needs a timer, and this tokio runtime has none: build it with `enable_time` (or `enable_all`)",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LimiterError {}
 
 /// The tick of tokio's timer wheel.
 const TIMER_TICK: Duration = Duration::from_millis(1);
@@ -398,15 +430,15 @@ impl Limiter {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every update of the state is a handful of assignments that cannot panic
         // half-way: a poisoned lock still guards consistent state.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     fn check(&self, n: u32) -> Result<(), ResourceError> {
         if n > self.burst {
-            return Err(ResourceError::other(format!(
-                "{n} tokens can never be admitted by a rate limiter with a burst of {}: ask for at most {} at a time, or raise the burst",
-                self.burst, self.burst
-            )));
+            return Err(ResourceError::other(LimiterError::ExceedsBurst {
+                requested: n,
+                burst: self.burst,
+            }));
         }
         Ok(())
     }

@@ -2,8 +2,8 @@
 
 use std::future::Future;
 
-use crate::error::ResourceError;
-use crate::step;
+use crate::error::{Operation, ResourceError};
+use crate::step::{Label, NoDeadline, Step, catch_panic, tracing_on};
 
 /// A value that must be brought up and released with `.await`: the async `Drop` Rust
 /// does not have.
@@ -102,7 +102,7 @@ pub trait AsyncResource: Send {
 impl<T: AsyncResource> AsyncResource for Option<T> {
     async fn enter(&mut self) -> Result<(), ResourceError> {
         match self {
-            Some(inner) => step::enter_or_close(inner).await,
+            Some(inner) => enter_or_close(inner).await,
             None => Ok(()),
         }
     }
@@ -121,7 +121,7 @@ impl<T: AsyncResource> AsyncResource for Option<T> {
 /// closed (the enter rule above).
 impl<T: AsyncResource + ?Sized> AsyncResource for Box<T> {
     fn enter(&mut self) -> impl Future<Output = Result<(), ResourceError>> + Send {
-        step::enter_or_close(&mut **self)
+        enter_or_close(&mut **self)
     }
 
     fn close(&mut self) -> impl Future<Output = Result<(), ResourceError>> + Send {
@@ -133,7 +133,7 @@ impl<T: AsyncResource + ?Sized> AsyncResource for Box<T> {
 /// owner's value.
 impl<T: AsyncResource + ?Sized> AsyncResource for &mut T {
     fn enter(&mut self) -> impl Future<Output = Result<(), ResourceError>> + Send {
-        step::enter_or_close(&mut **self)
+        enter_or_close(&mut **self)
     }
 
     fn close(&mut self) -> impl Future<Output = Result<(), ResourceError>> + Send {
@@ -146,10 +146,88 @@ impl<T: AsyncResource + ?Sized> AsyncResource for &mut T {
 /// and each failure's path is the element's index.
 impl<T: AsyncResource> AsyncResource for Vec<T> {
     async fn enter(&mut self) -> Result<(), ResourceError> {
-        step::enter_each("Vec", self).await
+        enter_each("Vec", self).await
     }
 
     async fn close(&mut self) -> Result<(), ResourceError> {
-        step::close_each_rev("Vec", self).await
+        close_each_rev("Vec", self).await
     }
+}
+
+/// Enters one value by the crate's enter rule (see
+/// [`AsyncResource`](crate::AsyncResource)): a panic is caught and returned as an error,
+/// and the value whose enter panicked is closed, since it may hold what it brought up
+/// before the panic. An enter that returned an error is not closed again.
+pub(crate) async fn enter_or_close<R>(resource: &mut R) -> Result<(), ResourceError>
+where
+    R: crate::AsyncResource + ?Sized,
+{
+    let entered = catch_panic(async { resource.enter().await }).await;
+    match entered {
+        Err(error) if error.is_panic() => {
+            match catch_panic(async { resource.close().await }).await {
+                Ok(()) => Err(error),
+                Err(close) => Err(error.combine(close.in_rollback())),
+            }
+        }
+        other => other,
+    }
+}
+
+/// Closes every element of a sequence in reverse, whatever the others do.
+pub(crate) async fn close_each_rev<R: crate::AsyncResource>(
+    ty: &'static str,
+    items: &mut [R],
+) -> Result<(), ResourceError> {
+    let mut error = None;
+    let traced = tracing_on().then_some(ty);
+    for (index, item) in items.iter_mut().enumerate().rev() {
+        let step = Step::new(
+            traced,
+            Operation::Close,
+            Label::Index(index),
+            NoDeadline,
+            move || item.close(),
+        );
+        if let Err(e) = step.await {
+            ResourceError::push(&mut error, e);
+        }
+    }
+    error.map_or(Ok(()), Err)
+}
+
+/// Enters every element of a sequence in order; on a failure, closes the entered ones
+/// in reverse and returns the failure with the rollback's.
+pub(crate) async fn enter_each<R: crate::AsyncResource>(
+    ty: &'static str,
+    items: &mut [R],
+) -> Result<(), ResourceError> {
+    let traced = tracing_on().then_some(ty);
+    let mut failure = None;
+    for (index, item) in items.iter_mut().enumerate() {
+        let step = Step::new(
+            traced,
+            Operation::Enter,
+            Label::Index(index),
+            NoDeadline,
+            move || item.enter(),
+        );
+        if let Err(e) = step.await {
+            failure = Some((index, e));
+            break;
+        }
+    }
+    let Some((failed_at, mut error)) = failure else {
+        return Ok(());
+    };
+    // The element whose enter panicked may hold what it brought up: it is closed too.
+    let rolled_back = if error.is_panic() {
+        failed_at + 1
+    } else {
+        failed_at
+    };
+    if let Err(rollback) = close_each_rev(ty, &mut items[..rolled_back]).await {
+        error = error.combine(rollback.in_rollback());
+    }
+    Err(error)
 }

@@ -2,26 +2,24 @@
 //! (a guard that derefs to the resource and closes it when told to, or in the
 //! background when dropped).
 
-use std::future::{Future, poll_fn};
 use std::ops::{Deref, DerefMut};
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::pin::pin;
+use std::panic::resume_unwind;
 
 use crate::AsyncResource;
 use crate::detached::detach;
 use crate::error::ResourceError;
 use crate::step::catch_panic;
+use crate::sync::CatchUnwind;
 use crate::testing;
 
-/// What a guard says when it is dropped with its resource still open.
+/// What a guard logs when it is dropped before its resource closed; its owner says.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Dropped {
-    /// A `Managed` nobody closed: a bug in the caller, so a warning.
-    Managed,
-    /// A scope whose future was dropped: cancellation, a normal event in async Rust.
-    Scope,
-    /// A `ResourceStack::enter` whose future was dropped while the resource entered.
-    Stack,
+pub(crate) struct DropNotice {
+    /// How the owner is named in the message (`"Managed"`, `"scope"`).
+    pub(crate) owner: &'static str,
+    /// Whether dropping it while open is a bug of the caller (a warning), rather than
+    /// the cancellation that is normal in async Rust (a debug message).
+    pub(crate) open_is_a_bug: bool,
 }
 
 /// Where the guard's resource is in its life.
@@ -41,16 +39,16 @@ pub(crate) struct Guard<R: AsyncResource + 'static> {
     resource: Option<R>,
     /// Counted as open by [`testing`] (entered, not yet closed).
     counted: bool,
-    dropped: Dropped,
+    notice: DropNotice,
     phase: Phase,
 }
 
 impl<R: AsyncResource + 'static> Guard<R> {
-    pub(crate) fn new(resource: R, dropped: Dropped) -> Self {
+    pub(crate) fn new(resource: R, notice: DropNotice) -> Self {
         Guard {
             resource: Some(resource),
             counted: false,
-            dropped,
+            notice,
             phase: Phase::Entering,
         }
     }
@@ -78,7 +76,7 @@ impl<R: AsyncResource + 'static> Guard<R> {
     /// Enters the resource by the enter rule: on failure nothing is left open.
     pub(crate) async fn enter(&mut self) -> Result<(), ResourceError> {
         // The enter rule: a panicking enter is caught and followed by a close.
-        let result = crate::step::enter_or_close(self.get_mut()).await;
+        let result = crate::resource::enter_or_close(self.get_mut()).await;
         match result {
             Ok(()) => {
                 testing::opened::<R>();
@@ -127,26 +125,23 @@ impl<R: AsyncResource + 'static> Drop for Guard<R> {
             return;
         };
         let ty = std::any::type_name::<R>();
-        match (self.dropped, self.phase) {
-            (Dropped::Managed, Phase::Open) => tracing::warn!(
+        let owner = self.notice.owner;
+        match self.phase {
+            Phase::Open if self.notice.open_is_a_bug => tracing::warn!(
                 resource = ty,
-                "`Managed<{ty}>` dropped without `close().await`: closing it in the background; call `close` to see its outcome"
+                "`{owner}<{ty}>` dropped without `close().await`: closing it in the background; call `close` to see its outcome"
             ),
-            (Dropped::Managed, Phase::Entering) => tracing::debug!(
+            Phase::Entering => tracing::debug!(
                 resource = ty,
-                "`Managed::enter` of `{ty}` was cancelled: closing what it entered in the background"
+                "the enter of `{ty}` in `{owner}` was cancelled: closing what it entered in the background"
             ),
-            (Dropped::Managed, _) => tracing::debug!(
+            Phase::Closing => tracing::debug!(
                 resource = ty,
-                "the close of `Managed<{ty}>` was cancelled: finishing it in the background"
+                "the close of `{ty}` in `{owner}` was cancelled: finishing it in the background"
             ),
-            (Dropped::Scope, _) => tracing::debug!(
+            Phase::Open | Phase::Closed => tracing::debug!(
                 resource = ty,
-                "scope over `{ty}` dropped before it finished: closing it in the background"
-            ),
-            (Dropped::Stack, _) => tracing::debug!(
-                resource = ty,
-                "`ResourceStack::enter` of `{ty}` was cancelled: closing what it entered in the background"
+                "`{owner}` over `{ty}` dropped before it finished: closing it in the background"
             ),
         }
         detach(resource, ty, std::mem::take(&mut self.counted));
@@ -198,18 +193,15 @@ where
     R: AsyncResource + 'static, // 'static: if the scope is dropped, a detached close outlives the caller
     F: AsyncFnOnce(&mut R) -> T,
 {
-    let mut guard = Guard::new(resource, Dropped::Scope);
+    let mut guard = Guard::new(
+        resource,
+        DropNotice {
+            owner: "scope",
+            open_is_a_bug: false,
+        },
+    );
     guard.enter().await?;
-    let outcome = {
-        let mut running = pin!(body(guard.get_mut()));
-        poll_fn(
-            |cx| match catch_unwind(AssertUnwindSafe(|| running.as_mut().poll(cx))) {
-                Ok(poll) => poll.map(Ok),
-                Err(payload) => std::task::Poll::Ready(Err(payload)),
-            },
-        )
-        .await
-    };
+    let outcome = CatchUnwind::new(body(guard.get_mut())).await;
     let closed = guard.close().await;
     match outcome {
         Ok(value) => closed.map(|()| value),
@@ -261,7 +253,13 @@ impl<R: AsyncResource + 'static> Managed<R> {
     /// Enters `resource` and guards it. A failed enter returns its error and leaves
     /// nothing open.
     pub async fn enter(resource: R) -> Result<Self, ResourceError> {
-        let mut guard = Guard::new(resource, Dropped::Managed);
+        let mut guard = Guard::new(
+            resource,
+            DropNotice {
+                owner: "Managed",
+                open_is_a_bug: true,
+            },
+        );
         guard.enter().await?;
         Ok(Managed { guard })
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::AsyncResource;
 use crate::error::{BoxError, Operation, ResourceError};
-use crate::scope::{Dropped, Guard};
+use crate::scope::{DropNotice, Guard};
 use crate::step::{Label, NoDeadline, Step, Timed, tracing_on, user_result};
 
 type BoxFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ResourceError>> + Send + 'a>>;
@@ -163,7 +163,13 @@ impl ResourceStack {
         &mut self,
         resource: R,
     ) -> Result<StackSlot<R>, ResourceError> {
-        let mut guard = Guard::new(resource, Dropped::Stack);
+        let mut guard = Guard::new(
+            resource,
+            DropNotice {
+                owner: "ResourceStack::enter",
+                open_is_a_bug: false,
+            },
+        );
         guard.enter().await?;
         match guard.take() {
             Some(resource) => Ok(self.push(resource)),

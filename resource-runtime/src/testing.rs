@@ -49,7 +49,7 @@ static OPEN: LazyLock<Mutex<BTreeMap<TypeId, (&'static str, usize)>>> =
 
 fn open() -> MutexGuard<'static, BTreeMap<TypeId, (&'static str, usize)>> {
     // Each update is one counter change: a poisoned map is still consistent.
-    OPEN.lock().unwrap_or_else(|p| p.into_inner())
+    crate::sync::lock(&OPEN)
 }
 
 /// Counts one more `R` entered and not yet closed.
@@ -84,12 +84,27 @@ pub fn open_resources() -> Vec<(&'static str, usize)> {
 fn left_open(types: Vec<(&'static str, usize)>) -> Result<(), ResourceError> {
     let mut error = None;
     for (name, count) in types {
-        let leaf =
-            ResourceError::other(format!("{count} left open")).within(&name, Operation::Close);
+        let leaf = ResourceError::other(LeftOpen { count }).within(&name, Operation::Close);
         ResourceError::push(&mut error, leaf);
     }
     error.map_or(Ok(()), Err)
 }
+
+/// Resources of one type still open when a check expected none, at the path of the
+/// type's name; reach it with [`Failure::downcast_ref`](crate::Failure::downcast_ref).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeftOpen {
+    /// How many are still open.
+    pub count: usize,
+}
+
+impl std::fmt::Display for LeftOpen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} left open", self.count)
+    }
+}
+
+impl std::error::Error for LeftOpen {}
 
 /// Waits up to `timeout` for detached closes, then fails if any `R` is still open,
 /// with the count in the error.

@@ -528,16 +528,6 @@ impl Drop for GaugeGuard {
     }
 }
 
-/// Every decimal number written in `text`, in order: `numbers_in("3 of 100ms")` is
-/// `[3, 100]`. For checking a count an error message reports without matching its
-/// wording.
-pub fn numbers_in(text: &str) -> Vec<u64> {
-    text.split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| s.parse().ok())
-        .collect()
-}
-
 /// A shared counter, for tasks to bump.
 pub fn counter() -> Arc<AtomicUsize> {
     Arc::new(AtomicUsize::new(0))

@@ -37,7 +37,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -143,7 +143,8 @@ impl Reply {
     }
 
     /// `status` with `Retry-After: <date>` and the body `{}`; `date` is sent as given,
-    /// so it may also be malformed on purpose. See [`http_date`] to build one.
+    /// so it may also be malformed on purpose. `httpdate::fmt_http_date` builds a valid
+    /// one.
     ///
     /// # Panics
     ///
@@ -218,36 +219,6 @@ impl Reply {
         }
         self
     }
-}
-
-/// `t` as an HTTP date (IMF-fixdate, always GMT): `Sun, 06 Nov 1994 08:49:37 GMT`.
-/// Times before 1970 are written as 1970-01-01.
-pub fn http_date(t: SystemTime) -> String {
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let weekday = WEEKDAYS[(days % 7) as usize];
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (all non-negative).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!(
-        "{weekday}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
-        MONTHS[(month - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-    )
 }
 
 /// One request as the server received it.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use resource_runtime::{AsyncResource, Operation};
+use resource_runtime::{AsyncResource, Operation, ResourceError};
 use resource_tests::{Log, Probe, StartsThenPanics, paths, strings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -277,6 +277,27 @@ async fn an_option_is_emptied_even_when_its_close_fails() {
     let err = option.close().await.unwrap_err();
     assert!(option.is_none());
     assert_eq!(err.failures().len(), 1);
+}
+
+/// Never finishes its close.
+struct Hangs(Log);
+
+impl AsyncResource for Hangs {
+    async fn close(&mut self) -> Result<(), ResourceError> {
+        self.0.push("hang started");
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_option_is_empty_after_its_close_was_cancelled() {
+    let log = Log::new();
+    let mut value: Option<Hangs> = Some(Hangs(log.clone()));
+    let cut = tokio::time::timeout(Duration::from_millis(5), value.close()).await;
+    assert!(cut.is_err());
+    assert_eq!(log.entries(), ["hang started"]);
+    assert!(value.is_none());
 }
 
 #[derive(AsyncResource)]

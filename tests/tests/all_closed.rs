@@ -28,6 +28,23 @@ async fn assert_all_closed_names_every_type_left_open() {
     let error = testing::assert_all_closed(WAIT)
         .await
         .expect_err("three are open");
+    let mut counts: Vec<(String, usize)> = error
+        .failures()
+        .map(|f| {
+            let left = f
+                .downcast_ref::<testing::LeftOpen>()
+                .unwrap_or_else(|| panic!("not a count of resources left open: {f:?}"));
+            (f.path().unwrap_or("?").to_owned(), left.count)
+        })
+        .collect();
+    counts.sort();
+    let mut expected = vec![
+        (type_name::<Tracked<Alpha>>().to_owned(), 2),
+        (type_name::<Tracked<Beta>>().to_owned(), 1),
+    ];
+    expected.sort();
+    assert_eq!(counts, expected);
+    // Each type on its own line of the error's `Display`.
     let mut lines: Vec<String> = error.failures().map(|f| f.to_string()).collect();
     lines.sort();
     let mut expected = vec![

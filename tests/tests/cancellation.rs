@@ -1,4 +1,4 @@
-//! Cancellation at every await point (DESIGN.md, "Using a resource"): a `scope`, or a
+//! Cancellation at every await point (docs/design.md, "Using a resource"): a `scope`, or a
 //! `Managed` and its `close`, dropped after any number of polls leaves its resource
 //! closed exactly once, in the background if need be, and nothing counted as open.
 //!

@@ -1,7 +1,8 @@
-//! What a derived `close` does: order, aggregation, paths, labels, skipped fields,
-//! idempotence, hooks, custom close functions and the error's `Display`.
+//! What a derived `close` does: order, aggregation, paths, labels (raw identifiers
+//! included), skipped fields, idempotence, hooks, custom close functions, the error's
+//! `Display`, and deadlines on a runtime without timers.
 
-use resource_runtime::{AsyncResource, Operation, ResourceError};
+use resource_runtime::{AsyncResource, Failure, Operation, ResourceError};
 use resource_tests::{
     Log, Probe, ProbeError, YieldsThenCancels, paths, runtime_without_timers, strings,
 };
@@ -26,7 +27,7 @@ impl Three {
     }
 }
 
-fn probe_error(failure: &ResourceError) -> &ProbeError {
+fn probe_error(failure: &Failure) -> &ProbeError {
     failure
         .downcast_ref::<ProbeError>()
         .unwrap_or_else(|| panic!("not a probe's failure: {failure:?}"))
@@ -81,8 +82,8 @@ async fn every_field_is_closed_when_some_fail_and_all_failures_are_returned_in_o
         .map(|f| probe_error(f).name.as_str())
         .collect();
     assert_eq!(names, ["c", "a"]);
-    // An aggregate has no single path; its leaves do.
-    assert_eq!(err.path(), None);
+    // On an aggregate, the accessors of one failure answer for the first.
+    assert_eq!(err.path(), Some("c"));
     assert!(!err.is_timeout());
     assert!(!err.is_panic());
     assert!(!err.is_closed());
@@ -100,7 +101,7 @@ async fn a_single_failure_is_one_leaf_carrying_the_field_path() {
     assert_eq!(err.path(), Some("b"));
     assert_eq!(err.operation(), Some(Operation::Close));
     assert_eq!(
-        probe_error(&err),
+        probe_error(err.failures().next().unwrap()),
         &ProbeError {
             name: "b".into(),
             op: "close"
@@ -193,6 +194,25 @@ async fn name_attribute_replaces_the_label_in_paths() {
     };
     let err = renamed.close().await.unwrap_err();
     assert_eq!(paths(&err), ["svc.db", "database"]);
+}
+
+#[allow(non_camel_case_types)]
+#[derive(AsyncResource)]
+enum r#Kind {
+    r#match {
+        #[resource]
+        r#type: Probe,
+    },
+}
+
+#[tokio::test]
+async fn raw_identifiers_are_unraw_in_paths() {
+    let log = Log::new();
+    let mut value = Kind::r#match {
+        r#type: log.probe("t").fail_close(),
+    };
+    let err = value.close().await.unwrap_err();
+    assert_eq!(err.path(), Some("match.type"));
 }
 
 #[derive(AsyncResource)]
@@ -542,6 +562,32 @@ async fn a_struct_without_resource_fields_closes_ok() {
     let mut plain = Plain { _name: "x".into() };
     plain.enter().await.unwrap();
     plain.close().await.unwrap();
+}
+
+#[derive(AsyncResource)]
+#[resource(timeout = "1s")]
+struct WholeDeadline {
+    #[resource]
+    stop: YieldsThenCancels,
+}
+
+/// The whole-close deadline on a runtime without timers: the deadline cannot be set, so
+/// the close runs to its end and says why.
+#[test]
+fn a_whole_close_deadline_without_a_timer_still_closes_and_says_why() {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut value = WholeDeadline {
+        stop: YieldsThenCancels(stop.clone()),
+    };
+    let err = runtime_without_timers()
+        .block_on(value.close())
+        .unwrap_err();
+    assert!(stop.is_cancelled());
+    assert_eq!(err.hook(), Some("close deadline"));
+    assert!(err.is_unenforced_deadline(), "{err}");
+    assert!(!err.is_panic(), "{err}");
+    assert_eq!(err.deadline(), Some(std::time::Duration::from_secs(1)));
+    assert!(err.to_string().contains("enable_time"), "{err}");
 }
 
 #[derive(AsyncResource)]

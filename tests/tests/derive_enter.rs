@@ -1,7 +1,7 @@
 //! What a derived `enter` does: declaration order, rollback of a failed enter, and the
 //! `after_enter` hook.
 
-use resource_runtime::{AsyncResource, Operation, ResourceError};
+use resource_runtime::{AsyncResource, Failure, Operation};
 use resource_tests::{Counter, Log, Probe, ProbeError, StartsThenPanics, paths, strings};
 
 #[derive(AsyncResource)]
@@ -183,7 +183,7 @@ async fn a_nested_enter_failure_is_rolled_back_at_both_levels_with_dotted_paths(
         ])
     );
     assert_eq!(paths(&err), ["inner.cache", "inner.db", "first"]);
-    let rollbacks: Vec<bool> = err.failures().map(ResourceError::is_rollback).collect();
+    let rollbacks: Vec<bool> = err.failures().map(Failure::is_rollback).collect();
     assert_eq!(rollbacks, [false, true, true]);
     assert_eq!(
         err.failures().next().unwrap().operation(),
@@ -294,7 +294,7 @@ async fn rollback_failures_after_a_failing_after_enter_are_reported_too() {
         ..Hooked::new(&log, true)
     };
     let err = value.enter().await.unwrap_err();
-    let hooks: Vec<Option<&str>> = err.failures().map(ResourceError::hook).collect();
+    let hooks: Vec<Option<&str>> = err.failures().map(Failure::hook).collect();
     assert_eq!(hooks, [Some("after_enter"), None]);
     let rollback = err.failures().nth(1).unwrap();
     assert_eq!(rollback.path(), Some("a"));

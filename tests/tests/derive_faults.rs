@@ -1,9 +1,10 @@
-//! Faults during a derived close: panics, per-field and whole-close deadlines, and
-//! concurrent groups, measured on tokio's paused clock.
+//! Faults during a derived close: panics (also before a close or enter has made its
+//! future), per-field and whole-close deadlines, `Option` fields emptied by either, and
+//! concurrent groups up to 128 fields wide, measured on tokio's paused clock.
 
 use std::time::Duration;
 
-use resource_runtime::{AsyncResource, Operation};
+use resource_runtime::{AsyncResource, Operation, ResourceError};
 use resource_tests::{Log, Probe, paths, strings};
 use tokio::time::Instant;
 
@@ -444,6 +445,43 @@ async fn a_concurrent_struct_closes_every_field_at_once() {
     );
 }
 
+macro_rules! wide {
+    ($($f:ident)*) => {
+        #[derive(AsyncResource)]
+        #[resource(concurrent)]
+        struct Wide { $(#[resource] $f: Probe,)* }
+
+        fn wide(log: &Log) -> Wide {
+            Wide { $($f: log.probe(stringify!($f)).close_delay(100),)* }
+        }
+    };
+}
+
+wide!(
+    a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 b0 b1 b2 b3 b4 b5 b6 b7 b8 b9
+    c0 c1 c2 c3 c4 c5 c6 c7 c8 c9 d0 d1 d2 d3 d4 d5 d6 d7 d8 d9
+    e0 e1 e2 e3 e4 e5 e6 e7 e8 e9 f0 f1 f2 f3 f4 f5 f6 f7 f8 f9
+    g0 g1 g2 g3 g4 g5 g6 g7 g8 g9 h0 h1 h2 h3 h4 h5 h6 h7 h8 h9
+    i0 i1 i2 i3 i4 i5 i6 i7 i8 i9 j0 j1 j2 j3 j4 j5 j6 j7 j8 j9
+    k0 k1 k2 k3 k4 k5 k6 k7 k8 k9 l0 l1 l2 l3 l4 l5 l6 l7 l8 l9
+    m0 m1 m2 m3 m4 m5 m6 m7
+);
+
+#[tokio::test(start_paused = true)]
+async fn a_concurrent_step_of_128_fields_closes_them_all_at_once() {
+    let log = Log::new();
+    let mut value = wide(&log);
+    let started = Instant::now();
+    value.close().await.unwrap();
+    assert_between(started.elapsed(), 100, 200);
+    let finished = log
+        .entries()
+        .iter()
+        .filter(|e| e.ends_with("finished"))
+        .count();
+    assert_eq!(finished, 128);
+}
+
 #[derive(AsyncResource)]
 #[resource(before_close = explode)]
 struct PanickingHook {
@@ -535,6 +573,101 @@ async fn a_panic_in_after_enter_is_caught_and_rolls_back_every_field() {
     assert_eq!(log.entries(), strings(&["enter a", "close a"]));
     assert_eq!(err.hook(), Some("after_enter"));
     assert_eq!(err.panic_message(), Some("after_enter exploded"));
+}
+
+/// A resource whose `close` and `enter` panic while making their futures, before any
+/// `.await`.
+struct PanicsEagerly;
+
+impl AsyncResource for PanicsEagerly {
+    #[allow(clippy::manual_async_fn, unreachable_code)]
+    fn close(&mut self) -> impl Future<Output = Result<(), ResourceError>> + Send {
+        panic!("panicked before returning a future");
+        async { Ok(()) }
+    }
+
+    #[allow(clippy::manual_async_fn, unreachable_code)]
+    fn enter(&mut self) -> impl Future<Output = Result<(), ResourceError>> + Send {
+        panic!("panicked before returning an enter future");
+        async { Ok(()) }
+    }
+}
+
+#[derive(AsyncResource)]
+struct EagerPanic {
+    #[resource]
+    first: Probe,
+    #[resource]
+    second: PanicsEagerly,
+}
+
+#[tokio::test]
+async fn a_close_that_panics_before_returning_its_future_is_caught_and_the_rest_close() {
+    let log = Log::new();
+    let mut value = EagerPanic {
+        first: log.probe("first"),
+        second: PanicsEagerly,
+    };
+    let err = value.close().await.unwrap_err();
+    assert!(err.is_panic(), "{err}");
+    assert_eq!(err.path(), Some("second"));
+    assert_eq!(
+        err.panic_message(),
+        Some("panicked before returning a future")
+    );
+    assert!(
+        log.entries().contains(&"close first".to_owned()),
+        "{:?}",
+        log.entries()
+    );
+}
+
+#[tokio::test]
+async fn an_enter_that_panics_before_returning_its_future_rolls_back() {
+    let log = Log::new();
+    let mut value = EagerPanic {
+        first: log.probe("first"),
+        second: PanicsEagerly,
+    };
+    let err = value.enter().await.unwrap_err();
+    let failures: Vec<_> = err.failures().collect();
+    assert!(failures[0].is_panic(), "{err}");
+    assert_eq!(failures[0].path(), Some("second"));
+    assert_eq!(log.entries(), ["enter first", "close first"]);
+}
+
+/// Never finishes its close.
+struct Hangs(Log);
+
+impl AsyncResource for Hangs {
+    async fn close(&mut self) -> Result<(), ResourceError> {
+        self.0.push("hang started");
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+#[derive(AsyncResource)]
+struct WithOptional {
+    #[resource(timeout = "10ms")]
+    hangs: Option<Hangs>,
+    #[resource]
+    panics: Option<PanicsEagerly>,
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_option_field_is_empty_after_its_close_timed_out_or_panicked() {
+    let log = Log::new();
+    let mut value = WithOptional {
+        hangs: Some(Hangs(log.clone())),
+        panics: Some(PanicsEagerly),
+    };
+    let err = value.close().await.unwrap_err();
+    assert_eq!(paths(&err), ["panics", "hangs"]);
+    // Dropped at the deadline and after the panic: the struct holds nothing any more.
+    assert!(value.hangs.is_none());
+    assert!(value.panics.is_none());
+    value.close().await.unwrap();
 }
 
 #[derive(AsyncResource)]

@@ -1,5 +1,6 @@
 //! The derive on every shape it accepts: enums, generics (inferred and explicit bounds,
-//! lifetimes, const parameters), unit and tuple structs.
+//! lifetimes, const parameters, generic fields closed by a function), recursive and
+//! mutually recursive types, boxed fields, unit and tuple structs.
 
 use std::time::Duration;
 
@@ -298,6 +299,117 @@ async fn a_boxed_field_is_entered_and_closed_through_the_box() {
     let err = value.close().await.unwrap_err();
     assert_eq!(paths(&err), ["inner"]);
     assert_eq!(log.entries(), strings(&["enter boxed", "close boxed"]));
+}
+
+/// A generic tree: the field that contains the type itself gets no inferred bound.
+#[derive(AsyncResource)]
+struct Tree<T> {
+    #[resource]
+    value: T,
+    #[resource]
+    children: Vec<Tree<T>>,
+}
+
+#[tokio::test]
+async fn a_generic_recursive_type_closes_every_node_depth_first_in_reverse() {
+    let log = Log::new();
+    let mut tree = Tree {
+        value: log.probe("root"),
+        children: vec![
+            Tree {
+                value: log.probe("a"),
+                children: vec![Tree {
+                    value: log.probe("a1"),
+                    children: Vec::new(),
+                }],
+            },
+            Tree {
+                value: log.probe("b").fail_close(),
+                children: Vec::new(),
+            },
+        ],
+    };
+    let err = tree.close().await.unwrap_err();
+    assert_eq!(paths(&err), ["children.1.value"]);
+    let closes: Vec<_> = log
+        .entries()
+        .into_iter()
+        .filter(|e| e.starts_with("close") && !e.ends_with("finished"))
+        .collect();
+    assert_eq!(closes, ["close b", "close a1", "close a", "close root"]);
+}
+
+/// Two types that contain each other: the recursion goes through another type, so the
+/// derive cannot see it; `boxed` asks for the boxed futures.
+#[derive(AsyncResource)]
+struct Ping {
+    #[resource]
+    probe: Probe,
+    #[resource(boxed)]
+    pong: Option<Box<Pong>>,
+}
+
+#[derive(AsyncResource)]
+struct Pong {
+    #[resource]
+    probe: Probe,
+    #[resource(boxed)]
+    ping: Option<Box<Ping>>,
+}
+
+#[tokio::test]
+async fn mutually_recursive_types_close_with_boxed_fields() {
+    let log = Log::new();
+    let mut ping = Ping {
+        probe: log.probe("ping"),
+        pong: Some(Box::new(Pong {
+            probe: log.probe("pong"),
+            ping: Some(Box::new(Ping {
+                probe: log.probe("inner ping").fail_close(),
+                pong: None,
+            })),
+        })),
+    };
+    let err = ping.close().await.unwrap_err();
+    assert_eq!(paths(&err), ["pong.ping.probe"]);
+    let closes: Vec<_> = log
+        .entries()
+        .into_iter()
+        .filter(|e| e.starts_with("close") && !e.ends_with("finished"))
+        .collect();
+    assert_eq!(closes, ["close inner ping", "close pong", "close ping"]);
+    assert!(ping.pong.is_none());
+}
+
+/// A foreign connection generic over its codec, closed by a function.
+struct CodecConn<C> {
+    codec: C,
+    open: bool,
+}
+
+async fn close_conn<C>(conn: &mut CodecConn<C>) -> std::io::Result<()> {
+    tokio::task::yield_now().await;
+    conn.open = false;
+    Ok(())
+}
+
+#[derive(AsyncResource)]
+struct CodecClient<C> {
+    #[resource(close = close_conn)]
+    conn: CodecConn<C>,
+}
+
+#[tokio::test]
+async fn a_generic_field_closed_by_a_function_is_bounded_send() {
+    let mut client = CodecClient {
+        conn: CodecConn {
+            codec: String::from("json"),
+            open: true,
+        },
+    };
+    client.close().await.unwrap();
+    assert!(!client.conn.open);
+    assert_eq!(client.conn.codec, "json");
 }
 
 #[derive(AsyncResource)]

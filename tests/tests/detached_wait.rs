@@ -1,6 +1,7 @@
-//! `wait_detached` (DESIGN.md, "Using a resource"): it waits for every detached close in
-//! the process, names the type of each one still running when its timeout passes, and
-//! returns Ok once they have all finished.
+//! `wait_detached` (docs/design.md, "Using a resource"): it takes any timeout, from zero to
+//! `Duration::MAX`, waits for every detached close in the process, names the type of
+//! each one still running when its timeout passes, and returns Ok once they have all
+//! finished.
 //!
 //! One test alone in its binary, running its scenarios one after another, each on a
 //! runtime of its own: the detached registry is process-wide, and the scenarios leave
@@ -28,10 +29,25 @@ fn wait_detached_scenarios() {
             .build()
             .unwrap()
     };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(takes_any_timeout());
     paused().block_on(names_each_hung_close_and_is_ok_once_they_finish());
     paused().block_on(closes_started_after_the_call_are_not_waited_for());
     runtime_without_timers().block_on(without_a_timer_it_waits_for_every_close_and_says_why());
     assert_eq!(detached_in_flight(), 0);
+}
+
+async fn takes_any_timeout() {
+    wait_detached(Duration::MAX).await.unwrap();
+    wait_detached(Duration::ZERO).await.unwrap();
+    // With a close pending, a deadline as far off as `Duration::MAX` still waits for it.
+    detach(Yields).await;
+    wait_detached(Duration::MAX).await.unwrap();
+    assert_eq!(detached_in_flight(), 0);
+    wait_detached(Duration::ZERO).await.unwrap();
 }
 
 async fn names_each_hung_close_and_is_ok_once_they_finish() {
@@ -80,7 +96,11 @@ async fn names_each_hung_close_and_is_ok_once_they_finish() {
     let left = testing::assert_closed::<Tracked<HungManaged>>(Duration::from_secs(1))
         .await
         .expect_err("still open while its close hangs");
-    assert!(left.to_string().contains("1 left open"), "{left}");
+    assert_eq!(
+        left.downcast_ref::<testing::LeftOpen>().map(|l| l.count),
+        Some(1),
+        "{left:?}"
+    );
 
     tracker.release();
     wait_detached(Duration::from_secs(1)).await.unwrap();

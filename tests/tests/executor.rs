@@ -1,4 +1,4 @@
-//! `AsyncExecutor` (DESIGN.md, "Runtime types"): bounded concurrency, input order kept
+//! `AsyncExecutor` (docs/design.md, "Runtime types"): bounded concurrency, input order kept
 //! by `map`, panics returned to the caller, closed errors after close, a close that
 //! drains running and waiting work up to the deadline and then aborts and counts the
 //! rest, one shared state for every clone, the `Executor` protocol, `TaskHandle::abort`.
@@ -330,10 +330,8 @@ async fn close_past_the_deadline_aborts_the_rest_and_counts_them() {
     }
     sleep(2 * HOUR).await;
     assert_eq!(get(&woke), 0, "an aborted task ran on");
-    // A later close has nothing left to do and returns at once. (Whether it repeats
-    // the first close's error or returns Ok is left open: the executor's docs say the
-    // former, DESIGN.md's close contract the latter.)
-    let _ = at_once(exec.close()).await;
+    // A later close has nothing left to do: Ok at once (the close contract).
+    at_once(exec.close()).await.unwrap();
 }
 
 /// One slot, held by a task that runs for an hour, and three callers waiting in
@@ -427,6 +425,36 @@ async fn close_lets_callers_waiting_for_a_slot_run_before_the_deadline() {
     for (i, waiter) in waiters.into_iter().enumerate() {
         assert_eq!(waiter.await.unwrap().unwrap(), i as u64);
     }
+}
+
+/// A caller that started waiting for a slot and was then never polled again cannot
+/// wake to leave: a close past its deadline counts it without waiting for it.
+#[tokio::test(start_paused = true)]
+async fn a_close_past_its_deadline_does_not_wait_for_a_waiter_nobody_polls() {
+    let executor = AsyncExecutor::builder(1)
+        .shutdown_timeout(ms(100))
+        .build()
+        .unwrap();
+    let _running = executor.spawn(std::future::pending::<()>()).await.unwrap();
+    let other = executor.clone();
+    let mut stuck = Box::pin(async move { other.spawn(async {}).await });
+    assert!(
+        stuck
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+            .is_pending()
+    );
+    assert_eq!(executor.waiting(), 1);
+    let started = Instant::now();
+    let error = executor.close().await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // The running task and the waiter.
+    assert_reports_aborted(&error, 2);
+    drop(stuck);
 }
 
 #[tokio::test(start_paused = true)]

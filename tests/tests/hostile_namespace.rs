@@ -1,7 +1,8 @@
 //! The expansion compiles beside user types that shadow the prelude (`Result`, `Ok`,
 //! `Option`, `Box`, `Vec`, and more) and a `mod core {}`, on every shape and attribute
-//! that changes what is generated. The test bodies use fully qualified paths because
-//! the prelude names are taken.
+//! that changes what is generated, and beside a user function named like one of the
+//! expansion's locals. The test bodies use fully qualified paths because the prelude
+//! names are taken.
 
 #![allow(dead_code, non_camel_case_types)]
 
@@ -178,4 +179,32 @@ async fn derives_beside_shadowing_names_enter_and_close_every_field() {
     };
     let err = bounded.close().await.unwrap_err();
     ::std::assert_eq!(err.path(), ::core::option::Option::Some("inner"));
+}
+
+/// A user function whose name is one of the expansion's locals: the locals have
+/// mixed-site hygiene, so the path in `close = __field0` still means this function.
+/// (A unit struct or `const` with such a name would still clash with a `let` of the
+/// expansion, as with every derive; the names are all `__`-prefixed for that reason.)
+#[allow(non_snake_case)]
+async fn __field0(token: &mut ::tokio_util::sync::CancellationToken) -> ::std::io::Result<()> {
+    token.cancel();
+    ::core::result::Result::Ok(())
+}
+
+#[derive(::resource_runtime::AsyncResource)]
+struct LookAlike {
+    #[resource(close = __field0)]
+    token: ::tokio_util::sync::CancellationToken,
+}
+
+#[::tokio::test(crate = "::tokio")]
+async fn user_items_named_like_the_expansion_locals_are_the_users() {
+    use ::resource_runtime::AsyncResource as _;
+
+    let token = ::tokio_util::sync::CancellationToken::new();
+    let mut value = LookAlike {
+        token: token.clone(),
+    };
+    value.close().await.unwrap();
+    ::std::assert!(token.is_cancelled());
 }

@@ -1,4 +1,4 @@
-//! `RateLimiter` (DESIGN.md, "Runtime types"): `rate` per `period` with a `burst`,
+//! `RateLimiter` (docs/design.md, "Runtime types"): `rate` per `period` with a `burst`,
 //! scheduled from ideal arrival times (GCRA), FIFO between waiters, on tokio's clock.
 //!
 //! Every test runs on tokio's paused clock: the instants recorded are virtual and
@@ -667,6 +667,35 @@ async fn late_wake_ups_never_admit_more_than_one_token_over_the_schedule() {
             );
         }
     }
+}
+
+/// The timer fires a whole tick late for a deadline between ticks; a limiter created
+/// 0.4 ms after a tick has all its ideal times between ticks. It catches up the lost
+/// time (so it keeps its rate), which can put two admissions at one instant: never more
+/// than one token ahead of the ideal schedule.
+#[tokio::test(start_paused = true)]
+async fn a_limiter_started_off_the_timer_grid_stays_within_one_token_of_the_ideal_schedule() {
+    tokio::time::advance(Duration::from_micros(400)).await;
+    let limiter = RateLimiter::builder(1_000, SECOND)
+        .burst(1)
+        .build()
+        .unwrap();
+    let run = contend(&limiter, 4, 400, |_| 1).await;
+    let mut times: Vec<Instant> = run.admitted.iter().map(|a| a.at).collect();
+    times.sort();
+    let first = times[0];
+    for (i, t) in times.iter().enumerate() {
+        // By the ideal schedule, at most 1 + elapsed·rate tokens by now.
+        let ideal = 1 + (*t - first).as_micros() / 1_000;
+        assert!(
+            (i as u128) <= ideal,
+            "admission {i} at {:?} is ahead",
+            *t - first
+        );
+    }
+    // And the rate holds: 400 admissions take about 400 ms, not 800.
+    let span = *times.last().unwrap() - first;
+    assert!(span <= ms(410), "{span:?}");
 }
 
 /// On a runtime without timers, a caller that would have to wait is told why instead of

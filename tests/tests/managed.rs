@@ -1,7 +1,8 @@
-//! `Managed<R>` (DESIGN.md, "Using a resource"): a guard that derefs to an entered
+//! `Managed<R>` (docs/design.md, "Using a resource"): a guard that derefs to an entered
 //! resource, closes it on `close().await`, and, dropped without close, warns naming the
 //! type and closes it in the background on the current runtime (without a runtime: an
-//! error log, and the resource is dropped). `into_inner` disarms it.
+//! error log, and the resource is dropped). `into_inner` disarms it. As a field of a
+//! derived struct it closes with the struct, once.
 
 use std::any::type_name;
 use std::time::Duration;
@@ -213,6 +214,30 @@ async fn into_inner_disarms_the_guard() {
     wait().await;
     let tally = tracker.tally();
     assert_eq!((tally.close_done, tally.dropped), (1, 1));
+}
+
+struct FieldTag;
+
+#[derive(AsyncResource)]
+struct HoldsManaged {
+    #[resource]
+    conn: Managed<Tracked<FieldTag>>,
+}
+
+#[tokio::test]
+async fn a_managed_field_closes_with_its_struct_and_once() {
+    let tracker = Tracker::new();
+    let conn = Managed::enter(Tracked::<FieldTag>::new(&tracker))
+        .await
+        .unwrap();
+    let mut holder = HoldsManaged { conn };
+    assert_eq!(testing::open_count::<Tracked<FieldTag>>(), 1);
+    holder.close().await.unwrap();
+    holder.close().await.unwrap();
+    assert_eq!(tracker.tally().close_done, 1);
+    assert_eq!(testing::open_count::<Tracked<FieldTag>>(), 0);
+    drop(holder); // closed already: no warning, no second close
+    assert_eq!(tracker.tally().close_done, 1);
 }
 
 struct HalfClosedTag;

@@ -1,4 +1,4 @@
-//! `RateLimitedExecutor` (DESIGN.md, "Runtime types"): an `AsyncExecutor` under a
+//! `RateLimitedExecutor` (docs/design.md, "Runtime types"): an `AsyncExecutor` under a
 //! `RateLimiter`. Tasks start at the limiter's rate and never above the executor's
 //! concurrency; `execute_weighted` takes more tokens; close covers callers waiting on
 //! the limiter and drains running tasks; it works through the `Executor` protocol and
@@ -402,4 +402,17 @@ async fn starts_follow_the_limiter_while_the_executor_is_saturated() {
         }
         executor.close().await.unwrap();
     }
+}
+
+/// Formatting the executor formats its limiter: neither holds a lock the other takes.
+#[tokio::test]
+async fn debug_of_a_limiter_and_a_rate_limited_executor_does_not_deadlock() {
+    let limiter = RateLimiter::new(10, Duration::from_secs(1)).unwrap();
+    let shown = format!("{limiter:?}");
+    assert!(shown.contains("waiting: 0"), "{shown}");
+    let executor = RateLimitedExecutor::new(limiter.clone(), AsyncExecutor::new(2).unwrap());
+    let shown = format!("{executor:?}");
+    assert!(shown.contains("RateLimiter"), "{shown}");
+    // The limiter still works afterwards.
+    assert!(limiter.try_acquire(1).unwrap());
 }

@@ -1,4 +1,4 @@
-//! `scope(resource, body)` (DESIGN.md, "Using a resource"): enter, run the body, close,
+//! `scope(resource, body)` (docs/design.md, "Using a resource"): enter, run the body, close,
 //! whatever happens. A panic in the body resumes after the close; a close that fails or
 //! panics returns its error instead of the body's value; a failed enter never runs the
 //! body.

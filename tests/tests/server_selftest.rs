@@ -7,7 +7,7 @@
 use std::error::Error as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use resource_tests::server::{Reply, TestServer, http_date};
+use resource_tests::server::{Reply, TestServer};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 
@@ -150,7 +150,7 @@ async fn scripted_replies_are_used_in_order_then_the_default() {
 #[tokio::test]
 async fn retry_after_headers_are_sent() {
     let server = TestServer::start().await;
-    let date = http_date(SystemTime::now() + Duration::from_secs(30));
+    let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
     server.push_many([
         Reply::retry_after(429, 7),
         Reply::retry_after_date(503, &date),
@@ -180,18 +180,21 @@ async fn retry_after_headers_are_sent() {
     );
 }
 
-#[test]
-fn http_date_is_imf_fixdate() {
-    let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
-    // The example of RFC 9110, section 5.6.7.
-    assert_eq!(http_date(at(784_111_777)), "Sun, 06 Nov 1994 08:49:37 GMT");
-    assert_eq!(http_date(at(0)), "Thu, 01 Jan 1970 00:00:00 GMT");
-    // A leap day, and the last second of a year.
-    assert_eq!(http_date(at(951_782_400)), "Tue, 29 Feb 2000 00:00:00 GMT");
-    assert_eq!(
-        http_date(at(1_735_689_599)),
-        "Tue, 31 Dec 2024 23:59:59 GMT"
-    );
+/// A `Retry-After` date reaches the client as sent and parses back to the instant it
+/// was built from (HTTP dates have whole seconds).
+#[tokio::test]
+async fn a_retry_after_date_round_trips() {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let at = UNIX_EPOCH + Duration::from_secs(now.as_secs() + 30);
+    let date = httpdate::fmt_http_date(at);
+    let server = TestServer::start().await;
+    server.push(Reply::retry_after_date(503, &date));
+
+    let r = client().get(server.url()).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let sent = r.headers()["retry-after"].to_str().unwrap();
+    assert_eq!(sent, date);
+    assert_eq!(httpdate::parse_http_date(sent).unwrap(), at);
 }
 
 #[tokio::test]

@@ -95,56 +95,20 @@ const PLANNED_PANIC: &str = "soak: planned panic";
 // ---------------------------------------------------------------------------------
 // Seeds and the random schedule.
 
-/// xorshift64*: small, seedable, good enough for a schedule.
-struct Rng(u64);
-
-/// splitmix64: spreads a seed (and a round number) over all the bits.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+/// The generator of one round: it depends on the seed and the round only, so a round's
+/// plan does not depend on how the earlier rounds' timing went.
+fn round_rng(seed: u64, round: u64) -> fastrand::Rng {
+    fastrand::Rng::with_seed(seed ^ round)
 }
 
-impl Rng {
-    /// The generator of one round: it depends on the seed and the round only, so a
-    /// round's plan does not depend on how the earlier rounds' timing went.
-    fn for_round(seed: u64, round: u64) -> Rng {
-        let state = mix(seed ^ mix(round));
-        Rng(if state == 0 {
-            0x2545_f491_4f6c_dd1d
-        } else {
-            state
-        })
-    }
+/// A number in `0..100`, to pick by percentages.
+fn percent(rng: &mut fastrand::Rng) -> u8 {
+    rng.u8(..100)
+}
 
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    fn index(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// A number in `0..100`, to pick by percentages.
-    fn percent(&mut self) -> u64 {
-        self.next() % 100
-    }
-
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(self.between(lo, hi))
-    }
+/// Uniform in `lo..=hi` milliseconds.
+fn millis(rng: &mut fastrand::Rng, lo: u64, hi: u64) -> Duration {
+    Duration::from_millis(rng.u64(lo..=hi))
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -328,8 +292,8 @@ fn build(server: &TestServer, concurrency: usize) -> Provider {
 }
 
 /// A reply drawn at random: mostly answers, and every fault the server has.
-fn random_reply(rng: &mut Rng) -> Reply {
-    match rng.percent() {
+fn random_reply(rng: &mut fastrand::Rng) -> Reply {
+    match percent(rng) {
         0..50 => Reply::echo(),
         50..58 => Reply::retry_after(429, 0),
         // Honoured up to the retry policy's `max_delay` (50 ms), so it stays fast.
@@ -337,7 +301,7 @@ fn random_reply(rng: &mut Rng) -> Reply {
         60..64 => Reply::status(500),
         64..67 => Reply::status(503),
         67..69 => Reply::retry_after(503, 0),
-        69..80 => Reply::slow(rng.millis(10, 50), Reply::echo()),
+        69..80 => Reply::slow(millis(rng, 10, 50), Reply::echo()),
         80..85 => Reply::hang(),
         85..91 => Reply::reset(),
         _ => Reply::malformed_json(),
@@ -473,7 +437,7 @@ impl Drop for Inline {
 /// cancellation, so the checks can look at everything the body started.
 struct Round {
     tag: Tag,
-    rng: Rng,
+    rng: fastrand::Rng,
     server: Arc<TestServer>,
     tally: Arc<Tally>,
     next_id: u64,
@@ -487,7 +451,13 @@ struct Round {
 }
 
 impl Round {
-    fn new(tag: Tag, rng: Rng, server: Arc<TestServer>, tally: Arc<Tally>, next_id: u64) -> Self {
+    fn new(
+        tag: Tag,
+        rng: fastrand::Rng,
+        server: Arc<TestServer>,
+        tally: Arc<Tally>,
+        next_id: u64,
+    ) -> Self {
         Round {
             tag,
             rng,
@@ -540,7 +510,7 @@ impl Round {
             done: false,
         };
         let request = json!({ "id": id });
-        let outcome: Outcome = if self.rng.percent() < 50 {
+        let outcome: Outcome = if percent(&mut self.rng) < 50 {
             let endpoint = p.endpoint.clone();
             p.executor
                 .execute(async move { endpoint.call::<_, Value>(&request).await })
@@ -556,8 +526,8 @@ impl Round {
         if self.calls.is_empty() {
             return;
         }
-        for _ in 0..self.rng.between(1, 3) {
-            let i = self.rng.index(self.calls.len());
+        for _ in 0..self.rng.u64(1..=3) {
+            let i = self.rng.usize(..self.calls.len());
             if let (_, Some(handle)) = &self.calls[i] {
                 handle.abort();
             }
@@ -590,9 +560,9 @@ impl Round {
             enter_yields: if fault == Fault::HangClose {
                 0
             } else {
-                self.rng.between(0, 2)
+                self.rng.u64(0..=2)
             },
-            close_yields: self.rng.between(0, 2),
+            close_yields: self.rng.u64(0..=2),
             record,
         };
         let tag = self.tag;
@@ -625,7 +595,7 @@ impl Round {
     fn defer_step(&mut self, p: &mut Provider) {
         self.defers_registered += 1;
         let done = self.defers_done.clone();
-        let yields = self.rng.between(0, 3);
+        let yields = self.rng.u64(0..=3);
         p.stack.defer(async move {
             for _ in 0..yields {
                 tokio::task::yield_now().await;
@@ -639,14 +609,14 @@ impl Round {
     async fn run(&mut self, p: &mut Provider, steps: u64) {
         for _ in 0..steps {
             self.steps_done += 1;
-            match self.rng.percent() {
+            match percent(&mut self.rng) {
                 // A batch of concurrent calls, with the replies scripted for them.
                 0..32 => {
-                    let calls = self.rng.between(1, 12) as usize;
-                    let replies = self.rng.between(0, calls as u64) as usize;
+                    let calls = self.rng.usize(1..=12);
+                    let replies = self.rng.usize(0..=calls);
                     self.script(replies);
                     for _ in 0..calls {
-                        let direct = self.rng.percent() < 25;
+                        let direct = percent(&mut self.rng) < 25;
                         self.spawn_call(p, direct);
                     }
                 }
@@ -658,7 +628,7 @@ impl Round {
                 50..60 => self.observe_finished().await,
                 60..74 => self.push_counted(p, Fault::None).await,
                 74..84 => {
-                    let fault = match self.rng.percent() {
+                    let fault = match percent(&mut self.rng) {
                         0..30 => Fault::FailClose,
                         30..55 => Fault::PanicClose,
                         55..70 if self.hangs < MAX_HANGS => {
@@ -672,7 +642,7 @@ impl Round {
                 }
                 84..90 => self.defer_step(p),
                 _ => {
-                    let pause = self.rng.millis(0, 5);
+                    let pause = millis(&mut self.rng, 0, 5);
                     tokio::time::sleep(pause).await;
                 }
             }
@@ -706,14 +676,14 @@ enum Mode {
 }
 
 impl Mode {
-    fn pick(rng: &mut Rng) -> Mode {
-        match rng.percent() {
+    fn pick(rng: &mut fastrand::Rng) -> Mode {
+        match percent(rng) {
             0..25 => Mode::Scope,
-            25..40 => Mode::ScopeTimeout(rng.millis(1, 20)),
-            40..55 => Mode::ScopePolled(rng.between(1, 40)),
+            25..40 => Mode::ScopeTimeout(millis(rng, 1, 20)),
+            40..55 => Mode::ScopePolled(rng.u64(1..=40)),
             55..75 => Mode::ManagedClose,
-            75..85 => Mode::ManagedCloseTimeout(rng.millis(0, 10)),
-            _ => Mode::ManagedDrop(rng.millis(1, 60)),
+            75..85 => Mode::ManagedCloseTimeout(millis(rng, 0, 10)),
+            _ => Mode::ManagedDrop(millis(rng, 1, 60)),
         }
     }
 }
@@ -933,7 +903,7 @@ async fn check_after_close(
 
 /// Runs one round; returns its steps planned and how it closed.
 async fn run_round(round: &mut Round, fds: Option<usize>) -> (u64, Mode) {
-    let steps = round.rng.between(1, MAX_ROUND_STEPS);
+    let steps = round.rng.u64(1..=MAX_ROUND_STEPS);
     let mode = Mode::pick(&mut round.rng);
     round.tag.mode = Some(mode);
     let tag = round.tag;
@@ -1042,7 +1012,7 @@ async fn run_load(round: &mut Round, load: usize, fds: Option<usize>) -> LoadAtC
         round.spawn_call(&managed, false);
     }
     for _ in 0..load / 50 {
-        let i = round.rng.index(round.calls.len());
+        let i = round.rng.usize(..round.calls.len());
         if let (_, Some(handle)) = &round.calls[i] {
             handle.abort();
         }
@@ -1151,7 +1121,7 @@ async fn seeded_faults_and_load_leave_nothing_open() {
             round: Some(rounds),
             mode: None,
         };
-        let rng = Rng::for_round(seed, rounds as u64);
+        let rng = round_rng(seed, rounds as u64);
         let mut round = Round::new(tag, rng, server.clone(), tally.clone(), next_id);
         let before = tally.counts();
         let (steps, mode) = run_round(&mut round, fds_with_server).await;
@@ -1190,7 +1160,7 @@ async fn seeded_faults_and_load_leave_nothing_open() {
     };
     let mut round = Round::new(
         load_tag,
-        Rng::for_round(seed, u64::MAX),
+        round_rng(seed, u64::MAX),
         server.clone(),
         tally.clone(),
         next_id,

@@ -1,7 +1,8 @@
-//! `ResourceStack` (DESIGN.md, "Using a resource"): Python's `AsyncExitStack` for
+//! `ResourceStack` (docs/design.md, "Using a resource"): Python's `AsyncExitStack` for
 //! resources known only at run time. Entries of any type, deferred steps, LIFO close
 //! with the derive's aggregation, per-entry deadlines, `pop_all` for the rollback of a
-//! half-built setup, typed slots, and a background close when dropped.
+//! half-built setup, typed slots, and a background close when dropped or when a close
+//! or an enter is cancelled half-way.
 
 use std::time::Duration;
 
@@ -153,7 +154,7 @@ async fn a_panicking_step_or_close_is_reported_and_the_rest_still_close() {
     log.clear();
     let error = stack.close().await.expect_err("two steps panic");
     assert_eq!(paths(&error), ["2", "1"]);
-    assert!(error.failures().all(ResourceError::is_panic), "{error:?}");
+    assert!(error.failures().all(|f| f.is_panic()), "{error:?}");
     let messages: Vec<_> = error.failures().filter_map(|f| f.panic_message()).collect();
     assert_eq!(
         messages,
@@ -480,6 +481,80 @@ async fn stack_enter_closes_a_resource_whose_enter_panicked() {
     assert_eq!(stack.len(), 1);
     stack.close().await.unwrap();
     assert_eq!(log.entries(), strings(&["enter a", "close a"]));
+}
+
+/// Polls `fut` once and reports whether it is still pending (then it is dropped by the
+/// caller: a cancellation at its first await point).
+fn pending_after_one_poll<F: Future>(fut: F) -> bool {
+    let mut fut = std::pin::pin!(fut);
+    fut.as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        .is_pending()
+}
+
+struct StackCloseTag;
+
+#[tokio::test]
+async fn a_stack_close_cancelled_half_way_still_closes_the_entry_it_was_closing() {
+    let tracker = Tracker::new();
+    let mut stack = ResourceStack::new();
+    stack.push(Tracked::<StackCloseTag>::new(&tracker).close_yields(1));
+    stack.push(Tracked::<StackCloseTag>::new(&tracker).close_yields(20));
+    // Cut while the top entry (20 yields) is closing.
+    assert!(pending_after_one_poll(stack.close()));
+    assert_eq!(
+        stack.len(),
+        2,
+        "the entry being closed is still on the stack"
+    );
+    drop(stack); // closes what is left in the background
+    wait().await;
+    let tally = tracker.tally();
+    assert_eq!(tally.close_done, 2, "{tally:?}");
+    assert_eq!(tally.dropped, 2, "{tally:?}");
+}
+
+struct StackEnterTag;
+
+#[tokio::test]
+async fn a_stack_enter_cancelled_half_way_closes_the_resource_in_the_background() {
+    let tracker = Tracker::new();
+    let mut stack = ResourceStack::new();
+    let resource = Tracked::<StackEnterTag>::new(&tracker).enter_yields(20);
+    assert!(pending_after_one_poll(stack.enter(resource)));
+    assert!(stack.is_empty());
+    wait().await;
+    let tally = tracker.tally();
+    assert_eq!(tally.close_done, 1, "{tally:?}");
+    assert_eq!(tally.dropped, 1, "{tally:?}");
+}
+
+/// Panics in `enter`, after which its close must still run.
+struct PanicsInEnter(Tracker);
+
+impl AsyncResource for PanicsInEnter {
+    async fn enter(&mut self) -> Result<(), ResourceError> {
+        panic!("enter exploded")
+    }
+
+    async fn close(&mut self) -> Result<(), ResourceError> {
+        let _ = Tracked::<()>::new(&self.0).close().await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_stack_enter_that_panics_returns_an_error_and_pushes_nothing() {
+    let tracker = Tracker::new();
+    let mut stack = ResourceStack::new();
+    let err = stack
+        .enter(PanicsInEnter(tracker.clone()))
+        .await
+        .unwrap_err();
+    assert!(err.is_panic(), "{err}");
+    assert_eq!(err.panic_message(), Some("enter exploded"));
+    assert!(stack.is_empty());
+    assert_eq!(tracker.tally().close_done, 1, "closed once after the panic");
 }
 
 /// A stack's step deadline on a runtime without timers: the step is not cut half-way

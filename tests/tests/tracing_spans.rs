@@ -1,6 +1,6 @@
 //! Every derived enter and close step runs in a `tracing` span naming the type and the
-//! field, and records its duration and outcome (DESIGN.md, "Semantics of the generated
-//! code"). A recording layer captures the spans as a subscriber would see them.
+//! field, and records its duration and outcome (docs/design.md, "The derive"). A
+//! recording layer captures the spans as a subscriber would see them.
 
 use std::collections::BTreeMap;
 use std::fmt;

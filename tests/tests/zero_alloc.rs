@@ -1,5 +1,5 @@
 //! The generated close of a struct of sequential fields allocates nothing when every
-//! field closes cleanly (DESIGN.md, "Zero cost"). Its own test binary, because it
+//! field closes cleanly (docs/design.md, "The derive"). Its own test binary, because it
 //! installs a counting global allocator.
 
 // A `#[global_allocator]` needs an `unsafe impl GlobalAlloc`; the impl below only

@@ -10,7 +10,15 @@ use serde::Deserialize;
 /// The configuration of an [`Endpoint`](super::Endpoint).
 ///
 /// Built in code with [`EndpointConfig::new`] and the setters, or read with serde (any
-/// format; durations are strings such as `"500ms"`, `"30s"`, `"2m"`):
+/// format).
+///
+/// Durations are strings in the grammar of the derive's `#[resource(timeout = "...")]`:
+/// numbers with units, as [humantime](https://docs.rs/humantime) reads them (`"500ms"`,
+/// `"30s"`, `"1m 30s"`, `"1.5s"`, `"2 min"`, `"1h"`; units `ms`, `s`, `m`, `h`, `d`,
+/// `w` and their long names). They are kept to the millisecond: a value that is not a
+/// whole number of milliseconds (`"1500us"`) is an error, not rounded. A deadline
+/// (`request_timeout`, `connect_timeout`, `close_timeout`) may not be zero, since it
+/// would cut what it bounds at once; a delay (`base_delay`, `max_delay`) may.
 ///
 /// ```
 /// use resource_runtime::http::{Auth, EndpointConfig, Secret};
@@ -58,16 +66,16 @@ pub struct EndpointConfig {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// The deadline of one attempt, from connect to the last byte (default 60 s).
-    #[serde(default = "default_request_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_request_timeout", deserialize_with = "deadline")]
     pub request_timeout: Duration,
     /// The deadline to connect (default 10 s).
-    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_connect_timeout", deserialize_with = "deadline")]
     pub connect_timeout: Duration,
     /// When and how failed attempts are retried.
     #[serde(default)]
     pub retry: RetryPolicy,
     /// How long a close lets in-flight calls finish before it cuts them (default 10 s).
-    #[serde(default = "default_close_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_close_timeout", deserialize_with = "deadline")]
     pub close_timeout: Duration,
 }
 
@@ -179,33 +187,86 @@ fn default_max_delay() -> Duration {
     Duration::from_secs(30)
 }
 
-/// `"500ms"`, `"30s"`, `"2m"`, `"1h"`.
+// The duration grammar below is the one the derive's `#[resource(timeout = "...")]`
+// takes (`resource-derive/src/attr.rs`): the same parser, the same rules and the same
+// messages. A change here is a change there.
+
+/// A duration in [humantime]'s grammar (`"500ms"`, `"2s"`, `"1m 30s"`, `"1.5s"`,
+/// `"1h"`), in whole milliseconds: a timer keeps nothing finer, so a value that is not
+/// a whole number of milliseconds is an error rather than silently rounded.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let malformed = || {
-        format!(
-            "`{text}` is not a duration: write a whole number and a unit, like \"500ms\", \"30s\" or \"2m\""
-        )
-    };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number.parse().map_err(|_| malformed())?;
-    let millis = match unit.trim() {
-        "ms" => Some(value),
-        "s" => value.checked_mul(1_000),
-        "m" => value.checked_mul(60_000),
-        "h" => value.checked_mul(3_600_000),
-        _ => return Err(malformed()),
-    };
-    millis
+    let duration = humantime::parse_duration(text).map_err(|e| not_a_duration(text, &e))?;
+    if duration.subsec_nanos() % 1_000_000 != 0 {
+        let down = duration.as_millis();
+        let hint = if down == 0 {
+            "write \"1ms\"".to_owned()
+        } else {
+            format!("write \"{down}ms\" or \"{}ms\"", down + 1)
+        };
+        return Err(format!(
+            "`{text}` is not a whole number of milliseconds, the finest step a deadline or delay keeps: {hint}"
+        ));
+    }
+    u64::try_from(duration.as_millis())
         .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{text}` is too long a duration"))
+        .map_err(|_| too_long(text))
 }
 
+/// A deadline: a duration that is not zero. A zero deadline would expire before the
+/// work it bounds could run, so it is refused rather than given a meaning.
+pub(crate) fn parse_deadline(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!(
+            "`{text}` is a zero deadline, which would cut what it bounds at once: give at least \"1ms\", or leave the deadline out"
+        )),
+        duration => Ok(duration),
+    }
+}
+
+fn too_long(text: &str) -> String {
+    format!("`{text}` is too long a duration: keep it under 500 years")
+}
+
+/// What a duration looks like, ending every message about a malformed one.
+const DURATION_HINT: &str = "write numbers with units, like \"500ms\", \"2s\", \"1m 30s\" or \"1h\" (units: `ms`, `s`, `m`, `h`, `d`, `w`, and long names such as `sec`, `min`, `hours`)";
+
+/// What is wrong with `text`, and what to write instead.
+fn not_a_duration(text: &str, error: &humantime::DurationError) -> String {
+    use humantime::DurationError as E;
+    let detail = match error {
+        E::Empty => return format!("an empty string is not a duration: {DURATION_HINT}"),
+        E::UnknownUnit { unit, value, .. } if unit.is_empty() => {
+            format!("the number needs a unit, like \"{value}s\" or \"{value}ms\"")
+        }
+        E::UnknownUnit { unit, .. } => format!("`{unit}` is not a unit"),
+        E::NumberExpected(at) => match text.get(*at..).map(str::trim_start) {
+            Some(rest) if !rest.is_empty() => format!("expected a number at `{rest}`"),
+            _ => "expected a number".to_owned(),
+        },
+        E::InvalidCharacter(at) => match text.get(*at..).and_then(|rest| rest.chars().next()) {
+            Some(c) => format!("unexpected `{c}`"),
+            None => "unexpected character".to_owned(),
+        },
+        E::NumberOverflow if text.contains('.') => {
+            return format!(
+                "`{text}` is too long a duration, or finer than a millisecond: keep it under 500 years, in whole milliseconds"
+            );
+        }
+        E::NumberOverflow => return too_long(text),
+    };
+    format!("`{text}` is not a duration: {detail}; {DURATION_HINT}")
+}
+
+/// A delay: any duration, zero included.
 fn duration<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(de)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// A deadline: a duration that is not zero.
+fn deadline<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    parse_deadline(&text).map_err(serde::de::Error::custom)
 }
 
 impl EndpointConfig {
@@ -342,13 +403,214 @@ impl RetryPolicy {
 mod tests {
     use super::*;
 
+    /// Inputs and what a deadline makes of them: whole milliseconds, or the whole message
+    /// (`HINT` standing for [`DURATION_HINT`]). A delay reads them the same, except that
+    /// a zero is `Ok(0)`. The same table is in the derive (`resource-derive/src/attr.rs`)
+    /// and in the endpoint's configuration (`resource-runtime/src/http/config.rs`), and a
+    /// test of the latter checks that the two are equal.
+    const DURATION_CASES: &[(&str, Result<u64, &str>)] = &[
+        ("500ms", Ok(500)),
+        ("2s", Ok(2_000)),
+        ("2 s", Ok(2_000)),
+        (" 2s ", Ok(2_000)),
+        ("2 seconds", Ok(2_000)),
+        ("1.5s", Ok(1_500)),
+        ("1m", Ok(60_000)),
+        ("2 min", Ok(120_000)),
+        ("1m 30s", Ok(90_000)),
+        ("1m30s", Ok(90_000)),
+        ("1h", Ok(3_600_000)),
+        ("1d", Ok(86_400_000)),
+        ("1w", Ok(604_800_000)),
+        ("2000us", Ok(2)),
+        (
+            "0s",
+            Err(
+                "`0s` is a zero deadline, which would cut what it bounds at once: give at least \"1ms\", or leave the deadline out",
+            ),
+        ),
+        (
+            "0ms",
+            Err(
+                "`0ms` is a zero deadline, which would cut what it bounds at once: give at least \"1ms\", or leave the deadline out",
+            ),
+        ),
+        (
+            "0",
+            Err(
+                "`0` is a zero deadline, which would cut what it bounds at once: give at least \"1ms\", or leave the deadline out",
+            ),
+        ),
+        (
+            "0.0s",
+            Err(
+                "`0.0s` is a zero deadline, which would cut what it bounds at once: give at least \"1ms\", or leave the deadline out",
+            ),
+        ),
+        (
+            "1500us",
+            Err(
+                "`1500us` is not a whole number of milliseconds, the finest step a deadline or delay keeps: write \"1ms\" or \"2ms\"",
+            ),
+        ),
+        (
+            "1.5ms",
+            Err(
+                "`1.5ms` is not a whole number of milliseconds, the finest step a deadline or delay keeps: write \"1ms\" or \"2ms\"",
+            ),
+        ),
+        (
+            "500us",
+            Err(
+                "`500us` is not a whole number of milliseconds, the finest step a deadline or delay keeps: write \"1ms\"",
+            ),
+        ),
+        (
+            "1ns",
+            Err(
+                "`1ns` is not a whole number of milliseconds, the finest step a deadline or delay keeps: write \"1ms\"",
+            ),
+        ),
+        ("", Err("an empty string is not a duration: HINT")),
+        ("  ", Err("an empty string is not a duration: HINT")),
+        (
+            "2",
+            Err("`2` is not a duration: the number needs a unit, like \"2s\" or \"2ms\"; HINT"),
+        ),
+        (
+            "1m 30",
+            Err(
+                "`1m 30` is not a duration: the number needs a unit, like \"30s\" or \"30ms\"; HINT",
+            ),
+        ),
+        ("2x", Err("`2x` is not a duration: `x` is not a unit; HINT")),
+        (
+            "2 fortnights",
+            Err("`2 fortnights` is not a duration: `fortnights` is not a unit; HINT"),
+        ),
+        ("2S", Err("`2S` is not a duration: `S` is not a unit; HINT")),
+        (
+            "soon",
+            Err("`soon` is not a duration: expected a number at `soon`; HINT"),
+        ),
+        (
+            "-1s",
+            Err("`-1s` is not a duration: expected a number at `-1s`; HINT"),
+        ),
+        (
+            "2 seconds later",
+            Err("`2 seconds later` is not a duration: expected a number at `later`; HINT"),
+        ),
+        (
+            "1,5s",
+            Err("`1,5s` is not a duration: unexpected `,`; HINT"),
+        ),
+        ("1.s", Err("`1.s` is not a duration: unexpected `.`; HINT")),
+        (
+            "18446744073709551615h",
+            Err("`18446744073709551615h` is too long a duration: keep it under 500 years"),
+        ),
+        (
+            "18446744073709551615s",
+            Err("`18446744073709551615s` is too long a duration: keep it under 500 years"),
+        ),
+        (
+            "99999999999999999999ms",
+            Err("`99999999999999999999ms` is too long a duration: keep it under 500 years"),
+        ),
+        (
+            "0.5ns",
+            Err(
+                "`0.5ns` is too long a duration, or finer than a millisecond: keep it under 500 years, in whole milliseconds",
+            ),
+        ),
+    ];
+
+    /// What the table says of `text` as a deadline (`zero: None`) or as a delay.
+    fn expected(want: &Result<u64, &str>, zero: Option<u64>) -> Result<u64, String> {
+        match (want, zero) {
+            (Err(message), Some(zero)) if message.contains("zero deadline") => Ok(zero),
+            _ => want.map_err(|message| message.replace("HINT", DURATION_HINT)),
+        }
+    }
+
     #[test]
-    fn durations_parse_and_say_what_is_wrong() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("soon").unwrap_err().contains("\"30s\""));
-        assert!(parse_duration("5").is_err());
+    fn deadlines_follow_the_shared_table() {
+        for (text, want) in DURATION_CASES {
+            let want = expected(want, None).map(Duration::from_millis);
+            assert_eq!(parse_deadline(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn durations_follow_the_shared_table_and_take_zero() {
+        for (text, want) in DURATION_CASES {
+            let want = expected(want, Some(0)).map(Duration::from_millis);
+            assert_eq!(parse_duration(text), want, "{text:?}");
+        }
+    }
+
+    /// The lines of `source` from `const DURATION_CASES` to the end of the table.
+    fn table_in(source: &str) -> Vec<&str> {
+        source
+            .lines()
+            .map(str::trim)
+            .skip_while(|line| !line.starts_with("const DURATION_CASES"))
+            .take_while(|line| *line != "];")
+            .collect()
+    }
+
+    #[test]
+    fn the_derive_checks_the_same_table() {
+        let derive = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../resource-derive/src/attr.rs"
+        );
+        let Ok(derive) = std::fs::read_to_string(derive) else {
+            eprintln!("note: skipped: the derive's source is not beside this crate");
+            return;
+        };
+        let ours = table_in(include_str!("config.rs"));
+        assert!(ours.len() > 10, "the table was not found here");
+        assert_eq!(
+            table_in(&derive),
+            ours,
+            "the two tables of duration cases differ"
+        );
+    }
+
+    #[test]
+    fn configuration_files_take_the_grammar() {
+        let config: EndpointConfig = serde_json::from_str(
+            r#"{
+                "base_url": "http://x",
+                "request_timeout": "1m 30s",
+                "connect_timeout": "2 s",
+                "close_timeout": "1.5s",
+                "retry": { "base_delay": "0s", "max_delay": "0" }
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(config.request_timeout, Duration::from_secs(90));
+        assert_eq!(config.connect_timeout, Duration::from_secs(2));
+        assert_eq!(config.close_timeout, Duration::from_millis(1_500));
+        assert_eq!(config.retry.base_delay, Duration::ZERO);
+        assert_eq!(config.retry.max_delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn configuration_files_refuse_a_zero_deadline_and_say_why() {
+        for key in ["request_timeout", "connect_timeout", "close_timeout"] {
+            let json = format!(r#"{{"base_url": "http://x", "{key}": "0s"}}"#);
+            let err = serde_json::from_str::<EndpointConfig>(&json).unwrap_err();
+            let want = parse_deadline("0s").unwrap_err();
+            assert!(err.to_string().starts_with(&want), "{key}: {err}");
+        }
+        let err = serde_json::from_str::<EndpointConfig>(
+            r#"{"base_url": "http://x", "retry": {"base_delay": "soon"}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("\"500ms\""), "{err}");
     }
 
     #[test]

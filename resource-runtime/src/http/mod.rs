@@ -5,7 +5,7 @@ mod config;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
@@ -15,12 +15,12 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use self::config::{Auth, EndpointConfig, RetryPolicy, Secret};
 use crate::AsyncResource;
-use crate::error::ResourceError;
+use crate::error::{ConfigError, ResourceError};
 use crate::limiter::RateLimiter;
 
 /// A client of an external API: called with a request, it returns the decoded
@@ -69,6 +69,15 @@ pub enum EndpointError {
         /// The URL called.
         url: String,
     },
+    /// The close of an endpoint cut the calls still running at its deadline.
+    CutAtClose {
+        /// The endpoint's name.
+        endpoint: String,
+        /// How many calls were cut.
+        count: usize,
+        /// The close deadline that passed.
+        deadline: std::time::Duration,
+    },
 }
 
 impl fmt::Display for EndpointError {
@@ -96,6 +105,14 @@ impl fmt::Display for EndpointError {
             EndpointError::Cut { url } => {
                 write!(f, "the call to {url} was cut when the endpoint closed")
             }
+            EndpointError::CutAtClose {
+                endpoint,
+                count,
+                deadline,
+            } => write!(
+                f,
+                "endpoint `{endpoint}`: {count} call(s) still running at the close deadline of {deadline:?} were cut"
+            ),
         }
     }
 }
@@ -165,8 +182,9 @@ struct Inner {
     /// (`pausing_limiter`, for calls that already took one outside).
     first_attempt_takes_token: bool,
     state: Mutex<State>,
-    in_flight: AtomicUsize,
-    idle: Notify,
+    /// The calls in flight, one token each; closed at the first close, so that waiting
+    /// for it to empty can end.
+    calls_in_flight: TaskTracker,
     cut: CancellationToken,
     calls: AtomicU64,
     attempts: AtomicU64,
@@ -207,13 +225,13 @@ impl fmt::Debug for Endpoint {
             .field("name", &self.inner.name)
             .field("url", &self.inner.url.as_str())
             .field("method", &self.inner.method)
-            .field("in_flight", &self.inner.in_flight.load(Ordering::Relaxed))
+            .field("in_flight", &self.inner.calls_in_flight.len())
             .finish_non_exhaustive()
     }
 }
 
-fn invalid(name: &str, field: &str, why: impl fmt::Display) -> ResourceError {
-    ResourceError::other(format!("endpoint `{name}`: `{field}` {why}"))
+fn invalid(name: &str, field: &'static str, why: impl fmt::Display) -> ResourceError {
+    ConfigError::new(format!("Endpoint `{name}`"), field, why.to_string()).into()
 }
 
 /// Configures an [`Endpoint`] before it exists; from [`Endpoint::builder`].
@@ -340,8 +358,7 @@ impl Endpoint {
                 first_attempt_takes_token: limiter.as_ref().is_none_or(|(_, first)| *first),
                 limiter: limiter.map(|(limiter, _)| limiter),
                 state: Mutex::new(State::default()),
-                in_flight: AtomicUsize::new(0),
-                idle: Notify::new(),
+                calls_in_flight: TaskTracker::new(),
                 cut: CancellationToken::new(),
                 calls: AtomicU64::new(0),
                 attempts: AtomicU64::new(0),
@@ -365,7 +382,7 @@ impl Endpoint {
 
     /// How many calls are running now.
     pub fn in_flight(&self) -> usize {
-        self.inner.in_flight.load(Ordering::Acquire)
+        self.inner.calls_in_flight.len()
     }
 
     /// Calls, attempts and failures so far.
@@ -448,15 +465,15 @@ impl Endpoint {
                 return Err(ResourceError::closed(format!("Endpoint `{}`", inner.name)));
             }
             let Some(client) = state.client.clone() else {
-                return Err(ResourceError::other(format!(
-                    "endpoint `{}` was not entered: call `enter().await` (or use it in a `scope`) before calling it",
+                return Err(ResourceError::not_entered(format!(
+                    "Endpoint `{}`",
                     inner.name
                 )));
             };
-            inner.in_flight.fetch_add(1, Ordering::AcqRel);
-            client
+            // Counted under the lock: a close that saw no call sees none start.
+            (client, inner.calls_in_flight.token())
         };
-        let _call = InFlight(inner);
+        let (client, _call) = client;
         inner.calls.fetch_add(1, Ordering::Relaxed);
         let attempts = inner.attempts(&client, method, &url, body);
         let mut attempts = pin!(attempts);
@@ -476,17 +493,6 @@ impl Endpoint {
         .inspect_err(|_| {
             inner.failed.fetch_add(1, Ordering::Relaxed);
         })
-    }
-}
-
-/// Counts a call as in flight for as long as it runs, however it ends.
-struct InFlight<'a>(&'a Inner);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
     }
 }
 
@@ -530,7 +536,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Each update is a few assignments: a poisoned lock still guards a valid state.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     async fn attempts(
@@ -715,7 +721,7 @@ impl Inner {
         let finish = FinishClose(self);
         let drained =
             crate::step::within_deadline(self.config.close_timeout, self.no_calls()).await;
-        let cut = self.in_flight.load(Ordering::Acquire);
+        let cut = self.calls_in_flight.len();
         drop(finish);
         if cut > 0 {
             // The cut calls drop their clients as they wake; wait a little for that, so
@@ -724,25 +730,21 @@ impl Inner {
         }
         match drained {
             crate::step::DeadlineOutcome::Unbounded(why) => Err(why),
-            crate::step::DeadlineOutcome::Expired if cut > 0 => Err(ResourceError::other(format!(
-                "endpoint `{}`: {cut} call(s) still running at the close deadline of {:?} were cut",
-                self.name, self.config.close_timeout
-            ))),
+            crate::step::DeadlineOutcome::Expired if cut > 0 => {
+                Err(ResourceError::other(EndpointError::CutAtClose {
+                    endpoint: self.name.clone(),
+                    count: cut,
+                    deadline: self.config.close_timeout,
+                }))
+            }
             _ => Ok(()),
         }
     }
 
-    /// Returns once no call is in flight.
+    /// Returns once no call is in flight (none can start once the endpoint closes).
     async fn no_calls(&self) {
-        loop {
-            let idle = self.idle.notified();
-            let mut idle = pin!(idle);
-            idle.as_mut().enable();
-            if self.in_flight.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            idle.await;
-        }
+        self.calls_in_flight.close();
+        self.calls_in_flight.wait().await;
     }
 }
 
@@ -755,7 +757,7 @@ struct FinishClose<'a>(&'a Inner);
 
 impl Drop for FinishClose<'_> {
     fn drop(&mut self) {
-        if self.0.in_flight.load(Ordering::Acquire) > 0 {
+        if !self.0.calls_in_flight.is_empty() {
             self.0.cut.cancel();
         }
         self.0.lock().closed = true;

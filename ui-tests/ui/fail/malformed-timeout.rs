@@ -3,7 +3,7 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(AsyncResource)]
 struct Worker {
-    #[resource(timeout = "2 seconds")]
+    #[resource(timeout = "2 fortnights")]
     stop: CancellationToken,
 }
 
