@@ -23,6 +23,17 @@ use crate::step::DeadlineOutcome;
 
 /// Something that runs futures: a provider written against it works with any executor.
 ///
+/// # What an implementation must guarantee
+///
+/// - `execute` runs the future to its end or says why it did not: the output, or an
+///   error for which [`ResourceError::is_closed`] is true when the executor is closed
+///   (also when it was stopped by a shutdown), or [`ResourceError::is_panic`] when the
+///   future panicked. It never drops a future silently and never panics itself.
+/// - The returned future is `Send`, and dropping it before it finishes does not leak
+///   the work's slot or keep the executor from closing.
+/// - As an [`AsyncResource`], `close` keeps the close contract for every clone: when it
+///   returns, no task of the executor is running and later calls fail as closed.
+///
 /// ```
 /// use resource_runtime::{ResourceError, executor::{AsyncExecutor, Executor}};
 ///

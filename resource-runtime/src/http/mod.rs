@@ -26,6 +26,17 @@ use crate::limiter::RateLimiter;
 /// A client of an external API: called with a request, it returns the decoded
 /// response or an error. [`Endpoint`] implements it; so can a user's own client that
 /// wraps a vendor SDK and derives [`AsyncResource`].
+///
+/// # What an implementation must guarantee
+///
+/// - `call` before `enter` fails with an error for which
+///   [`ResourceError::is_not_entered`] is true, and after `close` with one for which
+///   [`ResourceError::is_closed`] is true; it never panics on a bad request or reply.
+/// - Concurrent calls are allowed, through `&self`, and share whatever connection the
+///   client holds; a call never replaces that connection under another call.
+/// - A call dropped half-way releases what it held (its slot, its connection's use).
+/// - `close` keeps the close contract: when it returns, no call is running and every
+///   connection the client opened is released.
 pub trait ResourceClient<Req: ?Sized, Resp>: AsyncResource {
     /// Sends `request` and returns the decoded response.
     fn call(&self, request: &Req) -> impl Future<Output = Result<Resp, ResourceError>> + Send;
