@@ -267,7 +267,7 @@ fn latency(c: &mut Criterion) {
     let mut endpoint = server.endpoint("echo");
     rt.block_on(endpoint.enter()).expect("the endpoint enters");
     let client = plain_client();
-    let url = endpoint.url().clone();
+    let url = Url::parse(endpoint.url()).expect("the endpoint's URL");
     let body = request_body();
     let (endpoint_ref, client, url, body) = (&endpoint, &client, &url, &body);
     assert_eq!(rt.block_on(endpoint_call(endpoint_ref, body)), *body);
@@ -358,7 +358,7 @@ fn throughput(c: &mut Criterion) {
     let mut endpoint = server.endpoint("echo");
     rt.block_on(endpoint.enter()).expect("the endpoint enters");
     let client = plain_client();
-    let url = endpoint.url().clone();
+    let url = Url::parse(endpoint.url()).expect("the endpoint's URL");
     let body = Arc::new(request_body());
 
     let mut group = c.benchmark_group("throughput_c64");

@@ -7,17 +7,23 @@
 //! cargo run --example quickstart                      # against an embedded API on 127.0.0.1
 //! cargo run --example quickstart -- --requests 500 --rate 200
 //! OPENAI_API_KEY=... cargo run --example quickstart -- --url https://api.openai.com/v1 --model gpt-4o-mini
+//! cargo run --example quickstart -- --help
 //! ```
 
+use std::collections::BTreeMap;
+use std::error::Error;
 use std::io::Write as _;
-use std::sync::Arc;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use resource_runtime::{
     AsyncResource, Operation,
     executor::{AsyncExecutor, RateLimitedExecutor},
-    http::{Endpoint, EndpointConfig, RetryPolicy, Secret},
+    http::{
+        CallError, CallErrorKind, Endpoint, EndpointConfig, EndpointStats, RetryPolicy, Secret,
+    },
     limiter::RateLimiter,
     report::CloseRecorder,
     scope, wait_detached,
@@ -51,42 +57,92 @@ pub(crate) struct Options {
     pub(crate) rate: u32,
 }
 
-fn options() -> Result<Options, String> {
+/// What the command line asks for.
+pub(crate) enum Command {
+    Run(Options),
+    Help,
+}
+
+pub(crate) const USAGE: &str = "\
+usage: quickstart [--url URL] [--model NAME] [--requests N] [--rate N]
+
+A provider (an HTTP endpoint, a rate-limited executor and a log file) sends chat
+requests at a set rate, rides out the 429s and 5xx the API answers, then closes every
+field in order and reports how each close went.
+
+options:
+  --url URL        an OpenAI-compatible API, its key in OPENAI_API_KEY
+                   (default: an API embedded on 127.0.0.1 that throttles and fails
+                   now and then)
+  --model NAME     the model to ask (default: demo-model)
+  --requests N     how many requests to send (default: 300)
+  --rate N         requests a second (default: 100)
+  -h, --help       print this text";
+
+pub(crate) fn options(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut options = Options {
         url: None,
         model: "demo-model".to_owned(),
         requests: 300,
         rate: 100,
     };
-    let mut args = std::env::args().skip(1);
+    let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
             "--url" => options.url = Some(value("--url")?),
             "--model" => options.model = value("--model")?,
             "--requests" => {
-                options.requests = value("--requests")?
+                let text = value("--requests")?;
+                options.requests = text
                     .parse()
-                    .map_err(|_| "--requests takes a number".to_owned())?;
+                    .map_err(|_| format!("--requests takes a number, not `{text}`"))?;
             }
             "--rate" => {
-                options.rate = value("--rate")?
-                    .parse()
-                    .map_err(|_| "--rate takes a number of requests a second".to_owned())?;
+                let text = value("--rate")?;
+                options.rate = text.parse().map_err(|_| {
+                    format!("--rate takes a number of requests a second, not `{text}`")
+                })?;
             }
-            other => {
-                return Err(format!(
-                    "unknown argument `{other}`: use --url, --model, --requests, --rate"
-                ));
-            }
+            other => return Err(format!("unknown argument `{other}` (see --help)")),
         }
     }
-    Ok(options)
+    Ok(Command::Run(options))
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let options = options()?;
+/// Runs the quickstart and prints any error as text, with its causes: the exit code is
+/// 1 when it fails.
+fn main() -> ExitCode {
+    match quickstart() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", with_causes(&*error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error's message followed by each of its causes.
+pub(crate) fn with_causes(error: &(dyn Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
+}
+
+fn quickstart() -> Result<(), Box<dyn Error + Send + Sync>> {
+    let options = match options(std::env::args().skip(1))? {
+        Command::Help => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Command::Run(options) => options,
+    };
     let steps = CloseRecorder::new();
     // Warnings and up on stderr, and the close report, which traces the library's
     // steps at DEBUG for itself alone.
@@ -98,7 +154,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         )
         .with(steps.layer());
     tracing::subscriber::set_global_default(subscriber)?;
-    run(options, steps).await?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(run(options, steps))?;
     Ok(())
 }
 
@@ -115,15 +172,80 @@ pub(crate) struct Report {
     pub(crate) answered: u64,
     pub(crate) failed: u64,
     pub(crate) retries: u64,
+    /// The endpoint's counts, retries by cause among them.
+    pub(crate) stats: EndpointStats,
+    /// Why calls failed, with how many failed so (`"503 Service Unavailable"`, ...).
+    pub(crate) failures: Vec<(String, u64)>,
     /// The close steps, one row each (`close  Provider  jobs  106 µs  ok`).
     pub(crate) closed: Vec<String>,
+}
+
+/// Why a call failed, in a few words to count by: its status, or what went wrong with
+/// the connection.
+fn failure_kind(error: &CallError) -> String {
+    match (error.kind(), error.meta()) {
+        (CallErrorKind::Status, Some(meta)) => {
+            format!("{} {}", meta.status(), meta.reason().unwrap_or(""))
+                .trim_end()
+                .to_owned()
+        }
+        (CallErrorKind::Connect, _) => "could not connect".to_owned(),
+        (CallErrorKind::Interrupted, _) => "connection broke off".to_owned(),
+        (CallErrorKind::Timeout, _) => "timed out".to_owned(),
+        (CallErrorKind::Decode, _) => "answer not the expected JSON".to_owned(),
+        (CallErrorKind::Cut, _) => "cut at close".to_owned(),
+        _ => error.to_string(),
+    }
+}
+
+/// The failures of the calls, counted by kind, and the first one in full.
+#[derive(Default)]
+struct Failures {
+    by_kind: BTreeMap<String, u64>,
+    first: Option<String>,
+}
+
+impl Failures {
+    fn add(&mut self, kind: String, full: String) {
+        *self.by_kind.entry(kind).or_default() += 1;
+        self.first.get_or_insert(full);
+    }
+
+    /// Most frequent first.
+    fn counted(&self) -> Vec<(String, u64)> {
+        let mut counted: Vec<(String, u64)> =
+            self.by_kind.iter().map(|(k, n)| (k.clone(), *n)).collect();
+        counted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        counted
+    }
+}
+
+/// `6 retries: 4 after 429, 2 after 5xx`, naming only the causes that happened.
+fn retries_line(stats: &EndpointStats) -> String {
+    let causes = [
+        (stats.retries_throttled, "429"),
+        (stats.retries_server_error, "5xx"),
+        (stats.retries_other_status, "another status"),
+        (stats.retries_timeout, "a timeout"),
+        (stats.retries_connection, "a connection error"),
+    ];
+    let named: Vec<String> = causes
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, cause)| format!("{n} after {cause}"))
+        .collect();
+    match stats.retries() {
+        0 => "no retries".to_owned(),
+        1 => format!("1 retry: {}", named.join(", ")),
+        n => format!("{n} retries: {}", named.join(", ")),
+    }
 }
 
 /// The whole job; `main` only reads the arguments and installs the subscriber.
 pub(crate) async fn run(
     options: Options,
     steps: StepLog,
-) -> Result<Report, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Report, Box<dyn Error + Send + Sync>> {
     let (base_url, auth) = match &options.url {
         Some(url) => (url.clone(), Secret::env("OPENAI_API_KEY")),
         None => (demo_api::start().await?, Secret::value("demo-key")),
@@ -134,11 +256,12 @@ pub(crate) async fn run(
         .path("chat/completions")
         .bearer(auth)
         .request_timeout(Duration::from_secs(30))
-        .retry(RetryPolicy::new(
-            5,
-            Duration::from_millis(50),
-            Duration::from_secs(5),
-        ));
+        .retry(
+            RetryPolicy::default()
+                .max_attempts(5)
+                .initial_delay(Duration::from_millis(50))
+                .max_delay(Duration::from_secs(5)),
+        );
 
     let dir = std::env::temp_dir().join(format!("resource-quickstart-{}", std::process::id()));
     tokio::fs::create_dir_all(&dir).await?;
@@ -157,7 +280,8 @@ pub(crate) async fn run(
 
     let total = options.requests;
     let started = Instant::now();
-    let (ok, failed, stats) = scope(provider, async |provider: &mut Provider| {
+    let failures = Arc::new(Mutex::new(Failures::default()));
+    let finished = scope(provider, async |provider: &mut Provider| {
         let done = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let progress = tokio::spawn(progress_line(total, done.clone(), failed.clone(), started));
@@ -168,7 +292,7 @@ pub(crate) async fn run(
                     provider.jobs.clone(),
                     provider.model.clone(),
                 );
-                let (done, failed) = (done.clone(), failed.clone());
+                let (done, failed, failures) = (done.clone(), failed.clone(), failures.clone());
                 tokio::spawn(async move {
                     let request = json!({
                         "model": model,
@@ -176,8 +300,22 @@ pub(crate) async fn run(
                     });
                     let answer = jobs
                         .execute(async move { api.call::<_, Value>(&request).await })
-                        .await
-                        .and_then(|answer| answer);
+                        .await;
+                    let answer: Result<Value, String> = match answer {
+                        Ok(Ok(answer)) => Ok(answer),
+                        Ok(Err(error)) => {
+                            let full = with_causes(&error);
+                            let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
+                            failures.add(failure_kind(&error), full.clone());
+                            Err(full)
+                        }
+                        Err(refused) => {
+                            let full = with_causes(&refused);
+                            let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
+                            failures.add(refused.to_string(), full.clone());
+                            Err(full)
+                        }
+                    };
                     match &answer {
                         Ok(_) => done.fetch_add(1, Ordering::Relaxed),
                         Err(_) => failed.fetch_add(1, Ordering::Relaxed),
@@ -207,24 +345,47 @@ pub(crate) async fn run(
             provider.api.stats(),
         )
     })
-    .await?;
+    .await;
+    let (ok, failed, stats) = match finished {
+        Ok(counts) => counts,
+        Err(error) => {
+            // Nothing is left behind, whatever went wrong.
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(error.into());
+        }
+    };
     let elapsed = started.elapsed();
 
     let mut report = steps.take();
     report.retain(|step| step.operation == Operation::Close);
     println!("\nclose report (every step as it finished):\n{report}");
     let closed: Vec<String> = report.iter().map(ToString::to_string).collect();
-    println!("\nrequests: {total} sent, {ok} answered, {failed} failed");
-    println!(
-        "attempts: {} ({} retries after 429 or 5xx)",
-        stats.attempts,
-        stats.retries()
-    );
-    println!(
-        "rate: {:.1} requests/s achieved against {} configured, in {elapsed:.1?} (each 429 paused every caller for its Retry-After)",
+    let failures = std::mem::take(&mut *failures.lock().unwrap_or_else(|p| p.into_inner()));
+    let counted = failures.counted();
+    print!("\nrequests: {total} sent, {ok} answered, {failed} failed");
+    if counted.is_empty() {
+        println!();
+    } else {
+        let why: Vec<String> = counted
+            .iter()
+            .map(|(kind, n)| format!("{n} × {kind}"))
+            .collect();
+        println!(" ({})", why.join(", "));
+    }
+    if let Some(first) = &failures.first {
+        println!("first failure: {first}");
+    }
+    println!("attempts: {} ({})", stats.attempts, retries_line(&stats));
+    print!(
+        "rate: {:.1} requests/s achieved against {} configured, in {elapsed:.1?}",
         total as f64 / elapsed.as_secs_f64(),
         options.rate
     );
+    if stats.retries_throttled > 0 {
+        println!(" (each 429 paused every caller for its Retry-After)");
+    } else {
+        println!();
+    }
     let lines = tokio::fs::read_to_string(&log_path).await?.lines().count();
     println!(
         "log: {lines} lines in {}, none lost in a buffer",
@@ -235,13 +396,19 @@ pub(crate) async fn run(
     wait_detached(Duration::from_secs(5)).await?;
     tokio::fs::remove_dir_all(&dir).await?;
     if failed > 0 {
-        return Err(format!("{failed} requests failed").into());
+        let why: Vec<String> = counted
+            .iter()
+            .map(|(kind, n)| format!("{n} × {kind}"))
+            .collect();
+        return Err(format!("{failed} of {total} requests failed: {}", why.join(", ")).into());
     }
     Ok(Report {
         sent: total,
         answered: ok,
         failed,
         retries: stats.retries(),
+        stats,
+        failures: counted,
         closed,
     })
 }

@@ -11,7 +11,14 @@
 //! `{"echo": <the request body as JSON, or null>, "n": <the request's number, from 1>}`.
 //! Besides ordinary responses a reply can be slow ([`Reply::slow`]), never come
 //! ([`Reply::hang`]), reset the connection ([`Reply::reset`]) or carry a body that is
-//! not JSON ([`Reply::malformed_json`]).
+//! not JSON ([`Reply::malformed_json`]). What a provider's API says about retries has
+//! constructors of its own: [`Reply::retry_after`], [`Reply::retry_after_date`],
+//! [`Reply::retry_after_ms`], [`Reply::should_retry`], [`Reply::insufficient_quota`];
+//! any other header goes on with [`Reply::with_header`]. Every request's headers are
+//! recorded ([`Received::header`]).
+//!
+//! [`TestServer::free_addr`] and [`TestServer::start_at`] let a test point a client at
+//! an address before a server listens there.
 //!
 //! Connections are HTTP/1.1 with keep-alive (or HTTP/2 if the client speaks it with
 //! prior knowledge), served by hyper. Dropping the server, or
@@ -151,6 +158,43 @@ impl Reply {
     /// If `status` is not a valid status code or `date` is not a valid header value.
     pub fn retry_after_date(status: u16, date: impl AsRef<str>) -> Self {
         Self::status(status).with_header(RETRY_AFTER.as_str(), date.as_ref())
+    }
+
+    /// `status` with `retry-after-ms: ms` (the milliseconds OpenAI's API sends beside
+    /// `Retry-After`) and the body `{}`.
+    ///
+    /// # Panics
+    ///
+    /// If `status` is not a valid status code.
+    pub fn retry_after_ms(status: u16, ms: u64) -> Self {
+        Self::status(status).with_header("retry-after-ms", &ms.to_string())
+    }
+
+    /// `status` with `x-should-retry: true` or `false` (the server's own word on a
+    /// retry) and the body `{}`.
+    ///
+    /// # Panics
+    ///
+    /// If `status` is not a valid status code.
+    pub fn should_retry(status: u16, retry: bool) -> Self {
+        Self::status(status).with_header("x-should-retry", if retry { "true" } else { "false" })
+    }
+
+    /// `429` with the body OpenAI's API sends when the account's quota is spent:
+    /// `{"error": {"message": ..., "type": "insufficient_quota", "param": null, "code":
+    /// "insufficient_quota"}}`.
+    pub fn insufficient_quota() -> Self {
+        Self::json(
+            429,
+            serde_json::json!({
+                "error": {
+                    "message": "You exceeded your current quota, please check your plan and billing details.",
+                    "type": "insufficient_quota",
+                    "param": null,
+                    "code": "insufficient_quota",
+                }
+            }),
+        )
     }
 
     /// `status` with `body` as `text/plain; charset=utf-8`.
@@ -360,6 +404,36 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the test server to 127.0.0.1:0");
+        Self::serve(listener)
+    }
+
+    /// Like [`start`](Self::start), on the address `addr` (one a test found free, so
+    /// that a client pointed at it before the server existed can reach it now).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, or if `addr` cannot be bound.
+    pub async fn start_at(addr: SocketAddr) -> TestServer {
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind the test server to {addr}: {e}"));
+        Self::serve(listener)
+    }
+
+    /// An address on 127.0.0.1 where nothing listens (bound, then let go): a client
+    /// pointed at it cannot connect until [`start_at`](Self::start_at) binds it.
+    ///
+    /// # Panics
+    ///
+    /// If no port can be bound.
+    pub async fn free_addr() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        listener.local_addr().expect("the bound address")
+    }
+
+    fn serve(listener: TcpListener) -> TestServer {
         let addr = listener.local_addr().expect("the test server's address");
         let state = Arc::new(State {
             accepted: AtomicUsize::new(0),

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use resource_runtime::{
     AsyncResource, ResourceError,
     executor::AsyncExecutor,
-    http::{Endpoint, EndpointConfig, EndpointError, ResourceClient, RetryPolicy, Secret},
+    http::{
+        CallErrorKind, CallOptions, Endpoint, EndpointConfig, EndpointError, Method,
+        ResourceClient, RetryPolicy, Secret,
+    },
     limiter::RateLimiter,
     scope,
 };
@@ -21,11 +24,12 @@ fn config(server: &TestServer) -> EndpointConfig {
     EndpointConfig::new(server.url())
         .name("test")
         .path("v1/echo")
-        .retry(RetryPolicy::new(
-            3,
-            Duration::from_millis(10),
-            Duration::from_millis(50),
-        ))
+        .retry(
+            RetryPolicy::default()
+                .max_attempts(3)
+                .initial_delay(Duration::from_millis(10))
+                .max_delay(Duration::from_millis(50)),
+        )
         .request_timeout(Duration::from_secs(5))
         .close_timeout(Duration::from_secs(5))
 }
@@ -105,6 +109,7 @@ async fn a_5xx_is_retried_then_the_call_succeeds() {
         (stats.calls, stats.attempts, stats.retries(), stats.failed),
         (1, 3, 2, 0)
     );
+    assert_eq!(stats.retries_server_error, 2);
     endpoint.close().await.unwrap();
 }
 
@@ -112,11 +117,13 @@ async fn a_5xx_is_retried_then_the_call_succeeds() {
 async fn retry_after_is_honoured() {
     let server = TestServer::start().await;
     server.push(Reply::retry_after(429, 1));
-    let endpoint = entered(config(&server).retry(RetryPolicy::new(
-        3,
-        Duration::from_millis(1),
-        Duration::from_secs(5),
-    )))
+    let endpoint = entered(
+        config(&server).retry(
+            RetryPolicy::default()
+                .initial_delay(Duration::from_millis(1))
+                .max_delay(Duration::from_secs(5)),
+        ),
+    )
     .await;
     let started = Instant::now();
     let _: Value = endpoint.call(&json!(1)).await.unwrap();
@@ -134,11 +141,13 @@ async fn retry_after_pauses_every_caller_of_an_attached_limiter() {
     let server = TestServer::start().await;
     server.push(Reply::retry_after(429, 1));
     let limiter = RateLimiter::new(1_000_000, Duration::from_secs(1)).unwrap();
-    let mut endpoint = Endpoint::builder(config(&server).retry(RetryPolicy::new(
-        3,
-        Duration::from_millis(1),
-        Duration::from_secs(5),
-    )))
+    let mut endpoint = Endpoint::builder(
+        config(&server).retry(
+            RetryPolicy::default()
+                .initial_delay(Duration::from_millis(1))
+                .max_delay(Duration::from_secs(5)),
+        ),
+    )
     .limiter(limiter.clone())
     .build()
     .unwrap();
@@ -173,11 +182,18 @@ async fn a_4xx_is_not_retried_and_its_status_and_body_are_visible() {
     let endpoint = entered(config(&server)).await;
     let error = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
     assert_eq!(server.requests(), 1);
-    let inner = endpoint_error(&error);
-    assert_eq!(inner.status().map(|s| s.as_u16()), Some(400));
+    assert_eq!(error.kind(), CallErrorKind::Status);
+    assert_eq!(error.status(), Some(400));
+    assert!(!error.is_retryable());
     assert!(error.to_string().contains("bad prompt"), "{error}");
     assert!(error.to_string().contains(server.url()), "{error}");
     endpoint.close().await.unwrap();
+}
+
+/// A call that may be sent twice: the key makes a `POST` safe to retry after it may
+/// have reached the server.
+fn keyed() -> CallOptions {
+    CallOptions::new().idempotency_key("test-call-1")
 }
 
 #[tokio::test]
@@ -187,18 +203,21 @@ async fn timeouts_are_retried_then_reported() {
     let endpoint = entered(
         config(&server)
             .request_timeout(Duration::from_millis(200))
-            .retry(RetryPolicy::new(
-                2,
-                Duration::from_millis(1),
-                Duration::from_millis(5),
-            )),
+            .retry(
+                RetryPolicy::default()
+                    .max_attempts(2)
+                    .initial_delay(Duration::from_millis(1))
+                    .max_delay(Duration::from_millis(5)),
+            ),
     )
     .await;
-    let error = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
-    assert!(
-        matches!(endpoint_error(&error), EndpointError::Timeout { .. }),
-        "{error}"
-    );
+    let error = endpoint
+        .call_with::<_, Value>(&json!(1), &keyed())
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), CallErrorKind::Timeout, "{error}");
+    assert!(error.is_timeout() && error.is_retryable(), "{error:?}");
+    assert_eq!(error.attempts(), 2);
     assert_eq!(server.requests(), 2);
     endpoint.close().await.unwrap();
     assert_no_open_connections(&server).await;
@@ -209,11 +228,12 @@ async fn resets_are_retried_then_reported() {
     let server = TestServer::start().await;
     server.push_many([Reply::reset(), Reply::reset(), Reply::reset()]);
     let endpoint = entered(config(&server)).await;
-    let error = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
-    assert!(
-        matches!(endpoint_error(&error), EndpointError::Connect { .. }),
-        "{error}"
-    );
+    let error = endpoint
+        .call_with::<_, Value>(&json!(1), &keyed())
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), CallErrorKind::Interrupted, "{error}");
+    assert!(error.is_retryable() && !error.is_timeout(), "{error:?}");
     assert_eq!(server.requests(), 3);
     endpoint.close().await.unwrap();
     assert_no_open_connections(&server).await;
@@ -225,10 +245,8 @@ async fn malformed_json_is_a_decode_error() {
     server.push(Reply::malformed_json());
     let endpoint = entered(config(&server)).await;
     let error = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
-    assert!(
-        matches!(endpoint_error(&error), EndpointError::Decode { .. }),
-        "{error}"
-    );
+    assert_eq!(error.kind(), CallErrorKind::Decode, "{error}");
+    assert_eq!(error.status(), Some(200));
     assert_eq!(server.requests(), 1);
     endpoint.close().await.unwrap();
 }
@@ -238,7 +256,8 @@ async fn calls_before_enter_and_after_close_fail_at_once() {
     let server = TestServer::start().await;
     let mut endpoint = Endpoint::new(config(&server)).unwrap();
     let early = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
-    assert!(early.to_string().contains("not entered"), "{early}");
+    assert!(early.is_not_entered(), "{early}");
+    assert!(early.to_string().contains("never entered"), "{early}");
     endpoint.enter().await.unwrap();
     endpoint.close().await.unwrap();
     let late = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
@@ -289,10 +308,7 @@ async fn close_cuts_a_hung_call_at_its_deadline_and_releases_every_connection() 
         "{error:?}"
     );
     let cut = call.await.unwrap().unwrap_err();
-    assert!(
-        matches!(endpoint_error(&cut), EndpointError::Cut { .. }),
-        "{cut}"
-    );
+    assert_eq!(cut.kind(), CallErrorKind::Cut, "{cut}");
     assert_no_open_connections(&server).await;
 }
 
@@ -438,7 +454,7 @@ struct SdkClient {
 
 impl ResourceClient<Value, Value> for SdkClient {
     async fn call(&self, request: &Value) -> Result<Value, ResourceError> {
-        self.sdk.endpoint.call(request).await
+        Ok(self.sdk.endpoint.call(request).await?)
     }
 }
 
@@ -545,10 +561,7 @@ async fn the_key_does_not_follow_a_redirect_to_another_host() {
     server.push(Reply::status(302).with_header("location", &format!("{}/steal", elsewhere.url())));
     let endpoint = entered(config(&server).bearer(Secret::value("sk-redirect-test"))).await;
     let error = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
-    assert_eq!(
-        endpoint_error(&error).status().map(|s| s.as_u16()),
-        Some(302)
-    );
+    assert_eq!(error.status(), Some(302));
     assert_eq!(
         elsewhere.requests(),
         0,
@@ -566,15 +579,16 @@ async fn request_paths_stay_under_the_base_url() {
     let protocol_relative = format!("//{}/x", elsewhere.addr());
     for path in [other_host.as_str(), protocol_relative.as_str()] {
         let error = endpoint
-            .request::<Value, Value>(reqwest::Method::GET, path, None)
+            .request::<Value, Value>(Method::GET, path, None)
             .await
             .unwrap_err();
-        assert!(error.to_string().contains("`path`"), "{error}");
+        assert_eq!(error.kind(), CallErrorKind::InvalidRequest, "{error}");
+        assert!(error.to_string().contains("is not under"), "{error}");
     }
     assert_eq!(elsewhere.requests(), 0);
     // A leading slash stays under the base path.
     let _: Value = endpoint
-        .request::<Value, Value>(reqwest::Method::GET, "/models", None)
+        .request::<Value, Value>(Method::GET, "/models", None)
         .await
         .unwrap();
     assert_eq!(server.received()[0].path, "/models");
@@ -598,10 +612,7 @@ async fn a_close_dropped_half_way_still_cuts_the_calls_and_closes_the_endpoint()
     endpoint.close().await.unwrap();
     assert_eq!(endpoint.in_flight(), 0);
     let cut = call.await.unwrap().unwrap_err();
-    assert!(
-        matches!(endpoint_error(&cut), EndpointError::Cut { .. }),
-        "{cut}"
-    );
+    assert_eq!(cut.kind(), CallErrorKind::Cut, "{cut}");
     assert!(
         endpoint
             .call::<_, Value>(&json!(1))

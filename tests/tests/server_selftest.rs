@@ -180,6 +180,59 @@ async fn retry_after_headers_are_sent() {
     );
 }
 
+#[tokio::test]
+async fn provider_style_retry_replies_are_sent() {
+    let server = TestServer::start().await;
+    server.push_many([
+        Reply::retry_after_ms(429, 1500),
+        Reply::should_retry(503, false),
+        Reply::should_retry(400, true),
+        Reply::insufficient_quota(),
+    ]);
+    let client = client();
+
+    let r = client.post(server.url()).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after-ms"], "1500");
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({}));
+
+    let r = client.post(server.url()).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-should-retry"], "false");
+
+    let r = client.post(server.url()).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["x-should-retry"], "true");
+
+    let r = client.post(server.url()).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "insufficient_quota");
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+}
+
+/// `free_addr` is an address nothing listens on, until `start_at` binds it.
+#[tokio::test]
+async fn a_server_can_start_at_an_address_found_free_before() {
+    let addr = TestServer::free_addr().await;
+    let refused = client()
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(refused.is_connect(), "{}", chain(&refused));
+    let server = TestServer::start_at(addr).await;
+    assert_eq!(server.addr(), addr);
+    assert_eq!(server.url(), format!("http://{addr}"));
+    let r = client()
+        .get(format!("{}/up", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(server.requests(), 1);
+}
+
 /// A `Retry-After` date reaches the client as sent and parses back to the instant it
 /// was built from (HTTP dates have whole seconds).
 #[tokio::test]

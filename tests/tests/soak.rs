@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use resource_runtime::{
     AsyncResource, Managed, ResourceError, ResourceStack, detached_in_flight,
     executor::{AsyncExecutor, RateLimitedExecutor},
-    http::{Endpoint, EndpointConfig, EndpointError, RetryPolicy},
+    http::{CallError, CallErrorKind, Endpoint, EndpointConfig, RetryPolicy},
     limiter::RateLimiter,
     scope, testing, wait_detached,
 };
@@ -274,11 +274,13 @@ fn build(server: &TestServer, concurrency: usize) -> Provider {
         .name("soak")
         .path("v1/soak")
         .request_timeout(Duration::from_millis(300))
-        .retry(RetryPolicy::new(
-            2,
-            Duration::from_millis(1),
-            Duration::from_millis(50),
-        ))
+        .retry(
+            RetryPolicy::default()
+                .max_attempts(2)
+                .initial_delay(Duration::from_millis(1))
+                .max_delay(Duration::from_millis(50))
+                .max_retry_after(Duration::from_millis(50)),
+        )
         .close_timeout(Duration::from_millis(200));
     let endpoint = Endpoint::builder(config)
         .pausing_limiter(limiter)
@@ -296,7 +298,7 @@ fn random_reply(rng: &mut fastrand::Rng) -> Reply {
     match percent(rng) {
         0..50 => Reply::echo(),
         50..58 => Reply::retry_after(429, 0),
-        // Honoured up to the retry policy's `max_delay` (50 ms), so it stays fast.
+        // Longer than the retry policy's `max_retry_after` (50 ms): fails at once.
         58..60 => Reply::retry_after(429, 1),
         60..64 => Reply::status(500),
         64..67 => Reply::status(503),
@@ -399,16 +401,14 @@ fn kind(error: &ResourceError) -> Option<String> {
     if error.is_panic() {
         return None;
     }
-    if let Some(e) = error
-        .failures()
-        .find_map(|f| f.downcast_ref::<EndpointError>())
-    {
-        return Some(match e {
-            EndpointError::Status { status, .. } => format!("status {}", status.as_u16()),
-            EndpointError::Timeout { .. } => "timeout".to_owned(),
-            EndpointError::Connect { .. } => "connect".to_owned(),
-            EndpointError::Decode { .. } => "decode".to_owned(),
-            EndpointError::Cut { .. } => "cut".to_owned(),
+    if let Some(e) = error.failures().find_map(|f| f.downcast_ref::<CallError>()) {
+        return Some(match (e.kind(), e.status()) {
+            (CallErrorKind::Status, Some(status)) => format!("status {status}"),
+            (CallErrorKind::Timeout, _) => "timeout".to_owned(),
+            (CallErrorKind::Connect, _) => "connect".to_owned(),
+            (CallErrorKind::Interrupted, _) => "interrupted".to_owned(),
+            (CallErrorKind::Decode, _) => "decode".to_owned(),
+            (CallErrorKind::Cut, _) => "cut".to_owned(),
             _ => "endpoint (other)".to_owned(),
         });
     }
@@ -492,7 +492,12 @@ impl Round {
         let id = self.id();
         let executor = p.executor.clone();
         let endpoint = p.endpoint.clone();
-        let call = async move { endpoint.call::<_, Value>(&json!({ "id": id })).await };
+        let call = async move {
+            endpoint
+                .call::<_, Value>(&json!({ "id": id }))
+                .await
+                .map_err(ResourceError::from)
+        };
         let handle = tokio::spawn(async move {
             if direct {
                 Ok(call.await)
@@ -513,10 +518,18 @@ impl Round {
         let outcome: Outcome = if percent(&mut self.rng) < 50 {
             let endpoint = p.endpoint.clone();
             p.executor
-                .execute(async move { endpoint.call::<_, Value>(&request).await })
+                .execute(async move {
+                    endpoint
+                        .call::<_, Value>(&request)
+                        .await
+                        .map_err(ResourceError::from)
+                })
                 .await
         } else {
-            Ok(p.endpoint.call::<_, Value>(&request).await)
+            Ok(p.endpoint
+                .call::<_, Value>(&request)
+                .await
+                .map_err(ResourceError::from))
         };
         inline.done = true;
         self.tally.record(id, outcome);
@@ -809,7 +822,7 @@ async fn check_after_close(
     // Closed for every clone.
     let late = endpoint.call::<_, Value>(&json!("late")).await;
     assert!(
-        late.as_ref().is_err_and(ResourceError::is_closed),
+        late.as_ref().is_err_and(CallError::is_closed),
         "{tag}: a call after close: {late:?}"
     );
     let late = executor.execute(async {}).await;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::retry::RetryPolicy;
+
 /// The configuration of an [`Endpoint`](super::Endpoint).
 ///
 /// Built in code with [`EndpointConfig::new`] and the setters, or read with serde (any
@@ -18,7 +20,8 @@ use serde::Deserialize;
 /// `w` and their long names). They are kept to the millisecond: a value that is not a
 /// whole number of milliseconds (`"1500us"`) is an error, not rounded. A deadline
 /// (`request_timeout`, `connect_timeout`, `close_timeout`) may not be zero, since it
-/// would cut what it bounds at once; a delay (`base_delay`, `max_delay`) may.
+/// would cut what it bounds at once; a delay (`initial_delay`, `max_delay`,
+/// `max_retry_after` in [`RetryPolicy`]) may.
 ///
 /// ```
 /// use resource_runtime::http::{Auth, EndpointConfig, Secret};
@@ -29,7 +32,7 @@ use serde::Deserialize;
 ///     "path": "chat/completions",
 ///     "auth": { "bearer": { "env": "EXAMPLE_API_KEY" } },
 ///     "request_timeout": "30s",
-///     "retry": { "max_attempts": 4, "base_delay": "200ms" }
+///     "retry": { "max_attempts": 4, "initial_delay": "200ms" }
 /// }"#;
 /// let config: EndpointConfig = serde_json::from_str(json).unwrap();
 /// assert_eq!(config.request_timeout.as_secs(), 30);
@@ -65,7 +68,8 @@ pub struct EndpointConfig {
     /// Headers sent with every request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// The deadline of one attempt, from connect to the last byte (default 60 s).
+    /// The deadline of one attempt, from connect to the last byte (default 60 s); a
+    /// call may give its own ([`CallOptions::timeout`](super::CallOptions::timeout)).
     #[serde(default = "default_request_timeout", deserialize_with = "deadline")]
     pub request_timeout: Duration,
     /// The deadline to connect (default 10 s).
@@ -77,6 +81,13 @@ pub struct EndpointConfig {
     /// How long a close lets in-flight calls finish before it cuts them (default 10 s).
     #[serde(default = "default_close_timeout", deserialize_with = "deadline")]
     pub close_timeout: Duration,
+    /// How many bytes of a reply that is not a success are read and kept, for the
+    /// retry policy's classifier and for the error ([`CallError::body`]), in bytes
+    /// (default 65 536). The rest of such a body is not read.
+    ///
+    /// [`CallError::body`]: super::CallError::body
+    #[serde(default = "default_error_body_limit")]
+    pub error_body_limit: usize,
 }
 
 /// How requests authenticate.
@@ -128,37 +139,6 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// When and how failed attempts are retried: connect errors, timeouts, connections
-/// reset before an answer, `429` and `5xx` are; other `4xx` are not, and neither is a
-/// `2xx` whose body broke off. A reset may come after the API took the request, so a
-/// call that must not happen twice should carry an idempotency key. The delay before attempt `k + 1` is drawn at random
-/// between zero and `min(max_delay, base_delay · 2^k)` (full jitter); a `Retry-After`
-/// header replaces it.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included (default 3; 1 means no retry).
-    #[serde(default = "default_attempts")]
-    pub max_attempts: u32,
-    /// The backoff's base (default 250 ms).
-    #[serde(default = "default_base_delay", deserialize_with = "duration")]
-    pub base_delay: Duration,
-    /// The longest backoff, and the longest `Retry-After` honoured (default 30 s).
-    #[serde(default = "default_max_delay", deserialize_with = "duration")]
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: default_attempts(),
-            base_delay: default_base_delay(),
-            max_delay: default_max_delay(),
-        }
-    }
-}
-
 fn default_name() -> String {
     "endpoint".to_owned()
 }
@@ -177,14 +157,8 @@ fn default_connect_timeout() -> Duration {
 fn default_close_timeout() -> Duration {
     Duration::from_secs(10)
 }
-fn default_attempts() -> u32 {
-    3
-}
-fn default_base_delay() -> Duration {
-    Duration::from_millis(250)
-}
-fn default_max_delay() -> Duration {
-    Duration::from_secs(30)
+fn default_error_body_limit() -> usize {
+    64 * 1024
 }
 
 // The duration grammar below is the one the derive's `#[resource(timeout = "...")]`
@@ -258,20 +232,21 @@ fn not_a_duration(text: &str, error: &humantime::DurationError) -> String {
 }
 
 /// A delay: any duration, zero included.
-fn duration<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+pub(super) fn duration<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(de)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 /// A deadline: a duration that is not zero.
-fn deadline<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+pub(super) fn deadline<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(de)?;
     parse_deadline(&text).map_err(serde::de::Error::custom)
 }
 
 impl EndpointConfig {
     /// A configuration for `base_url` with every default: `POST`, JSON, no auth, 60 s
-    /// request and 10 s connect timeouts, 3 attempts, a 10 s close deadline.
+    /// request and 10 s connect timeouts, [`RetryPolicy::default`], a 10 s close
+    /// deadline, 64 KiB of an error's body kept.
     pub fn new(base_url: impl Into<String>) -> Self {
         EndpointConfig {
             name: default_name(),
@@ -285,6 +260,7 @@ impl EndpointConfig {
             connect_timeout: default_connect_timeout(),
             retry: RetryPolicy::default(),
             close_timeout: default_close_timeout(),
+            error_body_limit: default_error_body_limit(),
         }
     }
 
@@ -367,35 +343,12 @@ impl EndpointConfig {
         self.close_timeout = timeout;
         self
     }
-}
 
-impl RetryPolicy {
-    /// `max_attempts` attempts in all, backing off from `base_delay` up to `max_delay`.
-    pub fn new(max_attempts: u32, base_delay: Duration, max_delay: Duration) -> Self {
-        RetryPolicy {
-            max_attempts,
-            base_delay,
-            max_delay,
-        }
-    }
-
-    /// One attempt, no retry.
-    pub fn none() -> Self {
-        RetryPolicy::new(1, Duration::ZERO, Duration::ZERO)
-    }
-
-    /// The backoff before the retry that follows attempt `attempt` (0-based).
-    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
-        let cap = self
-            .base_delay
-            .saturating_mul(2_u32.saturating_pow(attempt))
-            .min(self.max_delay);
-        let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(if nanos == 0 {
-            0
-        } else {
-            fastrand::u64(0..=nanos)
-        })
+    /// How many bytes of a reply that is not a success are kept.
+    #[must_use]
+    pub fn error_body_limit(mut self, bytes: usize) -> Self {
+        self.error_body_limit = bytes;
+        self
     }
 }
 
@@ -587,15 +540,16 @@ mod tests {
                 "request_timeout": "1m 30s",
                 "connect_timeout": "2 s",
                 "close_timeout": "1.5s",
-                "retry": { "base_delay": "0s", "max_delay": "0" }
+                "retry": { "initial_delay": "0s", "max_delay": "0", "max_retry_after": "1m" }
             }"#,
         )
         .unwrap();
         assert_eq!(config.request_timeout, Duration::from_secs(90));
         assert_eq!(config.connect_timeout, Duration::from_secs(2));
         assert_eq!(config.close_timeout, Duration::from_millis(1_500));
-        assert_eq!(config.retry.base_delay, Duration::ZERO);
+        assert_eq!(config.retry.initial_delay, Duration::ZERO);
         assert_eq!(config.retry.max_delay, Duration::ZERO);
+        assert_eq!(config.retry.max_retry_after, Duration::from_secs(60));
     }
 
     #[test]
@@ -607,7 +561,7 @@ mod tests {
             assert!(err.to_string().starts_with(&want), "{key}: {err}");
         }
         let err = serde_json::from_str::<EndpointConfig>(
-            r#"{"base_url": "http://x", "retry": {"base_delay": "soon"}}"#,
+            r#"{"base_url": "http://x", "retry": {"initial_delay": "soon"}}"#,
         )
         .unwrap_err();
         assert!(err.to_string().contains("\"500ms\""), "{err}");
@@ -622,12 +576,45 @@ mod tests {
     }
 
     #[test]
-    fn backoff_stays_under_its_cap() {
-        let policy = RetryPolicy::new(5, Duration::from_millis(100), Duration::from_millis(300));
-        for attempt in 0..10 {
-            let cap = Duration::from_millis(100 * 2_u64.pow(attempt).min(3));
-            assert!(policy.backoff(attempt) <= cap.min(Duration::from_millis(300)));
-        }
+    fn the_retry_policy_reads_every_field_by_name() {
+        let config: EndpointConfig = serde_json::from_str(
+            r#"{
+                "base_url": "http://x",
+                "error_body_limit": 1024,
+                "retry": {
+                    "max_attempts": 6,
+                    "initial_delay": "100ms",
+                    "max_delay": "8s",
+                    "multiplier": 1.5,
+                    "max_retry_after": "2m",
+                    "statuses": [429, 529]
+                }
+            }"#,
+        )
+        .unwrap();
+        let retry = &config.retry;
+        assert_eq!(retry.max_attempts, 6);
+        assert_eq!(retry.initial_delay, Duration::from_millis(100));
+        assert_eq!(retry.max_delay, Duration::from_secs(8));
+        assert!((retry.multiplier - 1.5).abs() < f64::EPSILON);
+        assert_eq!(retry.max_retry_after, Duration::from_secs(120));
+        assert_eq!(retry.statuses, [429, 529]);
+        assert!(retry.classifier.is_none());
+        assert_eq!(config.error_body_limit, 1024);
+
+        let defaults: EndpointConfig = serde_json::from_str(r#"{"base_url": "http://x"}"#).unwrap();
+        assert_eq!(defaults.retry.statuses, [408, 409, 429, 500, 502, 503, 504]);
+        assert_eq!(defaults.error_body_limit, 64 * 1024);
+
+        // A name that is not a field is refused, and the message lists the fields.
+        let err = serde_json::from_str::<EndpointConfig>(
+            r#"{"base_url": "http://x", "retry": {"base_delay": "1s"}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("base_delay") && err.to_string().contains("initial_delay"),
+            "{err}"
+        );
     }
 
     #[test]

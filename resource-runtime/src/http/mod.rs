@@ -1,24 +1,43 @@
-//! [`Endpoint`]: an HTTP API endpoint on reqwest that closes cleanly.
+//! [`Endpoint`]: an HTTP API endpoint on reqwest that retries what a provider's API
+//! asks to be retried, reports what it said, and closes cleanly.
+//!
+//! - [`Endpoint`] and its lifecycle: built from an [`EndpointConfig`] (checked once,
+//!   when it is built), entered (the client is made), called by any number of tasks at
+//!   once, closed (in-flight calls finish up to a deadline, the rest are cut, every
+//!   pooled connection closes).
+//! - One call: [`Endpoint::call`] for the answer alone, [`Endpoint::call_with`] for
+//!   per-call [`CallOptions`] and the answer's [`ResponseMeta`] (status, headers,
+//!   request id, [`RateLimits`]).
+//! - [`RetryPolicy`]: which failures are retried and after how long.
+//! - [`CallError`]: why a call failed, with the server's status, headers and body.
+//!
+//! Nothing of reqwest's is part of this API, except
+//! [`EndpointBuilder::client`], which hands the endpoint a `reqwest::Client` of the
+//! caller's own.
 
+mod call;
 mod config;
+mod error;
+mod retry;
 
 use std::fmt;
-use std::future::{Future, poll_fn};
-use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
+use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use self::config::{Auth, EndpointConfig, RetryPolicy, Secret};
+pub use self::call::{CallOptions, Method, REQUEST_ID_HEADERS, RateLimits, Response, ResponseMeta};
+pub use self::config::{Auth, EndpointConfig, Secret};
+pub use self::error::{CallError, CallErrorKind};
+use self::retry::Counters;
+pub use self::retry::{Classifier, RetryDecision, RetryInput, RetryPolicy};
 use crate::AsyncResource;
 use crate::error::{ConfigError, ResourceError};
 use crate::limiter::RateLimiter;
@@ -42,44 +61,11 @@ pub trait ResourceClient<Req: ?Sized, Resp>: AsyncResource {
     fn call(&self, request: &Req) -> impl Future<Output = Result<Resp, ResourceError>> + Send;
 }
 
-/// The errors of an [`Endpoint`] call, inside a [`ResourceError`]
-/// (`error.downcast_ref::<EndpointError>()`). They name the URL, never the key.
+/// The failures of an [`Endpoint`] itself, beside those of its calls ([`CallError`]),
+/// inside a [`ResourceError`] (`error.downcast_ref::<EndpointError>()`).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum EndpointError {
-    /// The API answered with a status that is not a success, after any retries.
-    Status {
-        /// The URL called.
-        url: String,
-        /// The status.
-        status: StatusCode,
-        /// The start of the response body (at most 512 bytes).
-        body: String,
-    },
-    /// An attempt did not finish within the request timeout, after any retries.
-    Timeout {
-        /// The URL called.
-        url: String,
-    },
-    /// The connection could not be made or broke, after any retries.
-    Connect {
-        /// The URL called.
-        url: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// The response was not the JSON the caller expected.
-    Decode {
-        /// The URL called.
-        url: String,
-        /// What the decoder said.
-        message: String,
-    },
-    /// The call was still running when the endpoint's close deadline passed.
-    Cut {
-        /// The URL called.
-        url: String,
-    },
     /// The close of an endpoint cut the calls still running at its deadline.
     CutAtClose {
         /// The endpoint's name.
@@ -87,35 +73,13 @@ pub enum EndpointError {
         /// How many calls were cut.
         count: usize,
         /// The close deadline that passed.
-        deadline: std::time::Duration,
+        deadline: Duration,
     },
 }
 
 impl fmt::Display for EndpointError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EndpointError::Status { url, status, body } => {
-                write!(f, "{url} answered {status}")?;
-                if !body.is_empty() {
-                    write!(f, ": {body}")?;
-                }
-                Ok(())
-            }
-            EndpointError::Timeout { url } => {
-                write!(f, "{url} did not answer within the request timeout")
-            }
-            EndpointError::Connect { url, message } => {
-                write!(f, "could not reach {url}: {message}")
-            }
-            EndpointError::Decode { url, message } => {
-                write!(
-                    f,
-                    "the response of {url} is not the expected JSON: {message}"
-                )
-            }
-            EndpointError::Cut { url } => {
-                write!(f, "the call to {url} was cut when the endpoint closed")
-            }
             EndpointError::CutAtClose {
                 endpoint,
                 count,
@@ -130,29 +94,30 @@ impl fmt::Display for EndpointError {
 
 impl std::error::Error for EndpointError {}
 
-impl EndpointError {
-    /// The HTTP status, for a status error.
-    pub fn status(&self) -> Option<StatusCode> {
-        match self {
-            EndpointError::Status { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-}
-
-/// An HTTP API endpoint: one `reqwest` client, shared by every concurrent call, built
+/// An HTTP API endpoint: one `reqwest` client, shared by every concurrent call, made
 /// at `enter` and dropped at `close` so that every pooled connection closes.
 ///
-/// - [`call`](Self::call) sends a JSON body with the configured method and path and
-///   decodes the JSON response; [`request`](Self::request) is the general case.
-/// - Connect errors, timeouts, `429` and `5xx` are retried with backoff and full
-///   jitter; `Retry-After` (seconds or an HTTP date) is honoured, and with a
-///   [`RateLimiter`] attached it holds every caller back. Other `4xx` fail at once.
+/// - [`call`](Self::call) sends a JSON body with the configured method to the
+///   configured path and decodes the JSON answer; [`call_with`](Self::call_with) takes
+///   [`CallOptions`] and returns the answer with its [`ResponseMeta`].
+///   [`request`](Self::request) and [`request_with`](Self::request_with) take the
+///   method and the path for the call.
+/// - Failures are retried as the [`RetryPolicy`] says: the statuses it names, a
+///   server's `x-should-retry`, connections that could not be made, and (for
+///   idempotent requests) connections that broke or timed out after the request was
+///   sent, with exponential backoff and full jitter or after the wait the server asks
+///   for (`retry-after-ms`, `Retry-After`). With a [`RateLimiter`] attached
+///   ([`EndpointBuilder::limiter`]) a server's wait holds every caller back.
+/// - A failed call is a [`CallError`]: the status, whether it is worth retrying, the
+///   server's wait, the request id, the body.
 /// - Entering twice keeps the one client. Calls before `enter` or after `close` fail
 ///   at once.
 /// - Close: no new calls (a closed error), in-flight calls finish up to the close
 ///   deadline, the rest are cut, then the client is dropped. The error names how many
 ///   calls were cut.
+///
+/// The configuration is checked once, when the endpoint is built; a call checks only
+/// what it brings itself (its body, its path, its options).
 ///
 /// A cheap handle: every clone is the same endpoint.
 ///
@@ -185,8 +150,11 @@ struct Inner {
     /// The base URL joined with the configured path: where `call` sends.
     url: Url,
     method: Method,
+    /// The `Content-Type` of request bodies and the configured headers (the key is
+    /// added at `enter`).
     headers: HeaderMap,
-    auth: Option<Auth>,
+    /// The key's header, its secret, and what goes before the key.
+    auth: Option<(HeaderName, Secret, &'static str)>,
     config: EndpointConfig,
     limiter: Option<RateLimiter>,
     /// Whether every attempt takes a token (`limiter`), or only retries do
@@ -197,9 +165,7 @@ struct Inner {
     /// for it to empty can end.
     calls_in_flight: TaskTracker,
     cut: CancellationToken,
-    calls: AtomicU64,
-    attempts: AtomicU64,
-    failed: AtomicU64,
+    counters: Counters,
 }
 
 /// What an [`Endpoint`] has done so far, from [`Endpoint::stats`].
@@ -212,22 +178,47 @@ pub struct EndpointStats {
     pub attempts: u64,
     /// Calls that ended in an error.
     pub failed: u64,
+    /// Retries after a `429 Too Many Requests`.
+    pub retries_throttled: u64,
+    /// Retries after a `5xx`.
+    pub retries_server_error: u64,
+    /// Retries after another status (`408`, `409`, a status the policy or the server's
+    /// `x-should-retry` or the classifier said to retry).
+    pub retries_other_status: u64,
+    /// Retries after an attempt that timed out.
+    pub retries_timeout: u64,
+    /// Retries after a connection that could not be made or that broke.
+    pub retries_connection: u64,
 }
 
 impl EndpointStats {
-    /// Attempts beyond the first of each call.
+    /// Retries of every cause.
     pub fn retries(&self) -> u64 {
-        self.attempts.saturating_sub(self.calls)
+        self.retries_throttled
+            + self.retries_server_error
+            + self.retries_other_status
+            + self.retries_timeout
+            + self.retries_connection
     }
 }
 
 #[derive(Default)]
 struct State {
-    /// Built at `enter` with every header (the key's marked sensitive) as defaults, so
-    /// a request carries no per-call header copies.
-    client: Option<reqwest::Client>,
+    client: Option<Client>,
+    /// A client handed over with [`EndpointBuilder::client`], until `enter` takes it.
+    provided: Option<reqwest::Client>,
     closing: bool,
     closed: bool,
+}
+
+/// The client the calls share.
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    /// The headers every request carries that the client does not add itself (the
+    /// content type, the configured headers and the key): `None` for a client made at
+    /// `enter`, which has them as defaults (and the request timeout too).
+    headers: Option<Arc<HeaderMap>>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -246,18 +237,34 @@ fn invalid(name: &str, field: &'static str, why: impl fmt::Display) -> ResourceE
 }
 
 /// Configures an [`Endpoint`] before it exists; from [`Endpoint::builder`].
-#[derive(Debug)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct EndpointBuilder {
     config: EndpointConfig,
     /// The limiter, and whether first attempts take a token from it.
     limiter: Option<(RateLimiter, bool)>,
+    client: Option<reqwest::Client>,
+}
+
+impl fmt::Debug for EndpointBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A client's own default headers may hold a key: not shown.
+        f.debug_struct("EndpointBuilder")
+            .field("config", &self.config)
+            .field("limiter", &self.limiter)
+            .field("client", &self.client.as_ref().map(|_| "a reqwest::Client"))
+            .finish()
+    }
 }
 
 impl EndpointBuilder {
-    /// Every attempt first takes a token from `limiter`, and a `429` with
-    /// `Retry-After` pauses it, so every caller sharing it waits, not only the one
-    /// that got the `429`.
+    /// Every attempt first takes a token from `limiter`, and a server's wait
+    /// (`Retry-After`, `retry-after-ms`) pauses it, so every caller sharing it waits,
+    /// not only the one that was asked to.
+    ///
+    /// The endpoint shares the limiter; it does not own it: it neither enters nor
+    /// closes it. A limiter whose schedule is in Redis is entered (connected) and
+    /// closed by its owner, for instance a `RateLimitedExecutor` holding it, or the
+    /// code that built it.
     pub fn limiter(mut self, limiter: RateLimiter) -> Self {
         self.limiter = Some((limiter, true));
         self
@@ -265,40 +272,80 @@ impl EndpointBuilder {
 
     /// Like [`limiter`](Self::limiter) for calls that already run under `limiter`
     /// (through a [`RateLimitedExecutor`](crate::executor::RateLimitedExecutor) that shares it):
-    /// a first attempt takes no token of its own, retries do, and a `429` with
-    /// `Retry-After` pauses the limiter for every caller.
+    /// a first attempt takes no token of its own, retries do, and a server's wait
+    /// pauses the limiter for every caller.
     pub fn pausing_limiter(mut self, limiter: RateLimiter) -> Self {
         self.limiter = Some((limiter, false));
         self
     }
 
+    /// Sends with `client` instead of a client made at `enter`: for a proxy, a custom
+    /// root certificate, client certificates, or any other setting of reqwest's.
+    ///
+    /// The endpoint adds to each request what its configuration says (the
+    /// `Content-Type`, the configured headers, the key) and gives each
+    /// attempt its timeout. What the client was built with stays its own: its connect
+    /// timeout (not [`EndpointConfig::connect_timeout`]), its default headers, and its
+    /// redirect policy. The endpoint's own client follows redirects only within the
+    /// origin, so the key never goes to another host; reqwest's default policy drops
+    /// `Authorization` on a redirect to another host but not a key in a header of its
+    /// own ([`Auth::Header`]): give such a client `redirect::Policy::none()`.
+    ///
+    /// Close drops the endpoint's clone of the client. A reqwest client's connections
+    /// are pooled by all its clones together, so they close only when the last clone
+    /// is gone: keep no other clone if the endpoint's close must release them.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resource_runtime::http::{Endpoint, EndpointConfig};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = reqwest::Client::builder()
+    ///     .connect_timeout(Duration::from_secs(3))
+    ///     .redirect(reqwest::redirect::Policy::none())
+    ///     .build()?;
+    /// let endpoint = Endpoint::builder(EndpointConfig::new("https://api.example.com/v1"))
+    ///     .client(client) // moved: the endpoint holds the only clone
+    ///     .build()?;
+    /// # let _ = endpoint;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn client(mut self, client: reqwest::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
     /// Checks the configuration and builds the endpoint.
     pub fn build(self) -> Result<Endpoint, ResourceError> {
-        Endpoint::build(self.config, self.limiter)
+        Endpoint::build(self)
     }
 }
 
 impl Endpoint {
-    /// Checks `config` (the URL parses, the method and header names are valid) and
-    /// builds the endpoint, without a limiter. Nothing connects until
-    /// [`enter`](AsyncResource::enter).
+    /// Checks `config` (the URL parses, the method, header names and values are valid,
+    /// the retry policy can work) and builds the endpoint, without a limiter. Nothing
+    /// connects until [`enter`](AsyncResource::enter).
     pub fn new(config: EndpointConfig) -> Result<Endpoint, ResourceError> {
         Self::builder(config).build()
     }
 
-    /// An endpoint for `config`, to give a limiter before it is built: the limiter is
-    /// part of the endpoint from the start, so every clone shares it.
+    /// An endpoint for `config`, to give a limiter or a client before it is built:
+    /// they are part of the endpoint from the start, so every clone shares them.
     pub fn builder(config: EndpointConfig) -> EndpointBuilder {
         EndpointBuilder {
             config,
             limiter: None,
+            client: None,
         }
     }
 
-    fn build(
-        config: EndpointConfig,
-        limiter: Option<(RateLimiter, bool)>,
-    ) -> Result<Endpoint, ResourceError> {
+    fn build(builder: EndpointBuilder) -> Result<Endpoint, ResourceError> {
+        let EndpointBuilder {
+            config,
+            limiter,
+            client,
+        } = builder;
         let name = config.name.clone();
         let mut base = Url::parse(&config.base_url).map_err(|e| {
             invalid(
@@ -307,6 +354,13 @@ impl Endpoint {
                 format_args!("`{}` is not a URL: {e}", config.base_url),
             )
         })?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(invalid(
+                &name,
+                "base_url",
+                format_args!("`{}` is not an http or https URL", config.base_url),
+            ));
+        }
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
             base.set_path(&path);
@@ -320,16 +374,16 @@ impl Endpoint {
                     format_args!("`{}` does not join the base URL: {e}", config.path),
                 )
             })?;
-        let method = Method::from_bytes(config.method.as_bytes()).map_err(|_| {
+        let method = Method::from_name(&config.method).ok_or_else(|| {
             invalid(
                 &name,
                 "method",
                 format_args!("`{}` is not an HTTP method", config.method),
             )
         })?;
-        let mut headers = HeaderMap::new();
         let content_type = HeaderValue::from_str(&config.content_type)
             .map_err(|_| invalid(&name, "content_type", "is not a valid header value"))?;
+        let mut headers = HeaderMap::new();
         headers.insert(reqwest::header::CONTENT_TYPE, content_type);
         for (key, value) in &config.headers {
             let header = HeaderName::from_bytes(key.as_bytes()).map_err(|_| {
@@ -348,15 +402,26 @@ impl Endpoint {
             })?;
             headers.insert(header, value);
         }
-        if let Some(Auth::Header { name: header, .. }) = &config.auth {
-            HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
-                invalid(
-                    &name,
-                    "auth.header.name",
-                    format_args!("`{header}` is not a valid header name"),
-                )
-            })?;
-        }
+        let auth = match &config.auth {
+            None => None,
+            Some(Auth::Bearer(secret)) => {
+                Some((reqwest::header::AUTHORIZATION, secret.clone(), "Bearer "))
+            }
+            Some(Auth::Header { name: header, key }) => {
+                let header = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                    invalid(
+                        &name,
+                        "auth.header.name",
+                        format_args!("`{header}` is not a valid header name"),
+                    )
+                })?;
+                Some((header, key.clone(), ""))
+            }
+        };
+        config
+            .retry
+            .check()
+            .map_err(|(field, why)| invalid(&name, field, why))?;
         Ok(Endpoint {
             inner: Arc::new(Inner {
                 name,
@@ -364,16 +429,17 @@ impl Endpoint {
                 url,
                 method,
                 headers,
-                auth: config.auth.clone(),
+                auth,
                 config,
                 first_attempt_takes_token: limiter.as_ref().is_none_or(|(_, first)| *first),
                 limiter: limiter.map(|(limiter, _)| limiter),
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State {
+                    provided: client,
+                    ..State::default()
+                }),
                 calls_in_flight: TaskTracker::new(),
                 cut: CancellationToken::new(),
-                calls: AtomicU64::new(0),
-                attempts: AtomicU64::new(0),
-                failed: AtomicU64::new(0),
+                counters: Counters::default(),
             }),
         })
     }
@@ -386,9 +452,14 @@ impl Endpoint {
         self.inner.close().await
     }
 
-    /// The URL `call` sends to.
-    pub fn url(&self) -> &Url {
-        &self.inner.url
+    /// The endpoint's name, from its configuration.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The URL [`call`](Self::call) sends to.
+    pub fn url(&self) -> &str {
+        self.inner.url.as_str()
     }
 
     /// How many calls are running now.
@@ -396,152 +467,21 @@ impl Endpoint {
         self.inner.calls_in_flight.len()
     }
 
-    /// Calls, attempts and failures so far.
+    /// Calls, attempts, failures and retries so far.
     pub fn stats(&self) -> EndpointStats {
-        let inner = &self.inner;
+        let c = &self.inner.counters;
+        let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
         EndpointStats {
-            calls: inner.calls.load(Ordering::Relaxed),
-            attempts: inner.attempts.load(Ordering::Relaxed),
-            failed: inner.failed.load(Ordering::Relaxed),
+            calls: get(&c.calls),
+            attempts: get(&c.attempts),
+            failed: get(&c.failed),
+            retries_throttled: get(&c.retries_throttled),
+            retries_server_error: get(&c.retries_server_error),
+            retries_other_status: get(&c.retries_other_status),
+            retries_timeout: get(&c.retries_timeout),
+            retries_connection: get(&c.retries_connection),
         }
     }
-
-    /// Sends `request` as JSON with the configured method to the configured path, and
-    /// decodes the JSON response.
-    pub async fn call<Req, Resp>(&self, request: &Req) -> Result<Resp, ResourceError>
-    where
-        Req: Serialize + ?Sized,
-        Resp: DeserializeOwned,
-    {
-        let body = Bytes::from(serde_json::to_vec(request).map_err(ResourceError::other)?);
-        let url = self.inner.url.clone();
-        let bytes = self
-            .send(self.inner.method.clone(), url.clone(), Some(body))
-            .await?;
-        decode(&url, &bytes)
-    }
-
-    /// Sends `body` (as JSON, if any) with `method` to `path` under the base URL, and
-    /// decodes the JSON response.
-    pub async fn request<Req, Resp>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Req>,
-    ) -> Result<Resp, ResourceError>
-    where
-        Req: Serialize + ?Sized,
-        Resp: DeserializeOwned,
-    {
-        let base = &self.inner.base;
-        // A path stays under the base URL: an absolute URL or `//host` would send the
-        // key to another host, and a leading `/` would drop the base's own path.
-        let relative = path.trim_start_matches('/');
-        let url = base
-            .join(relative)
-            .ok()
-            .filter(|url| {
-                !path.contains("://")
-                    && !path.starts_with("//")
-                    && url.origin() == base.origin()
-                    && url.path().starts_with(base.path())
-            })
-            .ok_or_else(|| {
-                invalid(
-                    &self.inner.name,
-                    "path",
-                    format_args!("`{path}` is not a path under {base}: give a relative path such as `models` or `chat/completions`"),
-                )
-            })?;
-        let body = body
-            .map(serde_json::to_vec)
-            .transpose()
-            .map_err(ResourceError::other)?
-            .map(Bytes::from);
-        let bytes = self.send(method, url.clone(), body).await?;
-        decode(&url, &bytes)
-    }
-
-    /// Registers a call, runs its attempts, and cuts it if the close deadline passes.
-    async fn send(
-        &self,
-        method: Method,
-        url: Url,
-        body: Option<Bytes>,
-    ) -> Result<Bytes, ResourceError> {
-        let inner = &*self.inner;
-        let client = {
-            let state = inner.lock();
-            if state.closing || state.closed {
-                return Err(ResourceError::closed(format!("Endpoint `{}`", inner.name)));
-            }
-            let Some(client) = state.client.clone() else {
-                return Err(ResourceError::not_entered(format!(
-                    "Endpoint `{}`",
-                    inner.name
-                )));
-            };
-            // Counted under the lock: a close that saw no call sees none start.
-            (client, inner.calls_in_flight.token())
-        };
-        let (client, _call) = client;
-        inner.calls.fetch_add(1, Ordering::Relaxed);
-        let attempts = inner.attempts(&client, method, &url, body);
-        let mut attempts = pin!(attempts);
-        let mut cut = pin!(inner.cut.cancelled());
-        poll_fn(|cx| {
-            if let Poll::Ready(outcome) = attempts.as_mut().poll(cx) {
-                return Poll::Ready(outcome);
-            }
-            if cut.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(ResourceError::other(EndpointError::Cut {
-                    url: url.to_string(),
-                })));
-            }
-            Poll::Pending
-        })
-        .await
-        .inspect_err(|_| {
-            inner.failed.fetch_add(1, Ordering::Relaxed);
-        })
-    }
-}
-
-fn decode<Resp: DeserializeOwned>(url: &Url, bytes: &[u8]) -> Result<Resp, ResourceError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        ResourceError::other(EndpointError::Decode {
-            url: url.to_string(),
-            message: e.to_string(),
-        })
-    })
-}
-
-/// The start of a body, for an error message.
-fn excerpt(bytes: &[u8]) -> String {
-    const MAX: usize = 512;
-    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX)]).into_owned();
-    if bytes.len() > MAX {
-        format!("{text}…")
-    } else {
-        text
-    }
-}
-
-/// The delay a `Retry-After` header asks for: seconds, or an HTTP date.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
 }
 
 impl Inner {
@@ -550,100 +490,8 @@ impl Inner {
         crate::sync::lock(&self.state)
     }
 
-    async fn attempts(
-        &self,
-        client: &reqwest::Client,
-        method: Method,
-        url: &Url,
-        body: Option<Bytes>,
-    ) -> Result<Bytes, ResourceError> {
-        let policy = &self.config.retry;
-        let attempts = policy.max_attempts.max(1);
-        let mut attempt = 0;
-        loop {
-            if let Some(limiter) = &self.limiter
-                && (attempt > 0 || self.first_attempt_takes_token)
-            {
-                limiter.acquire(1).await?;
-            }
-            let mut request = client.request(method.clone(), url.clone());
-            if let Some(body) = &body {
-                // A reference count, not a copy, for each attempt.
-                request = request.body(body.clone());
-            }
-            self.attempts.fetch_add(1, Ordering::Relaxed);
-            let (error, wait) = match request.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    let headers = response.headers().clone();
-                    let bytes = match response.bytes().await {
-                        Ok(bytes) => bytes,
-                        Err(e) => {
-                            let error = transport_error(url, &e);
-                            // The server answered: only a status that is retried anyway
-                            // allows another attempt (a 2xx may have had its effect).
-                            let retryable =
-                                status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-                            attempt += 1;
-                            if !retryable || attempt >= attempts {
-                                return Err(error);
-                            }
-                            tokio::time::sleep(policy.backoff(attempt - 1)).await;
-                            continue;
-                        }
-                    };
-                    if status.is_success() {
-                        return Ok(bytes);
-                    }
-                    let error = ResourceError::other(EndpointError::Status {
-                        url: url.to_string(),
-                        status,
-                        body: excerpt(&bytes),
-                    });
-                    let retryable =
-                        status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-                    if !retryable {
-                        return Err(error);
-                    }
-                    let asked = retry_after(&headers).map(|d| d.min(policy.max_delay));
-                    if let (Some(delay), Some(limiter)) = (asked, &self.limiter) {
-                        let now = tokio::time::Instant::now();
-                        limiter
-                            .pause_until(now.checked_add(delay).unwrap_or(
-                                now + policy.max_delay.min(Duration::from_secs(86_400)),
-                            ));
-                    }
-                    (error, asked)
-                }
-                // A refused connection, no answer in time, or a connection that broke
-                // (reset) before an answer came. A broken connection may have carried
-                // the request already, so a retried call must be one the API can take
-                // twice: calls that create things should carry an idempotency key.
-                Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
-                    (transport_error(url, &e), None)
-                }
-                Err(e) => return Err(transport_error(url, &e)),
-            };
-            attempt += 1;
-            if attempt >= attempts {
-                return Err(error);
-            }
-            let delay = wait.unwrap_or_else(|| policy.backoff(attempt - 1));
-            tracing::debug!(
-                endpoint = %self.name,
-                attempt,
-                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                %error,
-                "retrying"
-            );
-            // With a limiter the pause holds this caller too; without one, sleep here.
-            if self.limiter.is_none() || wait.is_none() {
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-
-    /// Reads the key and builds the client; a second enter keeps the first client.
+    /// Reads the key and makes the client (or takes the one handed over); a second
+    /// enter keeps the first client.
     fn enter(&self) -> Result<(), ResourceError> {
         let mut state = self.lock();
         if state.closing || state.closed {
@@ -653,17 +501,7 @@ impl Inner {
             return Ok(());
         }
         let mut headers = self.headers.clone();
-        if let Some(auth) = &self.auth {
-            let (header, secret, prefix) = match auth {
-                Auth::Bearer(secret) => (reqwest::header::AUTHORIZATION, secret, "Bearer "),
-                Auth::Header { name, key } => (
-                    HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                        invalid(&self.name, "auth.header.name", "is not a valid header name")
-                    })?,
-                    key,
-                    "",
-                ),
-            };
+        if let Some((header, secret, prefix)) = &self.auth {
             let key = match secret {
                 Secret::Value(key) => key.clone(),
                 Secret::Env(var) => std::env::var(var).map_err(|_| {
@@ -684,9 +522,26 @@ impl Inner {
                 )
             })?;
             value.set_sensitive(true);
-            headers.insert(header, value);
+            headers.insert(header.clone(), value);
         }
-        let client = reqwest::Client::builder()
+        let client = match state.provided.take() {
+            Some(http) => Client {
+                http,
+                headers: Some(Arc::new(headers)),
+            },
+            None => Client {
+                http: self.own_client(headers)?,
+                headers: None,
+            },
+        };
+        state.client = Some(client);
+        Ok(())
+    }
+
+    /// The client the endpoint makes when none was handed over: `headers` as defaults,
+    /// the request and connect timeouts, and redirects within the origin only.
+    fn own_client(&self, headers: HeaderMap) -> Result<reqwest::Client, ResourceError> {
+        reqwest::Client::builder()
             .default_headers(headers)
             // The key must not follow a redirect to another origin (reqwest only strips
             // `Authorization` and cookies): redirects within the origin are followed.
@@ -706,9 +561,7 @@ impl Inner {
             .timeout(self.config.request_timeout)
             .connect_timeout(self.config.connect_timeout)
             .build()
-            .map_err(|e| invalid(&self.name, "client", e))?;
-        state.client = Some(client);
-        Ok(())
+            .map_err(|e| invalid(&self.name, "client", e))
     }
 
     async fn close(&self) -> Result<(), ResourceError> {
@@ -718,6 +571,7 @@ impl Inner {
                 state.closing = true;
                 // No new call can take the client now; the running ones hold their clones.
                 state.client = None;
+                state.provided = None;
             }
             state.closed
         };
@@ -776,7 +630,7 @@ impl Drop for FinishClose<'_> {
 }
 
 impl AsyncResource for Endpoint {
-    /// Reads the key and builds the client. Entering again keeps the same client.
+    /// Reads the key and makes the client. Entering again keeps the same client.
     async fn enter(&mut self) -> Result<(), ResourceError> {
         self.inner.enter()
     }
@@ -792,25 +646,10 @@ where
     Req: Serialize + Sync + ?Sized,
     Resp: DeserializeOwned,
 {
-    fn call(&self, request: &Req) -> impl Future<Output = Result<Resp, ResourceError>> + Send {
-        Endpoint::call(self, request)
+    /// [`Endpoint::call`], its [`CallError`] turned into a [`ResourceError`].
+    async fn call(&self, request: &Req) -> Result<Resp, ResourceError> {
+        Ok(Endpoint::call(self, request).await?)
     }
-}
-
-fn transport_error(url: &Url, error: &reqwest::Error) -> ResourceError {
-    let url = url.to_string();
-    if error.is_timeout() {
-        return ResourceError::other(EndpointError::Timeout { url });
-    }
-    // reqwest's message names the URL; the key is only ever in a sensitive header.
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    ResourceError::other(EndpointError::Connect { url, message })
 }
 
 #[cfg(test)]
@@ -818,89 +657,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_error_names_the_url_and_what_happened() {
-        let url = "http://127.0.0.1:1/v1/chat".to_owned();
-        let cases = [
-            (
-                EndpointError::Status {
-                    url: url.clone(),
-                    status: StatusCode::BAD_REQUEST,
-                    body: "bad prompt".into(),
-                },
-                "answered 400 Bad Request: bad prompt",
-            ),
-            (
-                EndpointError::Timeout { url: url.clone() },
-                "did not answer within",
-            ),
-            (
-                EndpointError::Connect {
-                    url: url.clone(),
-                    message: "refused".into(),
-                },
-                "could not reach",
-            ),
-            (
-                EndpointError::Decode {
-                    url: url.clone(),
-                    message: "eof".into(),
-                },
-                "not the expected JSON: eof",
-            ),
-            (
-                EndpointError::Cut { url: url.clone() },
-                "was cut when the endpoint closed",
-            ),
-        ];
-        for (error, expected) in cases {
-            let shown = error.to_string();
-            assert!(shown.contains(&url) && shown.contains(expected), "{shown}");
-        }
-        let empty_body = EndpointError::Status {
-            url: url.clone(),
-            status: StatusCode::BAD_GATEWAY,
-            body: String::new(),
+    fn the_cut_at_close_error_names_the_endpoint_the_count_and_the_deadline() {
+        let error = EndpointError::CutAtClose {
+            endpoint: "chat".to_owned(),
+            count: 2,
+            deadline: Duration::from_millis(200),
         };
-        assert!(empty_body.to_string().ends_with("502 Bad Gateway"));
-        assert_eq!(empty_body.status(), Some(StatusCode::BAD_GATEWAY));
-        assert_eq!(EndpointError::Cut { url }.status(), None);
+        assert_eq!(
+            error.to_string(),
+            "endpoint `chat`: 2 call(s) still running at the close deadline of 200ms were cut"
+        );
     }
 
     #[test]
-    fn an_excerpt_is_bounded() {
-        assert_eq!(excerpt(b"short"), "short");
-        let long = vec![b'x'; 2_000];
-        let shown = excerpt(&long);
-        assert!(shown.ends_with('…') && shown.len() < 600, "{}", shown.len());
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_dates_and_ignores_garbage() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(retry_after(&headers), None);
-        headers.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("7"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
-        headers.insert(
-            reqwest::header::RETRY_AFTER,
-            HeaderValue::from_static("soon"),
+    fn a_configuration_is_checked_once_when_the_endpoint_is_built() {
+        let refused = |config: EndpointConfig| {
+            let error = Endpoint::new(config).unwrap_err();
+            error
+                .downcast_ref::<ConfigError>()
+                .map(|e| e.setting())
+                .unwrap_or_default()
+        };
+        let base = || EndpointConfig::new("http://127.0.0.1:1/v1");
+        assert_eq!(refused(EndpointConfig::new("not a url")), "base_url");
+        assert_eq!(refused(EndpointConfig::new("ftp://host/")), "base_url");
+        assert_eq!(refused(base().method("GE T")), "method");
+        assert_eq!(refused(base().content_type("a\nb")), "content_type");
+        assert_eq!(refused(base().header("bad header", "x")), "headers");
+        assert_eq!(refused(base().header("x-ok", "bad\nvalue")), "headers");
+        assert_eq!(
+            refused(base().api_key_header("bad header", Secret::value("k"))),
+            "auth.header.name"
         );
-        assert_eq!(retry_after(&headers), None);
-        let past = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(1));
-        headers.insert(
-            reqwest::header::RETRY_AFTER,
-            HeaderValue::from_str(&past).unwrap(),
+        assert_eq!(
+            refused(base().retry(RetryPolicy::default().max_attempts(0))),
+            "retry.max_attempts"
         );
-        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
-        let later =
-            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
-        headers.insert(
-            reqwest::header::RETRY_AFTER,
-            HeaderValue::from_str(&later).unwrap(),
+        assert_eq!(
+            refused(base().retry(RetryPolicy::default().multiplier(0.5))),
+            "retry.multiplier"
         );
-        let wait = retry_after(&headers).unwrap();
-        assert!(
-            wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
-            "{wait:?}"
+        assert_eq!(
+            refused(base().retry(RetryPolicy::default().statuses([1000]))),
+            "retry.statuses"
         );
+        let endpoint = Endpoint::new(base().path("chat").method("PUT")).unwrap();
+        assert_eq!(endpoint.url(), "http://127.0.0.1:1/v1/chat");
+        assert_eq!(endpoint.inner.method, Method::PUT);
     }
 }
