@@ -673,6 +673,12 @@ pub struct RateLimitedExecutor {
 
 #[cfg(feature = "limiter")]
 impl AsyncResource for RateLimitedExecutor {
+    /// Enters the limiter (a limiter whose schedule is in Redis connects here; a local
+    /// one has nothing to do).
+    async fn enter(&mut self) -> Result<(), ResourceError> {
+        self.limiter.enter().await
+    }
+
     /// Closes the limiter, then the executor; see [`close`](RateLimitedExecutor::close).
     async fn close(&mut self) -> Result<(), ResourceError> {
         RateLimitedExecutor::close(self).await

@@ -9,6 +9,8 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "redis")]
+pub mod redis_server;
 pub mod server;
 
 use std::fmt;

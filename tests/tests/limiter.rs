@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use resource_runtime::{ConfigError, ResourceError, limiter::RateLimiter};
+use resource_runtime::limiter::{LimiterError, RateLimiter};
+use resource_runtime::{ConfigError, ResourceError};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 
@@ -711,4 +712,78 @@ fn a_waiter_on_a_runtime_without_timers_gets_an_error_not_a_panic() {
         assert!(!err.is_closed());
         assert_eq!(limiter.waiting(), 0);
     });
+}
+
+/// The calls a limiter of either kind answers (the local one here; the one in Redis in
+/// tests/redis_*.rs): `enter` makes a local limiter ready at once, and
+/// `try_acquire_async` is its `try_acquire`, queue and burst included.
+#[tokio::test(start_paused = true)]
+async fn the_calls_shared_with_a_limiter_in_redis_answer_at_once_for_a_local_one() {
+    let limiter = RateLimiter::builder(10, SECOND).burst(2).build().unwrap();
+    at_once(limiter.enter()).await.unwrap();
+    let mut entered = limiter.clone();
+    at_once(resource_runtime::AsyncResource::enter(&mut entered))
+        .await
+        .unwrap();
+    assert!(at_once(limiter.try_acquire_async(2)).await.unwrap());
+    assert!(!at_once(limiter.try_acquire_async(1)).await.unwrap());
+    let err = at_once(limiter.try_acquire_async(3)).await.unwrap_err();
+    assert!(matches!(
+        err.downcast_ref::<LimiterError>(),
+        Some(LimiterError::ExceedsBurst {
+            requested: 3,
+            burst: 2
+        })
+    ));
+    // A waiter keeps its turn: after its token's time, `try_acquire_async` does not
+    // take the token from it.
+    let waiter = {
+        let limiter = limiter.clone();
+        tokio::spawn(async move { limiter.acquire(1).await })
+    };
+    sleep(ms(10)).await;
+    assert_eq!(limiter.waiting(), 1);
+    assert!(!at_once(limiter.try_acquire_async(1)).await.unwrap());
+    waiter.await.unwrap().unwrap();
+    limiter.close().await.unwrap();
+    assert!(
+        at_once(limiter.try_acquire_async(1))
+            .await
+            .unwrap_err()
+            .is_closed()
+    );
+}
+
+/// `is_unavailable` is true only for a shared schedule's store that did not answer,
+/// wherever the failure sits in an aggregated error; nothing a local limiter says is.
+#[tokio::test(start_paused = true)]
+async fn only_an_unreachable_store_is_unavailable() {
+    let limiter = RateLimiter::builder(10, SECOND).burst(1).build().unwrap();
+    let exceeds = limiter.acquire(2).await.unwrap_err();
+    assert!(!exceeds.is_unavailable());
+    limiter.close().await.unwrap();
+    let closed = limiter.acquire(1).await.unwrap_err();
+    assert!(closed.is_closed() && !closed.is_unavailable());
+
+    let unavailable = LimiterError::Unavailable {
+        prefix: "myorg:openai".into(),
+        url: "redis://:***@10.0.0.5:6379/".into(),
+        reason: "connection refused".into(),
+    };
+    assert!(unavailable.is_unavailable());
+    assert!(
+        !LimiterError::Store {
+            prefix: "myorg:openai".into(),
+            url: "redis://10.0.0.5:6379/".into(),
+            reason: "WRONGTYPE".into(),
+        }
+        .is_unavailable()
+    );
+    assert!(!LimiterError::NoTimer.is_unavailable());
+    let err = closed.combine(ResourceError::other(unavailable));
+    assert!(err.is_unavailable() && err.is_closed());
+    assert_eq!(
+        err.failures().nth(1).unwrap().to_string(),
+        "RateLimiter `myorg:openai`: Redis at redis://:***@10.0.0.5:6379/ is unavailable: connection refused"
+    );
 }
