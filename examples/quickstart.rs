@@ -7,6 +7,8 @@
 //! cargo run --example quickstart                      # against an embedded API on 127.0.0.1
 //! cargo run --example quickstart -- --requests 500 --rate 200
 //! OPENAI_API_KEY=... cargo run --example quickstart -- --url https://api.openai.com/v1 --model gpt-4o-mini
+//! cargo run --example quickstart -- --stream                   # answers streamed as server-sent events
+//! cargo run --example quickstart -- --stream --stop-after 40   # the endpoint closed mid-stream
 //! cargo run --example quickstart -- --help
 //! ```
 
@@ -55,6 +57,10 @@ pub(crate) struct Options {
     pub(crate) model: String,
     pub(crate) requests: u64,
     pub(crate) rate: u32,
+    /// Ask for every answer as a stream of server-sent events.
+    pub(crate) stream: bool,
+    /// Close the endpoint once this many requests were answered, mid-stream.
+    pub(crate) stop_after: Option<u64>,
 }
 
 /// What the command line asks for.
@@ -64,7 +70,8 @@ pub(crate) enum Command {
 }
 
 pub(crate) const USAGE: &str = "\
-usage: quickstart [--url URL] [--model NAME] [--requests N] [--rate N]
+usage: quickstart [--url URL] [--model NAME] [--requests N] [--rate N] [--stream]
+                  [--stop-after N]
 
 A provider (an HTTP endpoint, a rate-limited executor and a log file) sends chat
 requests at a set rate, rides out the 429s and 5xx the API answers, then closes every
@@ -77,6 +84,12 @@ options:
   --model NAME     the model to ask (default: demo-model)
   --requests N     how many requests to send (default: 300)
   --rate N         requests a second (default: 100)
+  --stream         ask for every answer as a stream of server-sent events: the
+                   first answer's tokens are printed as they arrive, then one line
+                   for each of the others
+  --stop-after N   close the endpoint once N requests were answered, while other
+                   answers are still streaming: the streams are cut, and the output
+                   says how many and that every connection was released
   -h, --help       print this text";
 
 pub(crate) fn options(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
@@ -85,6 +98,8 @@ pub(crate) fn options(args: impl IntoIterator<Item = String>) -> Result<Command,
         model: "demo-model".to_owned(),
         requests: 300,
         rate: 100,
+        stream: false,
+        stop_after: None,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -104,6 +119,13 @@ pub(crate) fn options(args: impl IntoIterator<Item = String>) -> Result<Command,
                 options.rate = text.parse().map_err(|_| {
                     format!("--rate takes a number of requests a second, not `{text}`")
                 })?;
+            }
+            "--stream" => options.stream = true,
+            "--stop-after" => {
+                let text = value("--stop-after")?;
+                options.stop_after = Some(text.parse().map_err(|_| {
+                    format!("--stop-after takes a number of answered requests, not `{text}`")
+                })?);
             }
             other => return Err(format!("unknown argument `{other}` (see --help)")),
         }
@@ -178,6 +200,69 @@ pub(crate) struct Report {
     pub(crate) failures: Vec<(String, u64)>,
     /// The close steps, one row each (`close  Provider  jobs  106 µs  ok`).
     pub(crate) closed: Vec<String>,
+    /// Requests that did not complete because `--stop-after` closed the endpoint.
+    pub(crate) stopped: u64,
+    /// Connections the embedded API still had open after the close (`None` for
+    /// another API, whose connections it cannot count).
+    pub(crate) open_after_close: Option<usize>,
+}
+
+/// One answer: its text, and for a streamed one its tokens and the time it took.
+struct Answered {
+    text: String,
+    tokens: usize,
+    took: Duration,
+}
+
+/// Reads a streamed answer, printing each token as it comes when `live`.
+async fn read_stream(api: &Endpoint, request: &Value, live: bool) -> Result<Answered, CallError> {
+    let started = Instant::now();
+    let mut events = api.stream(request).await?;
+    let mut answer = Answered {
+        text: String::new(),
+        tokens: 0,
+        took: Duration::ZERO,
+    };
+    while let Some(event) = events.next().await {
+        let chunk: Value = event?.json().unwrap_or(Value::Null);
+        if let Some(token) = chunk["choices"][0]["delta"]["content"].as_str() {
+            answer.tokens += 1;
+            answer.text.push_str(token);
+            if live {
+                print!("{token}");
+                let _ = std::io::stdout().flush();
+            }
+        }
+    }
+    answer.took = started.elapsed();
+    Ok(answer)
+}
+
+/// Sends request `i` and reads its answer, whole or streamed.
+async fn ask(
+    api: &Endpoint,
+    model: &str,
+    i: u64,
+    stream: bool,
+    live: bool,
+) -> Result<Answered, CallError> {
+    let mut request = json!({
+        "model": model,
+        "messages": [{ "role": "user", "content": format!("question {i}") }],
+    });
+    if stream {
+        request["stream"] = json!(true);
+        return read_stream(api, &request, live).await;
+    }
+    let answer = api.call::<_, Value>(&request).await?;
+    Ok(Answered {
+        text: answer["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned(),
+        tokens: 0,
+        took: Duration::ZERO,
+    })
 }
 
 /// Why a call failed, in a few words to count by: its status, or what went wrong with
@@ -194,6 +279,8 @@ fn failure_kind(error: &CallError) -> String {
         (CallErrorKind::Timeout, _) => "timed out".to_owned(),
         (CallErrorKind::Decode, _) => "answer not the expected JSON".to_owned(),
         (CallErrorKind::Cut, _) => "cut at close".to_owned(),
+        (CallErrorKind::Closed, _) => "stopped: the endpoint closed".to_owned(),
+        (CallErrorKind::Stream, _) => "a malformed event stream".to_owned(),
         _ => error.to_string(),
     }
 }
@@ -246,9 +333,12 @@ pub(crate) async fn run(
     options: Options,
     steps: StepLog,
 ) -> Result<Report, Box<dyn Error + Send + Sync>> {
-    let (base_url, auth) = match &options.url {
-        Some(url) => (url.clone(), Secret::env("OPENAI_API_KEY")),
-        None => (demo_api::start().await?, Secret::value("demo-key")),
+    let (base_url, auth, demo) = match &options.url {
+        Some(url) => (url.clone(), Secret::env("OPENAI_API_KEY"), None),
+        None => {
+            let demo = demo_api::start().await?;
+            (demo.url.clone(), Secret::value("demo-key"), Some(demo))
+        }
     };
     println!("API: {base_url}");
     let config = EndpointConfig::new(base_url)
@@ -263,7 +353,13 @@ pub(crate) async fn run(
                 .max_delay(Duration::from_secs(5)),
         );
 
-    let dir = std::env::temp_dir().join(format!("resource-quickstart-{}", std::process::id()));
+    // A directory of this run's own (one process may run several, as the tests do).
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "resource-quickstart-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    ));
     tokio::fs::create_dir_all(&dir).await?;
     let log_path = dir.join("answers.log");
     let limiter = RateLimiter::builder(options.rate, Duration::from_secs(1))
@@ -284,8 +380,41 @@ pub(crate) async fn run(
     let finished = scope(provider, async |provider: &mut Provider| {
         let done = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
-        let progress = tokio::spawn(progress_line(total, done.clone(), failed.clone(), started));
-        let calls: Vec<_> = (0..total)
+        let stream = options.stream;
+        // Streamed, the first answer is read alone, its tokens printed as they come.
+        let mut first = None;
+        if stream && total > 0 {
+            print!("request 0: ");
+            let answer = ask(&provider.api, &provider.model, 0, true, true).await;
+            println!();
+            match &answer {
+                Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                Err(error) => {
+                    let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
+                    failures.add(failure_kind(error), with_causes(error));
+                    failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+            first = Some(answer.map_err(|e| with_causes(&e)));
+        }
+        // With --stop-after, the endpoint closes once that many answers came.
+        let stopper = options.stop_after.map(|n| {
+            let (api, done, failed) = (provider.api.clone(), done.clone(), failed.clone());
+            tokio::spawn(async move {
+                while done.load(Ordering::Relaxed) < n
+                    && done.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < total
+                {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                let in_flight = api.in_flight();
+                let closed = api.close().await;
+                (in_flight, closed)
+            })
+        });
+        let progress = (!stream)
+            .then(|| tokio::spawn(progress_line(total, done.clone(), failed.clone(), started)));
+        let skip = u64::from(first.is_some());
+        let calls: Vec<_> = (skip..total)
             .map(|i| {
                 let (api, jobs, model) = (
                     provider.api.clone(),
@@ -294,14 +423,10 @@ pub(crate) async fn run(
                 );
                 let (done, failed, failures) = (done.clone(), failed.clone(), failures.clone());
                 tokio::spawn(async move {
-                    let request = json!({
-                        "model": model,
-                        "messages": [{ "role": "user", "content": format!("question {i}") }],
-                    });
                     let answer = jobs
-                        .execute(async move { api.call::<_, Value>(&request).await })
+                        .execute(async move { ask(&api, &model, i, stream, false).await })
                         .await;
-                    let answer: Result<Value, String> = match answer {
+                    let answer: Result<Answered, String> = match answer {
                         Ok(Ok(answer)) => Ok(answer),
                         Ok(Err(error)) => {
                             let full = with_causes(&error);
@@ -324,29 +449,56 @@ pub(crate) async fn run(
                 })
             })
             .collect();
+        let mut answers = Vec::new();
+        if let Some(first) = first {
+            answers.push((0, first));
+        }
         for call in calls {
-            let Ok((i, answer)) = call.await else {
-                continue;
-            };
-            let line = match answer {
-                Ok(answer) => format!("{i}: {}\n", answer["choices"][0]["message"]["content"]),
+            if let Ok(answer) = call.await {
+                answers.push(answer);
+            }
+        }
+        for (i, answer) in answers {
+            let line = match &answer {
+                Ok(answer) => format!("{i}: {:?}\n", answer.text),
                 Err(e) => format!("{i}: failed: {e}\n"),
             };
+            if stream && i > 0 {
+                match &answer {
+                    Ok(a) => println!(
+                        "request {i}: {} tokens, {} characters, in {:.0?}",
+                        a.tokens,
+                        a.text.chars().count(),
+                        a.took
+                    ),
+                    Err(e) => println!("request {i}: failed: {e}"),
+                }
+            }
             if let Err(e) = provider.log.write_all(line.as_bytes()).await {
                 eprintln!("could not write the log: {e}");
             }
         }
-        progress.abort();
-        let _ = progress.await;
-        println!();
+        if let Some(progress) = progress {
+            progress.abort();
+            let _ = progress.await;
+            println!();
+        }
+        let stopped = match stopper {
+            Some(stopper) => match stopper.await {
+                Ok((in_flight, closed)) => Some((in_flight, closed.map_err(|e| e.to_string()))),
+                Err(e) => Some((0, Err(e.to_string()))),
+            },
+            None => None,
+        };
         (
             done.load(Ordering::Relaxed),
             failed.load(Ordering::Relaxed),
             provider.api.stats(),
+            stopped,
         )
     })
     .await;
-    let (ok, failed, stats) = match finished {
+    let (ok, failed, stats, stopped) = match finished {
         Ok(counts) => counts,
         Err(error) => {
             // Nothing is left behind, whatever went wrong.
@@ -355,6 +507,12 @@ pub(crate) async fn run(
         }
     };
     let elapsed = started.elapsed();
+    // The embedded API counts its open connections: once the provider is closed, every
+    // one of them is released (the server sees each close shortly after the client's).
+    let open_after_close = match &demo {
+        Some(demo) => Some(demo.wait_for_no_connections(Duration::from_secs(5)).await),
+        None => None,
+    };
 
     let mut report = steps.take();
     report.retain(|step| step.operation == Operation::Close);
@@ -374,6 +532,26 @@ pub(crate) async fn run(
     }
     if let Some(first) = &failures.first {
         println!("first failure: {first}");
+    }
+    if let Some((in_flight, closed)) = &stopped {
+        let how = match closed {
+            Ok(()) => "it closed cleanly".to_owned(),
+            Err(e) => format!("its close failed: {e}"),
+        };
+        println!(
+            "--stop-after {}: the endpoint closed with {in_flight} call(s) in flight; {} stream(s) were cut mid-answer; {how}",
+            options.stop_after.unwrap_or(0),
+            stats.streams_cut
+        );
+    }
+    match open_after_close {
+        Some(0) => {
+            println!(
+                "connections: every connection to the API was released (0 open at the server)"
+            );
+        }
+        Some(open) => println!("connections: {open} still open at the API after the close"),
+        None => {}
     }
     println!("attempts: {} ({})", stats.attempts, retries_line(&stats));
     print!(
@@ -395,7 +573,20 @@ pub(crate) async fn run(
     // Nothing was left to the background here; a service calls this before exiting.
     wait_detached(Duration::from_secs(5)).await?;
     tokio::fs::remove_dir_all(&dir).await?;
-    if failed > 0 {
+    if let Some(open) = open_after_close.filter(|open| *open > 0) {
+        return Err(format!("{open} connection(s) still open at the API after the close").into());
+    }
+    // With --stop-after, the requests the close stopped are expected; any other failure
+    // is not.
+    let stopped_by_close = counted
+        .iter()
+        .filter(|(kind, _)| stopped.is_some() && kind.starts_with("stopped"))
+        .map(|(_, n)| n)
+        .sum::<u64>();
+    if let Some((_, Err(e))) = &stopped {
+        return Err(format!("the endpoint's close failed: {e}").into());
+    }
+    if failed > stopped_by_close {
         let why: Vec<String> = counted
             .iter()
             .map(|(kind, n)| format!("{n} × {kind}"))
@@ -410,6 +601,8 @@ pub(crate) async fn run(
         stats,
         failures: counted,
         closed,
+        stopped: stopped_by_close,
+        open_after_close,
     })
 }
 
@@ -429,42 +622,133 @@ async fn progress_line(total: u64, done: Arc<AtomicU64>, failed: Arc<AtomicU64>,
 /// An OpenAI-style chat API on 127.0.0.1, so the quickstart needs nothing else: it
 /// answers every request after a few milliseconds, except that it asks every 100th
 /// caller to come back later (429 with `Retry-After: 1`, which pauses every caller for
-/// a second) and fails every 75th (503, retried after a short backoff).
+/// a second) and fails every 75th (503, retried after a short backoff). A request with
+/// `"stream": true` is answered as server-sent events, one token at a time, ended by
+/// `data: [DONE]`. It counts its open connections.
 mod demo_api {
     use std::convert::Infallible;
+    use std::pin::Pin;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::time::Duration;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+    use std::time::{Duration, Instant};
 
     use http_body_util::{BodyExt, Full};
-    use hyper::body::{Bytes, Incoming};
+    use hyper::body::{Bytes, Frame, Incoming};
     use hyper::{Request, Response, StatusCode};
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use serde_json::{Value, json};
+    use tokio::sync::mpsc;
 
-    pub(crate) async fn start() -> std::io::Result<String> {
+    /// The running API: where it listens, and how many connections it has open.
+    pub(crate) struct Demo {
+        pub(crate) url: String,
+        open: Arc<AtomicUsize>,
+    }
+
+    impl Demo {
+        /// Waits until no connection is open, up to `deadline`; returns how many are.
+        pub(crate) async fn wait_for_no_connections(&self, deadline: Duration) -> usize {
+            let end = Instant::now() + deadline;
+            while self.open.load(Ordering::SeqCst) > 0 && Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            self.open.load(Ordering::SeqCst)
+        }
+    }
+
+    /// Counts a connection as open until dropped.
+    struct Open(Arc<AtomicUsize>);
+
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) async fn start() -> std::io::Result<Demo> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}/v1", listener.local_addr()?);
         let count = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let counter = open.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let count = count.clone();
+                counter.fetch_add(1, Ordering::SeqCst);
+                let open = Open(counter.clone());
                 tokio::spawn(async move {
                     let service =
                         hyper::service::service_fn(move |request| answer(request, count.clone()));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
+                    drop(open);
                 });
             }
         });
-        Ok(url)
+        Ok(Demo { url, open })
+    }
+
+    /// A body: whole, or written token by token.
+    pub(crate) enum Body {
+        Full(Full<Bytes>),
+        Stream(mpsc::Receiver<Bytes>),
+    }
+
+    impl hyper::body::Body for Body {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            match self.get_mut() {
+                Body::Full(full) => Pin::new(full).poll_frame(cx),
+                Body::Stream(rx) => rx
+                    .poll_recv(cx)
+                    .map(|part| part.map(|b| Ok(Frame::data(b)))),
+            }
+        }
+
+        fn is_end_stream(&self) -> bool {
+            match self {
+                Body::Full(full) => full.is_end_stream(),
+                Body::Stream(_) => false,
+            }
+        }
+
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            match self {
+                Body::Full(full) => full.size_hint(),
+                Body::Stream(_) => hyper::body::SizeHint::default(),
+            }
+        }
+    }
+
+    /// Writes `content` as events, a word at a time, 15 ms apart; stops when the client
+    /// goes away.
+    async fn write_tokens(content: String, tx: mpsc::Sender<Bytes>) {
+        let words: Vec<&str> = content.split_inclusive(' ').collect();
+        for word in words {
+            let chunk = json!({ "choices": [{ "delta": { "content": word } }] });
+            if tx
+                .send(Bytes::from(format!("data: {chunk}\n\n")))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
     }
 
     async fn answer(
         request: Request<Incoming>,
         count: Arc<AtomicU64>,
-    ) -> Result<Response<Full<Bytes>>, Infallible> {
+    ) -> Result<Response<Body>, Infallible> {
         let n = count.fetch_add(1, Ordering::Relaxed) + 1;
         let body = request
             .into_body()
@@ -474,6 +758,10 @@ mod demo_api {
             .unwrap_or_default();
         let question: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         tokio::time::sleep(Duration::from_millis(5)).await;
+        let content = format!(
+            "echo: {}, streamed or not",
+            question["messages"][0]["content"].as_str().unwrap_or("?")
+        );
         let (status, reply) = if n.is_multiple_of(100) {
             (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -484,17 +772,22 @@ mod demo_api {
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({ "error": "try again" }),
             )
-        } else {
-            let content = format!(
-                "echo: {}",
-                question["messages"][0]["content"].as_str().unwrap_or("?")
+        } else if question["stream"] == json!(true) {
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(write_tokens(content, tx));
+            let mut response = Response::new(Body::Stream(rx));
+            response.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static("text/event-stream"),
             );
+            return Ok(response);
+        } else {
             (
                 StatusCode::OK,
                 json!({ "choices": [{ "message": { "role": "assistant", "content": content } }] }),
             )
         };
-        let mut response = Response::new(Full::new(Bytes::from(reply.to_string())));
+        let mut response = Response::new(Body::Full(Full::new(Bytes::from(reply.to_string()))));
         *response.status_mut() = status;
         response.headers_mut().insert(
             "content-type",

@@ -17,6 +17,12 @@
 //! any other header goes on with [`Reply::with_header`]. Every request's headers are
 //! recorded ([`Received::header`]).
 //!
+//! A reply can also be a stream of server-sent events (`text/event-stream`,
+//! [`Reply::sse`], [`Reply::sse_data`]): its parts are written as they come, with
+//! pauses between them ([`Sse::Pause`]), and it may end by resetting the connection
+//! ([`Sse::Reset`]) or by keeping it open and sending nothing more ([`Sse::Stop`]).
+//! [`TestServer::streams`] counts the streams being written.
+//!
 //! [`TestServer::free_addr`] and [`TestServer::start_at`] let a test point a client at
 //! an address before a server listens there.
 //!
@@ -76,6 +82,7 @@ pub struct Reply {
 #[derive(Debug, Clone)]
 enum Kind {
     Respond(Respond),
+    Events(Vec<(HeaderName, HeaderValue)>, Vec<Sse>),
     Slow(Duration, Box<Kind>),
     Hang,
     Reset,
@@ -242,6 +249,32 @@ impl Reply {
         Reply { kind: Kind::Reset }
     }
 
+    /// `200` with `content-type: text/event-stream` and a body written part by part
+    /// from `parts`; the body ends after the last part (unless it is [`Sse::Reset`] or
+    /// [`Sse::Stop`]).
+    pub fn sse(parts: impl IntoIterator<Item = Sse>) -> Self {
+        Reply {
+            kind: Kind::Events(
+                vec![(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"))],
+                parts.into_iter().collect(),
+            ),
+        }
+    }
+
+    /// [`sse`](Self::sse) of one event `data: <d>` for each of `data`, `pause` before
+    /// each but the first, then `data: [DONE]`.
+    pub fn sse_data<S: AsRef<str>>(data: impl IntoIterator<Item = S>, pause: Duration) -> Self {
+        let mut parts = Vec::new();
+        for (i, d) in data.into_iter().enumerate() {
+            if i > 0 && !pause.is_zero() {
+                parts.push(Sse::Pause(pause));
+            }
+            parts.push(Sse::Text(format!("data: {}\n\n", d.as_ref())));
+        }
+        parts.push(Sse::Text("data: [DONE]\n\n".to_owned()));
+        Self::sse(parts)
+    }
+
     /// Adds a response header (after the ones the constructor set; a second
     /// `content-type` is sent as a second header line, not a replacement).
     ///
@@ -258,11 +291,30 @@ impl Reply {
         while let Kind::Slow(_, inner) = kind {
             kind = inner;
         }
-        if let Kind::Respond(respond) = kind {
-            respond.headers.push((name, value));
+        match kind {
+            Kind::Respond(respond) => respond.headers.push((name, value)),
+            Kind::Events(headers, _) => headers.push((name, value)),
+            _ => {}
         }
         self
     }
+}
+
+/// A part of a stream of server-sent events ([`Reply::sse`]).
+#[derive(Debug, Clone)]
+pub enum Sse {
+    /// Text written as it is, e.g. `"data: hello\n\n"` (one event), or half of one.
+    Text(String),
+    /// Bytes written as they are (not UTF-8, say).
+    Raw(Bytes),
+    /// A wait before the next part ([`tokio::time::sleep`]).
+    Pause(Duration),
+    /// Resets the connection (a TCP RST, as [`Reply::reset`]); parts after it are not
+    /// sent.
+    Reset,
+    /// Sends nothing more and keeps the connection open until the client closes it (or
+    /// the server shuts down); parts after it are not sent.
+    Stop,
 }
 
 /// One request as the server received it.
@@ -312,6 +364,7 @@ struct State {
     accepted: AtomicUsize,
     open: AtomicUsize,
     in_flight: AtomicUsize,
+    streams: AtomicUsize,
     script: Mutex<Script>,
 }
 
@@ -439,6 +492,7 @@ impl TestServer {
             accepted: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
             script: Mutex::new(Script {
                 queue: VecDeque::new(),
                 default: Reply::echo(),
@@ -499,6 +553,18 @@ impl TestServer {
     /// (including slow and hung ones, and resets until the connection is gone).
     pub fn in_flight(&self) -> usize {
         self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Streams of events ([`Reply::sse`]) being written now: started, and neither
+    /// finished nor ended by their connection's close.
+    pub fn streams(&self) -> usize {
+        self.state.streams.load(Ordering::SeqCst)
+    }
+
+    /// Waits until [`streams`](Self::streams) is `n` or `deadline` (real time) has
+    /// passed, and says whether `streams() == n`.
+    pub async fn wait_for_streams(&self, n: usize, deadline: Duration) -> bool {
+        self.wait_until(deadline, || self.streams() == n).await
     }
 
     /// Every request received so far, in order.
@@ -690,7 +756,7 @@ async fn handle(
     request: Request<Incoming>,
     state: Arc<State>,
     control: Arc<ConnControl>,
-) -> Result<Response<Full<Bytes>>, io::Error> {
+) -> Result<Response<Body>, io::Error> {
     state.in_flight.fetch_add(1, Ordering::SeqCst);
     let _in_flight = CountGuard(&state.in_flight);
     let (parts, body) = request.into_parts();
@@ -704,6 +770,17 @@ async fn handle(
                 kind = *inner;
             }
             Kind::Respond(respond) => return Ok(response(respond, n, &body)),
+            Kind::Events(headers, parts) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                state.streams.fetch_add(1, Ordering::SeqCst);
+                let counted = StreamGuard(state.clone());
+                tokio::spawn(write_events(parts, tx, control.clone(), counted));
+                let mut response = Response::new(Body::Stream(rx));
+                for (name, value) in headers {
+                    response.headers_mut().append(name, value);
+                }
+                return Ok(response);
+            }
             Kind::Hang => {
                 control.closed.cancelled().await;
                 return Err(io::Error::other("hung reply: connection closed"));
@@ -718,7 +795,97 @@ async fn handle(
     }
 }
 
-fn response(respond: Respond, n: usize, request_body: &Bytes) -> Response<Full<Bytes>> {
+/// Counts one stream being written until dropped.
+struct StreamGuard(Arc<State>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Writes a stream's parts into its body, until the last part or the connection's end.
+async fn write_events(
+    parts: Vec<Sse>,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    control: Arc<ConnControl>,
+    _counted: StreamGuard,
+) {
+    for part in parts {
+        let bytes = match part {
+            Sse::Text(text) => Bytes::from(text),
+            Sse::Raw(bytes) => bytes,
+            Sse::Pause(delay) => {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => continue,
+                    () = control.closed.cancelled() => return,
+                }
+            }
+            Sse::Reset => {
+                control.reset.store(true, Ordering::SeqCst);
+                control.reset_now.notify_one();
+                // The sender lives until the connection is gone: dropped earlier, it
+                // would end the body cleanly first.
+                control.closed.cancelled().await;
+                return;
+            }
+            Sse::Stop => {
+                // The body stays open, empty, as long as the sender lives.
+                control.closed.cancelled().await;
+                return;
+            }
+        };
+        tokio::select! {
+            sent = tx.send(bytes) => if sent.is_err() {
+                // The body was dropped: the client went away.
+                return;
+            },
+            () = control.closed.cancelled() => return,
+        }
+    }
+}
+
+/// A response body: fixed, or written part by part through a channel.
+#[derive(Debug)]
+enum Body {
+    Full(Full<Bytes>),
+    Stream(tokio::sync::mpsc::Receiver<Bytes>),
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, io::Error>>> {
+        match self.get_mut() {
+            Body::Full(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            Body::Stream(rx) => rx
+                .poll_recv(cx)
+                .map(|part| part.map(|bytes| Ok(hyper::body::Frame::data(bytes)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(full) => full.is_end_stream(),
+            Body::Stream(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Body::Full(full) => full.size_hint(),
+            Body::Stream(_) => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+fn response(respond: Respond, n: usize, request_body: &Bytes) -> Response<Body> {
     let body = match respond.body {
         ReplyBody::Fixed(body) => body,
         ReplyBody::Echo => {
@@ -726,7 +893,7 @@ fn response(respond: Respond, n: usize, request_body: &Bytes) -> Response<Full<B
             Bytes::from(serde_json::json!({ "echo": echo, "n": n }).to_string())
         }
     };
-    let mut response = Response::new(Full::new(body));
+    let mut response = Response::new(Body::Full(Full::new(body)));
     *response.status_mut() = respond.status;
     for (name, value) in respond.headers {
         response.headers_mut().append(name, value);

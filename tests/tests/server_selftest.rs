@@ -7,7 +7,7 @@
 use std::error::Error as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use resource_tests::server::{Reply, TestServer};
+use resource_tests::server::{Reply, Sse, TestServer};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 
@@ -515,4 +515,61 @@ async fn a_slow_reply_follows_a_paused_clock() {
     let r = client.get(server.url()).send().await.unwrap();
     assert_eq!(r.status(), 202);
     assert!(started.elapsed() >= Duration::from_secs(3600));
+}
+
+#[tokio::test]
+async fn an_sse_reply_writes_its_parts_as_they_come_and_ends_as_scripted() {
+    let server = TestServer::start().await;
+    let client = client();
+    let url = format!("{}/v1/chat", server.url());
+
+    // Written part by part, a pause between them; then the body ends.
+    server.push(Reply::sse_data(["a", "b"], Duration::from_millis(50)));
+    let started = Instant::now();
+    let mut response = client.post(&url).send().await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let first = response.chunk().await.unwrap().unwrap();
+    assert_eq!(&first[..], b"data: a\n\n");
+    assert_eq!(server.streams(), 1);
+    let mut rest = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, b"data: b\n\ndata: [DONE]\n\n");
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    assert!(server.wait_for_streams(0, WAIT).await);
+
+    // A reset after the first part: the body breaks off with an error.
+    server.push(Reply::sse([
+        Sse::Text("data: a\n\n".to_owned()),
+        Sse::Pause(Duration::from_millis(100)),
+        Sse::Reset,
+    ]));
+    let mut response = client.post(&url).send().await.unwrap();
+    assert_eq!(
+        &response.chunk().await.unwrap().unwrap()[..],
+        b"data: a\n\n"
+    );
+    let broke = response.chunk().await.unwrap_err();
+    assert!(broke.is_body() || broke.is_decode(), "{}", chain(&broke));
+    assert!(server.wait_for_streams(0, WAIT).await);
+
+    // Stopped: the connection stays open, silent, until the client lets go of it.
+    server.push(Reply::sse([
+        Sse::Raw(bytes::Bytes::from_static(b"\xFF\n")),
+        Sse::Stop,
+    ]));
+    let mut response = client.post(&url).send().await.unwrap();
+    assert_eq!(&response.chunk().await.unwrap().unwrap()[..], b"\xFF\n");
+    let silent = tokio::time::timeout(Duration::from_millis(200), response.chunk()).await;
+    assert!(silent.is_err(), "nothing more comes");
+    assert_eq!(server.streams(), 1);
+    drop(response);
+    drop(client);
+    assert!(
+        server.wait_for_open(0, WAIT).await,
+        "open: {}",
+        server.open()
+    );
+    assert!(server.wait_for_streams(0, WAIT).await);
 }

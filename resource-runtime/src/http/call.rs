@@ -5,16 +5,17 @@
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::pin;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use reqwest::Url;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{ACCEPT, HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::retry::{Answer, Attempts, Failed, Outcome, Sent, Stopped, server_wait_at};
 use super::{CallError, CallErrorKind, Endpoint};
@@ -120,6 +121,7 @@ pub struct CallOptions {
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) deadline: Option<Duration>,
+    pub(crate) stream_idle_timeout: Option<Duration>,
     pub(crate) key: Key,
     /// What was not valid, for the call to report.
     pub(crate) invalid: Option<String>,
@@ -143,6 +145,7 @@ impl fmt::Debug for CallOptions {
             .field("headers", &names)
             .field("timeout", &self.timeout)
             .field("deadline", &self.deadline)
+            .field("stream_idle_timeout", &self.stream_idle_timeout)
             .field(
                 "idempotency_key",
                 &match self.key {
@@ -205,6 +208,19 @@ impl CallOptions {
             self.refuse("a zero deadline would end the call before it starts".to_owned());
         }
         self.deadline = Some(deadline);
+        self
+    }
+
+    /// How long a streamed answer ([`Endpoint::stream_with`](super::Endpoint::stream_with))
+    /// may send nothing before it ends with a timeout error, in place of
+    /// [`EndpointConfig::stream_idle_timeout`](super::EndpointConfig::stream_idle_timeout).
+    /// Zero is refused.
+    #[must_use]
+    pub fn stream_idle_timeout(mut self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            self.refuse("a zero idle timeout would end every stream at once".to_owned());
+        }
+        self.stream_idle_timeout = Some(timeout);
         self
     }
 
@@ -366,7 +382,7 @@ impl Endpoint {
     }
 
     /// The request body as JSON.
-    fn encode<Req: Serialize + ?Sized>(
+    pub(super) fn encode<Req: Serialize + ?Sized>(
         &self,
         method: &Method,
         url: &str,
@@ -388,7 +404,7 @@ impl Endpoint {
         options: &CallOptions,
     ) -> Result<Response<Resp>, CallError> {
         let inner = &*self.inner;
-        let (answer, attempts) = self.send(method, url, body, options).await?;
+        let (answer, attempts, _call) = self.send(method, url, body, options, None).await?;
         let meta = ResponseMeta::new(answer.status, answer.headers, attempts);
         let text: &[u8] = if answer.body.is_empty() {
             b"null"
@@ -413,20 +429,26 @@ impl Endpoint {
     }
 
     /// Registers a call, runs its attempts, and cuts it if the close deadline passes.
-    /// Returns the answer and the attempts it took.
-    async fn send(
+    /// Returns the answer, the attempts it took, and the call's place among those in
+    /// flight.
+    ///
+    /// With `stream`, the call is a stream's: a success's body is not read, its
+    /// response is left in `stream`; the attempt's timeout bounds the wait for the
+    /// answer's head only, and the endpoint's close cuts it at once.
+    pub(super) async fn send(
         &self,
         method: &Method,
         url: &Url,
         body: Option<Bytes>,
         options: &CallOptions,
-    ) -> Result<(Answer, u32), CallError> {
+        stream: Option<&Mutex<Option<reqwest::Response>>>,
+    ) -> Result<(Answer, u32, TaskTrackerToken), CallError> {
         let inner = &*self.inner;
         let error = |kind| CallError::new(kind, &inner.name, method, url.as_str());
         if let Some(why) = &options.invalid {
             return Err(error(CallErrorKind::InvalidRequest).detail(why.clone()));
         }
-        let (client, _call) = {
+        let (client, call) = {
             let state = inner.lock();
             if state.closing || state.closed {
                 return Err(error(CallErrorKind::Closed));
@@ -440,6 +462,9 @@ impl Endpoint {
         inner.counters.calls.fetch_add(1, Ordering::Relaxed);
         // Only what this call adds: a client made at `enter` has the rest as defaults.
         let mut headers = client.headers.as_deref().cloned().unwrap_or_default();
+        if stream.is_some() && !inner.headers.contains_key(ACCEPT) {
+            headers.insert(ACCEPT, super::stream::accept_header());
+        }
         for (name, value) in &options.headers {
             headers.insert(name.clone(), value.clone());
         }
@@ -480,37 +505,50 @@ impl Endpoint {
                 .http
                 .request(method.as_reqwest().clone(), url.clone())
                 .headers(headers.clone());
-            if own_timeout != Some(timeout) {
+            if stream.is_some() {
+                // A stream has no overall timeout: its head has the attempt's, and the
+                // silence between its events the idle timeout.
+                request = request.timeout(STREAM_TIMEOUT);
+            } else if own_timeout != Some(timeout) {
                 request = request.timeout(timeout);
             }
             if let Some(body) = &body {
                 // A reference count, not a copy, for each attempt.
                 request = request.body(body.clone());
             }
-            attempt(request, limit)
+            async move {
+                match stream {
+                    Some(slot) => stream_attempt(request, limit, timeout, slot).await,
+                    None => attempt(request, limit).await,
+                }
+            }
         });
         let mut run = pin!(run);
         let mut cut = pin!(inner.cut.cancelled());
+        let mut streams_cut = pin!(inner.streams_cut.cancelled());
         let ended = poll_fn(|cx| {
             if let Poll::Ready(ended) = run.as_mut().poll(cx) {
-                return Poll::Ready(Some(ended));
+                return Poll::Ready(Ok(ended));
             }
             if cut.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
+                return Poll::Ready(Err(CallErrorKind::Cut));
+            }
+            if stream.is_some() && streams_cut.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(CallErrorKind::Closed));
             }
             Poll::Pending
         })
         .await;
         let made = started.load(Ordering::Relaxed);
         let result = match ended {
-            Some(Ok(answer)) => Ok((answer, made)),
-            Some(Err(stopped)) => Err(stopped_error(
+            Ok(Ok(answer)) => Ok((answer, made, call)),
+            Ok(Err(stopped)) => Err(stopped_error(
                 error,
                 stopped,
                 made,
                 inner.config.retry.max_retry_after,
             )),
-            None => Err(error(CallErrorKind::Cut).attempts_made(made)),
+            Err(kind) => Err(error(kind).attempts_made(made)),
         };
         result.inspect_err(|_| {
             inner.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -923,6 +961,9 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
+/// The timeout given to a stream's request: none to speak of.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// Makes one attempt with `request` and reads its answer: all of a success's body, at
 /// most `limit` bytes of any other.
 pub(crate) async fn attempt(request: reqwest::RequestBuilder, limit: usize) -> Outcome {
@@ -942,6 +983,67 @@ pub(crate) async fn attempt(request: reqwest::RequestBuilder, limit: usize) -> O
             Err(error) => Outcome::Failed(failed(error, Some((status, headers)))),
         };
     }
+    failure_answer(response, status, headers, limit).await
+}
+
+/// One attempt of a stream: the answer's head within `timeout`; a success's response
+/// is left in `slot`, its body unread, and any other is read as [`attempt`] reads it.
+async fn stream_attempt(
+    request: reqwest::RequestBuilder,
+    limit: usize,
+    timeout: Duration,
+    slot: &Mutex<Option<reqwest::Response>>,
+) -> Outcome {
+    let mut send = pin!(request.send());
+    // Without a timer the head's wait cannot be bounded; it runs to its end.
+    let mut timer = crate::step::try_sleep(timeout).map(Box::pin);
+    let sent = poll_fn(|cx| {
+        if let Poll::Ready(sent) = send.as_mut().poll(cx) {
+            return Poll::Ready(Some(sent));
+        }
+        if let Some(timer) = timer.as_mut()
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await;
+    let mut response = match sent {
+        Some(Ok(response)) => response,
+        Some(Err(error)) => return Outcome::Failed(failed(error, None)),
+        None => {
+            return Outcome::Failed(Failed {
+                sent: Sent::Maybe,
+                timeout: true,
+                head: None,
+                source: Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {timeout:?}"),
+                )),
+            });
+        }
+    };
+    let status = response.status().as_u16();
+    let headers = std::mem::take(response.headers_mut());
+    if response.status().is_success() {
+        *crate::sync::lock(slot) = Some(response);
+        return Outcome::Answered(Answer {
+            status,
+            headers,
+            body: Bytes::new(),
+        });
+    }
+    failure_answer(response, status, headers, limit).await
+}
+
+/// A reply that is not a success, with at most `limit` bytes of its body.
+async fn failure_answer(
+    mut response: reqwest::Response,
+    status: u16,
+    headers: HeaderMap,
+    limit: usize,
+) -> Outcome {
     let expected = response
         .content_length()
         .and_then(|n| usize::try_from(n).ok())

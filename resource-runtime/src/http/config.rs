@@ -88,6 +88,15 @@ pub struct EndpointConfig {
     /// [`CallError::body`]: super::CallError::body
     #[serde(default = "default_error_body_limit")]
     pub error_body_limit: usize,
+    /// How long a streamed answer ([`Endpoint::stream`](super::Endpoint::stream)) may
+    /// send nothing before it ends with a timeout error (default 60 s); a call may give
+    /// its own ([`CallOptions::stream_idle_timeout`](super::CallOptions::stream_idle_timeout)).
+    #[serde(default = "default_stream_idle_timeout", deserialize_with = "deadline")]
+    pub stream_idle_timeout: Duration,
+    /// The longest line a streamed answer may send, in bytes (default 1 MiB, at least
+    /// 1); a longer one is an error that ends the stream.
+    #[serde(default = "default_stream_line_limit")]
+    pub stream_line_limit: usize,
 }
 
 /// How requests authenticate.
@@ -159,6 +168,12 @@ fn default_close_timeout() -> Duration {
 }
 fn default_error_body_limit() -> usize {
     64 * 1024
+}
+fn default_stream_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_stream_line_limit() -> usize {
+    1024 * 1024
 }
 
 // The duration grammar below is the one the derive's `#[resource(timeout = "...")]`
@@ -261,6 +276,8 @@ impl EndpointConfig {
             retry: RetryPolicy::default(),
             close_timeout: default_close_timeout(),
             error_body_limit: default_error_body_limit(),
+            stream_idle_timeout: default_stream_idle_timeout(),
+            stream_line_limit: default_stream_line_limit(),
         }
     }
 
@@ -348,6 +365,20 @@ impl EndpointConfig {
     #[must_use]
     pub fn error_body_limit(mut self, bytes: usize) -> Self {
         self.error_body_limit = bytes;
+        self
+    }
+
+    /// How long a streamed answer may send nothing before it ends with an error.
+    #[must_use]
+    pub fn stream_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.stream_idle_timeout = timeout;
+        self
+    }
+
+    /// The longest line a streamed answer may send, in bytes.
+    #[must_use]
+    pub fn stream_line_limit(mut self, bytes: usize) -> Self {
+        self.stream_line_limit = bytes;
         self
     }
 }

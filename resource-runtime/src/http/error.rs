@@ -38,7 +38,12 @@ pub enum CallErrorKind {
     Limiter,
     /// The call was still running when the endpoint's close deadline passed.
     Cut,
-    /// The endpoint is closed.
+    /// A streamed answer broke the event-stream format: a line longer than
+    /// [`EndpointConfig::stream_line_limit`](super::EndpointConfig::stream_line_limit),
+    /// or a line that is not UTF-8.
+    Stream,
+    /// The endpoint is closed: the call was refused, or the stream was cut by the
+    /// endpoint's close.
     Closed,
     /// The endpoint was never entered.
     NotEntered,
@@ -223,7 +228,8 @@ impl CallError {
         self.inner.retryable
     }
 
-    /// Whether the call was refused because the endpoint is closed.
+    /// Whether the call was refused because the endpoint is closed, or the stream was
+    /// cut by the endpoint's close.
     pub fn is_closed(&self) -> bool {
         self.inner.kind == CallErrorKind::Closed
     }
@@ -323,6 +329,9 @@ impl fmt::Display for CallError {
                 if let Some(after) = e.timed_out_after {
                     write!(f, " within {after:?}")?;
                 }
+                if let Some(detail) = &e.detail {
+                    write!(f, " ({detail})")?;
+                }
             }
             CallErrorKind::Connect => write!(f, "could not connect to send {request}")?,
             CallErrorKind::Interrupted => write!(
@@ -343,6 +352,12 @@ impl fmt::Display for CallError {
             }
             CallErrorKind::Limiter => write!(f, "the rate limiter gave no token for {request}")?,
             CallErrorKind::Cut => write!(f, "{request} was cut when the endpoint closed")?,
+            CallErrorKind::Stream => {
+                write!(f, "the event stream answering {request} is malformed")?;
+                if let Some(detail) = &e.detail {
+                    write!(f, ": {detail}")?;
+                }
+            }
             CallErrorKind::Closed => return write!(f, "the endpoint is closed"),
             CallErrorKind::NotEntered => {
                 return write!(
@@ -474,6 +489,17 @@ mod tests {
             (
                 error(CallErrorKind::Cut),
                 "was cut when the endpoint closed",
+            ),
+            (
+                error(CallErrorKind::Stream).detail("a line is not UTF-8"),
+                "the event stream answering POST http://127.0.0.1:1/v1/chat is malformed: a line is not UTF-8",
+            ),
+            (
+                error(CallErrorKind::Timeout)
+                    .attempts_made(1)
+                    .timed_out(true, None)
+                    .detail("the server sent nothing for 1s"),
+                "POST http://127.0.0.1:1/v1/chat did not answer (the server sent nothing for 1s)",
             ),
             (
                 error(CallErrorKind::Status)

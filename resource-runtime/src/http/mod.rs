@@ -8,6 +8,8 @@
 //! - One call: [`Endpoint::call`] for the answer alone, [`Endpoint::call_with`] for
 //!   per-call [`CallOptions`] and the answer's [`ResponseMeta`] (status, headers,
 //!   request id, [`RateLimits`]).
+//! - A streamed answer: [`Endpoint::stream`] returns an [`EventStream`] of server-sent
+//!   [`Event`]s, a resource of its own whose close releases its connection.
 //! - [`RetryPolicy`]: which failures are retried and after how long.
 //! - [`CallError`]: why a call failed, with the server's status, headers and body.
 //!
@@ -19,6 +21,7 @@ mod call;
 mod config;
 mod error;
 mod retry;
+mod stream;
 
 use std::fmt;
 use std::future::Future;
@@ -38,6 +41,7 @@ pub use self::config::{Auth, EndpointConfig, Secret};
 pub use self::error::{CallError, CallErrorKind};
 use self::retry::Counters;
 pub use self::retry::{Classifier, RetryDecision, RetryInput, RetryPolicy};
+pub use self::stream::{Event, EventStream};
 use crate::AsyncResource;
 use crate::error::{ConfigError, ResourceError};
 use crate::limiter::RateLimiter;
@@ -112,9 +116,11 @@ impl std::error::Error for EndpointError {}
 ///   server's wait, the request id, the body.
 /// - Entering twice keeps the one client. Calls before `enter` or after `close` fail
 ///   at once.
-/// - Close: no new calls (a closed error), in-flight calls finish up to the close
-///   deadline, the rest are cut, then the client is dropped. The error names how many
-///   calls were cut.
+/// - [`stream`](Self::stream) returns the answer as an [`EventStream`] of server-sent
+///   events.
+/// - Close: no new calls (a closed error), open streams are cut at once, in-flight
+///   calls finish up to the close deadline, the rest are cut, then the client is
+///   dropped. The error names how many calls were cut.
 ///
 /// The configuration is checked once, when the endpoint is built; a call checks only
 /// what it brings itself (its body, its path, its options).
@@ -165,6 +171,8 @@ struct Inner {
     /// for it to empty can end.
     calls_in_flight: TaskTracker,
     cut: CancellationToken,
+    /// Cancelled when the endpoint starts to close: every open stream is cut at once.
+    streams_cut: CancellationToken,
     counters: Counters,
 }
 
@@ -189,6 +197,8 @@ pub struct EndpointStats {
     pub retries_timeout: u64,
     /// Retries after a connection that could not be made or that broke.
     pub retries_connection: u64,
+    /// Streams cut because the endpoint closed while they were open.
+    pub streams_cut: u64,
 }
 
 impl EndpointStats {
@@ -422,6 +432,20 @@ impl Endpoint {
             .retry
             .check()
             .map_err(|(field, why)| invalid(&name, field, why))?;
+        if config.stream_idle_timeout.is_zero() {
+            return Err(invalid(
+                &name,
+                "stream_idle_timeout",
+                "is zero, which would end every stream at once",
+            ));
+        }
+        if config.stream_line_limit == 0 {
+            return Err(invalid(
+                &name,
+                "stream_line_limit",
+                "is zero, which would refuse every line of a stream",
+            ));
+        }
         Ok(Endpoint {
             inner: Arc::new(Inner {
                 name,
@@ -439,12 +463,15 @@ impl Endpoint {
                 }),
                 calls_in_flight: TaskTracker::new(),
                 cut: CancellationToken::new(),
+                streams_cut: CancellationToken::new(),
                 counters: Counters::default(),
             }),
         })
     }
 
-    /// Stops new calls, lets in-flight ones finish up to the close deadline, cuts the
+    /// Stops new calls, cuts every open [`EventStream`] (its next item is an error for
+    /// which [`CallError::is_closed`] is true) and waits until each has released its
+    /// connection, lets in-flight calls finish up to the close deadline, cuts the
     /// rest, and drops the client, so every pooled connection closes; for every clone.
     /// On a runtime without timers the deadline cannot be enforced: the close waits
     /// for every call and says so ([`ResourceError::is_unenforced_deadline`]).
@@ -462,7 +489,7 @@ impl Endpoint {
         self.inner.url.as_str()
     }
 
-    /// How many calls are running now.
+    /// How many calls are running now, open [`EventStream`]s included.
     pub fn in_flight(&self) -> usize {
         self.inner.calls_in_flight.len()
     }
@@ -480,6 +507,7 @@ impl Endpoint {
             retries_other_status: get(&c.retries_other_status),
             retries_timeout: get(&c.retries_timeout),
             retries_connection: get(&c.retries_connection),
+            streams_cut: get(&c.streams_cut),
         }
     }
 }
@@ -575,6 +603,8 @@ impl Inner {
             }
             state.closed
         };
+        // A stream has no end of its own to wait for: every open one is cut now.
+        self.streams_cut.cancel();
         if already_closed {
             // A close that was itself cut short has cut the calls; they may still be
             // letting go of the client. Nothing is held once this returns.
@@ -701,6 +731,11 @@ mod tests {
             refused(base().retry(RetryPolicy::default().statuses([1000]))),
             "retry.statuses"
         );
+        assert_eq!(
+            refused(base().stream_idle_timeout(Duration::ZERO)),
+            "stream_idle_timeout"
+        );
+        assert_eq!(refused(base().stream_line_limit(0)), "stream_line_limit");
         let endpoint = Endpoint::new(base().path("chat").method("PUT")).unwrap();
         assert_eq!(endpoint.url(), "http://127.0.0.1:1/v1/chat");
         assert_eq!(endpoint.inner.method, Method::PUT);

@@ -584,6 +584,7 @@ pub(crate) struct Counters {
     pub(crate) retries_other_status: AtomicU64,
     pub(crate) retries_timeout: AtomicU64,
     pub(crate) retries_connection: AtomicU64,
+    pub(crate) streams_cut: AtomicU64,
 }
 
 impl Counters {
