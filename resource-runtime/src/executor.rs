@@ -19,6 +19,11 @@ use crate::AsyncResource;
 use crate::error::{ConfigError, ResourceError};
 #[cfg(feature = "limiter")]
 use crate::limiter::RateLimiter;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use crate::limiter::permits::RedisPermits;
+#[cfg(feature = "redis")]
+use crate::limiter::permits::{Lease, Permits};
 use crate::step::DeadlineOutcome;
 
 /// Something that runs futures: a provider written against it works with any executor.
@@ -103,6 +108,8 @@ pub struct AsyncExecutor {
 pub struct AsyncExecutorBuilder {
     max_concurrency: usize,
     shutdown_timeout: Duration,
+    #[cfg(feature = "redis")]
+    redis_permits: Option<RedisPermits>,
 }
 
 impl AsyncExecutorBuilder {
@@ -113,8 +120,49 @@ impl AsyncExecutorBuilder {
         self
     }
 
+    /// Takes a fleet-wide permit from Redis for every task, in addition to its local
+    /// slot: every process whose executor names the same prefix on the same Redis
+    /// runs at most the permits' limit of tasks together. See [`RedisPermits`].
+    ///
+    /// - The executor must then be entered ([`AsyncExecutor::enter`], or
+    ///   [`AsyncResource::enter`]) before use: it connects and starts the renewal of
+    ///   this process's leases; a call before that fails with an error for which
+    ///   [`ResourceError::is_not_entered`] is true.
+    /// - A caller takes its local slot first, then the permit (so this process never
+    ///   holds more leases than `max_concurrency`); the permit is released when the
+    ///   task ends, however it ends (output, error, panic, abort, shutdown), and when
+    ///   the caller is cancelled before its task starts.
+    /// - [`close`](AsyncExecutor::close) wakes the callers still waiting for a permit
+    ///   with a closed error at once (unlike callers waiting for a local slot, which
+    ///   still run), lets running tasks finish as usual, then releases every lease of
+    ///   this process.
+    /// - A Redis that does not answer fails the caller with an error for which
+    ///   [`ResourceError::is_unavailable`] is true, within the permits' timeout.
+    ///
+    /// With a [`RateLimitedExecutor`] the order is: slot, permit, tokens.
+    ///
+    /// ```
+    /// use resource_runtime::executor::{AsyncExecutor, RedisPermits};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), resource_runtime::ResourceError> {
+    /// let executor = AsyncExecutor::builder(8)
+    ///     .redis_permits(RedisPermits::new("redis://127.0.0.1:6379/", "myorg:openai", 20))
+    ///     .build()?;
+    /// // Nothing is connected until it is entered (`executor.enter().await?`).
+    /// assert!(executor.execute(async {}).await.unwrap_err().is_not_entered());
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis_permits(mut self, permits: RedisPermits) -> Self {
+        self.redis_permits = Some(permits);
+        self
+    }
+
     /// Builds the executor; fails when `max_concurrency` is 0 (a [`ConfigError`]
-    /// inside the error).
+    /// inside the error), or when the fleet permits' configuration cannot work.
     pub fn build(self) -> Result<AsyncExecutor, ResourceError> {
         if self.max_concurrency == 0 {
             return Err(ConfigError::new(
@@ -125,6 +173,11 @@ impl AsyncExecutorBuilder {
             .into());
         }
         let permits = self.max_concurrency.min(Semaphore::MAX_PERMITS);
+        #[cfg(feature = "redis")]
+        let fleet = match self.redis_permits {
+            Some(config) => Some(Arc::new(Permits::new(config)?)),
+            None => None,
+        };
         Ok(AsyncExecutor {
             inner: Arc::new(Exec {
                 max_concurrency: self.max_concurrency,
@@ -137,6 +190,8 @@ impl AsyncExecutorBuilder {
                 lifecycle: Mutex::new(Lifecycle::Open),
                 closing: AtomicBool::new(false),
                 stragglers_counted: AtomicBool::new(false),
+                #[cfg(feature = "redis")]
+                fleet,
             }),
         })
     }
@@ -194,6 +249,9 @@ struct Exec {
     closing: AtomicBool,
     /// Set once the shutdown has counted the waiters that did not leave in time.
     stragglers_counted: AtomicBool,
+    /// The fleet-wide permits, when configured.
+    #[cfg(feature = "redis")]
+    fleet: Option<Arc<Permits>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,12 +283,20 @@ tokio::task_local! {
 
 impl std::fmt::Debug for AsyncExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncExecutor")
+        let mut debug = f.debug_struct("AsyncExecutor");
+        debug
             .field("max_concurrency", &self.inner.max_concurrency)
             .field("shutdown_timeout", &self.inner.shutdown_timeout)
             .field("in_flight", &self.in_flight())
-            .field("lifecycle", &*self.inner.lifecycle())
-            .finish()
+            .field("lifecycle", &*self.inner.lifecycle());
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.inner.fleet {
+            debug
+                .field("fleet_prefix", &fleet.prefix())
+                .field("fleet_limit", &fleet.limit())
+                .field("fleet_permits_held", &fleet.held());
+        }
+        debug.finish()
     }
 }
 
@@ -247,7 +313,30 @@ impl AsyncExecutor {
         AsyncExecutorBuilder {
             max_concurrency,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            #[cfg(feature = "redis")]
+            redis_permits: None,
         }
+    }
+
+    /// Makes the executor ready for every clone: with fleet permits
+    /// (`AsyncExecutorBuilder::redis_permits`, with the `redis` feature), connects to Redis within the
+    /// permits' connect timeout and starts renewing this process's leases; otherwise
+    /// nothing. Entering an entered executor does nothing; a failed enter leaves
+    /// nothing open and may be tried again. The [`AsyncResource::enter`] of the
+    /// executor calls it.
+    pub async fn enter(&self) -> Result<(), ResourceError> {
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.inner.fleet {
+            return Box::pin(fleet.enter()).await;
+        }
+        Ok(())
+    }
+
+    /// How many fleet permits this process holds now (0 without fleet permits).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn fleet_permits_held(&self) -> usize {
+        self.inner.fleet.as_ref().map_or(0, |fleet| fleet.held())
     }
 
     /// How many tasks are running now.
@@ -310,10 +399,24 @@ impl AsyncExecutor {
             exec.count_stopped_waiter();
             return Err(ResourceError::closed("AsyncExecutor"));
         }
+        #[cfg(feature = "redis")]
+        let lease = match &exec.fleet {
+            None => None,
+            Some(fleet) => match exec.unless_aborted(Box::pin(fleet.acquire())).await {
+                Some(Ok(lease)) => Some(lease),
+                Some(Err(e)) => return Err(e),
+                None => {
+                    exec.count_stopped_waiter();
+                    return Err(ResourceError::closed("AsyncExecutor"));
+                }
+            },
+        };
         Ok(Reserved {
             executor: self,
             permit,
             _waiting: waiting,
+            #[cfg(feature = "redis")]
+            lease,
         })
     }
 
@@ -410,6 +513,10 @@ impl AsyncExecutor {
                     let deadline = Instant::now().checked_add(exec.shutdown_timeout);
                     *lifecycle = Lifecycle::Closing { deadline };
                     exec.closing.store(true, Ordering::SeqCst);
+                    #[cfg(feature = "redis")]
+                    if let Some(fleet) = &exec.fleet {
+                        fleet.stop_waiters();
+                    }
                     deadline
                 }
                 Lifecycle::Closing { deadline } => deadline,
@@ -433,6 +540,9 @@ pub(crate) struct Reserved<'a> {
     executor: &'a AsyncExecutor,
     permit: OwnedSemaphorePermit,
     _waiting: TaskTrackerToken,
+    /// The fleet permit, moved into the task and released when it ends.
+    #[cfg(feature = "redis")]
+    lease: Option<Lease>,
 }
 
 impl Reserved<'_> {
@@ -463,6 +573,14 @@ impl Reserved<'_> {
         F::Output: Send + 'static,
     {
         // `_waiting` leaves the count only once the task is tracked.
+        #[cfg(feature = "redis")]
+        if let Some(lease) = self.lease {
+            return self.executor.start(self.permit, async move {
+                // Dropped with the task's future, however it ends.
+                let _lease = lease;
+                fut.await
+            });
+        }
         self.executor.start(self.permit, fut)
     }
 }
@@ -542,6 +660,11 @@ impl Exec {
                 None
             }
         };
+        // Every task has ended: the fleet permits are released.
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.fleet {
+            fleet.finish().await;
+        }
         let aborted = self.finish_shutdown();
         match (self.outcome(aborted), unenforced) {
             (Ok(()), None) => Ok(()),
@@ -622,6 +745,11 @@ impl<T> Future for TaskHandle<T> {
 }
 
 impl AsyncResource for AsyncExecutor {
+    /// Makes the executor ready; see [`enter`](AsyncExecutor::enter).
+    async fn enter(&mut self) -> Result<(), ResourceError> {
+        AsyncExecutor::enter(self).await
+    }
+
     /// Shuts the executor down for every clone; see [`close`](AsyncExecutor::close).
     async fn close(&mut self) -> Result<(), ResourceError> {
         AsyncExecutor::close(self).await
@@ -673,10 +801,19 @@ pub struct RateLimitedExecutor {
 
 #[cfg(feature = "limiter")]
 impl AsyncResource for RateLimitedExecutor {
-    /// Enters the limiter (a limiter whose schedule is in Redis connects here; a local
-    /// one has nothing to do).
+    /// Enters the limiter, then the executor (a limiter whose schedule is in Redis,
+    /// and an executor with fleet permits, connect here; local ones have nothing to
+    /// do). When the executor fails to enter, the limiter is closed again.
     async fn enter(&mut self) -> Result<(), ResourceError> {
-        self.limiter.enter().await
+        self.limiter.enter().await?;
+        if let Err(e) = self.executor.enter().await {
+            // The enter rule: what this enter brought up is closed again.
+            return Err(match self.limiter.close().await {
+                Ok(()) => e,
+                Err(closed) => e.combine(closed),
+            });
+        }
+        Ok(())
     }
 
     /// Closes the limiter, then the executor; see [`close`](RateLimitedExecutor::close).

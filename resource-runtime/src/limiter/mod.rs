@@ -3,6 +3,8 @@
 //! a Redis server, shared by every process that names the same key prefix.
 
 mod local;
+#[cfg(all(feature = "redis", feature = "executor"))]
+pub(crate) mod permits;
 #[cfg(feature = "redis")]
 mod redis;
 

@@ -384,25 +384,19 @@ impl RedisLimiter {
         if crate::step::try_sleep(Duration::ZERO).is_none() {
             return Err(no_timer());
         }
-        // One attempt per connection: the timeouts here bound every wait, and a
-        // failed round trip starts the next attempt.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(0);
-        let client = self.client.clone();
-        let connect = async {
-            let mut conn = ConnectionManager::new_with_config(client, config).await?;
-            for script in [
-                &self.acquire_script,
-                &self.give_back_script,
-                &self.pause_script,
-            ] {
-                script.load_async(&mut conn).await?;
-            }
-            Ok::<_, RedisError>(conn)
-        };
-        let conn = match within(self.connect_timeout, CatchUnwind::new(connect)).await {
+        let scripts = [
+            &self.acquire_script,
+            &self.give_back_script,
+            &self.pause_script,
+        ];
+        let connected = connect(
+            self.client.clone(),
+            self.connect_timeout,
+            self.timeout,
+            &scripts,
+        )
+        .await;
+        let conn = match connected {
             Some(Ok(Ok(conn))) => conn,
             // The client's own connect timeout is the same one.
             Some(Ok(Err(error))) if !error.is_timeout() => {
@@ -735,19 +729,7 @@ impl RedisLimiter {
         invocation: &ScriptInvocation<'_>,
         doing: &str,
     ) -> Result<T, LimiterError> {
-        let attempt = || {
-            let mut conn = conn.clone();
-            async move { invocation.invoke_async::<T>(&mut conn).await }
-        };
-        let attempts = async {
-            match attempt().await {
-                Err(error) if error.is_connection_dropped() || error.is_connection_refusal() => {
-                    attempt().await
-                }
-                answered => answered,
-            }
-        };
-        match within(self.timeout, attempts).await {
+        match invoke(conn, invocation, self.timeout).await {
             Some(Ok(value)) => Ok(value),
             // The client's own response timeout is the same one.
             Some(Err(error)) if !error.is_timeout() => Err(self.classify(&error, doing)),
@@ -761,23 +743,8 @@ impl RedisLimiter {
     /// An unreachable or silent server is unavailable; one that answered with an
     /// error refused the limiter.
     fn classify(&self, error: &RedisError, doing: &str) -> LimiterError {
-        let unavailable = error.is_io_error()
-            || error.is_timeout()
-            || error.is_connection_dropped()
-            || error.is_connection_refusal()
-            || matches!(
-                error.kind(),
-                ErrorKind::ClusterConnectionNotFound
-                    | ErrorKind::Server(
-                        ServerErrorKind::BusyLoading
-                            | ServerErrorKind::TryAgain
-                            | ServerErrorKind::ClusterDown
-                            | ServerErrorKind::MasterDown
-                            | ServerErrorKind::ReadOnly
-                    )
-            );
         let reason = format!("{doing}: {error}");
-        if unavailable {
+        if is_unavailable_error(error) {
             self.unavailable(reason)
         } else {
             self.store_error(reason)
@@ -1010,9 +977,78 @@ fn wake_head(state: &mut State) {
     }
 }
 
+/// Whether `error` says the server could not be reached or did not answer (rather
+/// than that it answered with a refusal).
+pub(super) fn is_unavailable_error(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || matches!(
+            error.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                )
+        )
+}
+
+/// Runs `invocation` on `conn` within `timeout` (`None` when the time ran out); a
+/// connection found broken is tried once more, since the client replaces it on that
+/// error.
+pub(super) async fn invoke<T: ::redis::FromRedisValue>(
+    conn: &ConnectionManager,
+    invocation: &ScriptInvocation<'_>,
+    timeout: Duration,
+) -> Option<Result<T, RedisError>> {
+    let attempt = || {
+        let mut conn = conn.clone();
+        async move { invocation.invoke_async::<T>(&mut conn).await }
+    };
+    let attempts = async {
+        match attempt().await {
+            Err(error) if error.is_connection_dropped() || error.is_connection_refusal() => {
+                attempt().await
+            }
+            answered => answered,
+        }
+    };
+    within(timeout, attempts).await
+}
+
+/// Connects to `client` with one attempt per connection (`connect_timeout` to
+/// connect, `timeout` for every reply) and loads `scripts`, all within
+/// `connect_timeout`: `None` when the time ran out, `Some(Err(panic))` when the client
+/// panicked (a runtime without its IO driver).
+pub(super) async fn connect(
+    client: Client,
+    connect_timeout: Duration,
+    timeout: Duration,
+    scripts: &[&Script],
+) -> Option<Result<Result<ConnectionManager, RedisError>, crate::sync::Payload>> {
+    // One attempt per connection: the timeouts here bound every wait, and a failed
+    // round trip starts the next attempt.
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(0);
+    let connect = async {
+        let mut conn = ConnectionManager::new_with_config(client, config).await?;
+        for script in scripts {
+            script.load_async(&mut conn).await?;
+        }
+        Ok::<_, RedisError>(conn)
+    };
+    within(connect_timeout, CatchUnwind::new(connect)).await
+}
+
 /// Runs `fut` for at most `limit` from its first poll; `None` when the time ran out.
 /// On a runtime without timers it runs unbounded (`enter` refuses such a runtime).
-async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
+pub(super) async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
     let mut fut = pin!(fut);
     let mut timer = pin!(None::<Sleep>);
     let mut started = false;
@@ -1039,7 +1075,7 @@ async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
 /// The URL with its password replaced by `***`, and the passwords it held (in the
 /// user info, or the `pass` of a socket URL). A URL that does not parse is shown as
 /// its scheme alone.
-fn redact(url: &str) -> (String, Vec<String>) {
+pub(super) fn redact(url: &str) -> (String, Vec<String>) {
     let Some(mut parsed) = ::redis::parse_redis_url(url) else {
         let scheme = url.split_once("://").map_or("?", |(scheme, _)| scheme);
         return (
