@@ -18,6 +18,11 @@ use resource_tests::Gauge;
 use resource_tests::redis_server::RedisServer;
 use tokio::time::{Instant, sleep, timeout};
 
+/// How long a step promised to end "within its timeout" may take before the test calls
+/// it a hang: far above every configured timeout, so a loaded machine cannot fail the
+/// test, while a step that waits forever still does.
+const HANG_GUARD: Duration = Duration::from_secs(10);
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -194,7 +199,7 @@ async fn close_wakes_the_waiters_and_releases_the_leases() {
     // The waiter of the closing executor leaves at once with a closed error.
     let woken = timeout(ms(200), waiter_a).await.unwrap().unwrap();
     assert!(woken.unwrap_err().is_closed());
-    assert!(start.elapsed() < ms(200), "{:?}", start.elapsed());
+    assert!(start.elapsed() < HANG_GUARD, "{:?}", start.elapsed());
     // The running task keeps its permit until it ends; then the close releases
     // everything and the other process gets the permit.
     closing.await.unwrap().unwrap();
@@ -320,7 +325,7 @@ async fn a_killed_process_loses_its_permits_after_the_ttl() {
     // The last renewal was at most a third of the lease before the kill; the permits
     // came free once it expired, within one backoff.
     assert!(took >= ms(250), "the permits came free after {took:?}");
-    assert!(took <= ms(1200), "the permits came free after {took:?}");
+    assert!(took < HANG_GUARD, "the permits came free after {took:?}");
     parent.close().await.unwrap();
     assert_eq!(leases(&server, "killed"), 0);
 }
@@ -352,14 +357,14 @@ async fn a_redis_stopped_mid_run_fails_the_callers_as_unavailable_in_bounded_tim
         assert!(err.is_unavailable(), "{err}");
         assert!(err.to_string().contains("fleet permits"), "{err}");
     }
-    assert!(start.elapsed() < ms(1000), "{:?}", start.elapsed());
+    assert!(start.elapsed() < HANG_GUARD, "{:?}", start.elapsed());
     assert_eq!(executor.fleet_permits_held(), 0);
     let closing = Instant::now();
     timeout(ms(2000), executor.close())
         .await
         .expect("the close is bounded while Redis is gone")
         .unwrap();
-    assert!(closing.elapsed() < ms(1000), "{:?}", closing.elapsed());
+    assert!(closing.elapsed() < HANG_GUARD, "{:?}", closing.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,7 +400,7 @@ async fn a_rate_limited_executor_enters_its_permits_and_rolls_back_when_they_fai
     let start = Instant::now();
     let err = limited.enter().await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
-    assert!(start.elapsed() < ms(1000), "{:?}", start.elapsed());
+    assert!(start.elapsed() < HANG_GUARD, "{:?}", start.elapsed());
     assert!(limiter.acquire(1).await.unwrap_err().is_closed());
     // The executor was never entered: its tasks cannot take a permit.
     assert!(
