@@ -23,8 +23,8 @@
 //! ([`Sse::Reset`]) or by keeping it open and sending nothing more ([`Sse::Stop`]).
 //! [`TestServer::streams`] counts the streams being written.
 //!
-//! [`TestServer::free_addr`] and [`TestServer::start_at`] let a test point a client at
-//! an address before a server listens there.
+//! [`TestServer::reserve`] holds a port that refuses connections until a server starts
+//! on it, so a test can point a client at an address before a server listens there.
 //!
 //! Connections are HTTP/1.1 with keep-alive (or HTTP/2 if the client speaks it with
 //! prior knowledge), served by hyper. Dropping the server, or
@@ -447,6 +447,29 @@ impl fmt::Debug for TestServer {
     }
 }
 
+/// A loopback port bound but not listening, from [`TestServer::reserve`].
+#[derive(Debug)]
+pub struct ReservedPort {
+    socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl ReservedPort {
+    /// The address; a connection to it is refused until [`start`](Self::start).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts the test server on this very socket: no moment in which the port is free.
+    pub fn start(self) -> TestServer {
+        let listener = self
+            .socket
+            .listen(1024)
+            .expect("listen on the reserved port");
+        TestServer::serve(listener)
+    }
+}
+
 impl TestServer {
     /// Binds `127.0.0.1:0` and spawns the accept loop on the current tokio runtime.
     ///
@@ -460,30 +483,15 @@ impl TestServer {
         Self::serve(listener)
     }
 
-    /// Like [`start`](Self::start), on the address `addr` (one a test found free, so
-    /// that a client pointed at it before the server existed can reach it now).
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime, or if `addr` cannot be bound.
-    pub async fn start_at(addr: SocketAddr) -> TestServer {
-        let listener = TcpListener::bind(addr)
-            .await
-            .unwrap_or_else(|e| panic!("bind the test server to {addr}: {e}"));
-        Self::serve(listener)
-    }
-
-    /// An address on 127.0.0.1 where nothing listens (bound, then let go): a client
-    /// pointed at it cannot connect until [`start_at`](Self::start_at) binds it.
-    ///
-    /// # Panics
-    ///
-    /// If no port can be bound.
-    pub async fn free_addr() -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
+    /// Holds a loopback port for a server that is not listening yet: connections to it
+    /// are refused, and no other test can be given the port meanwhile.
+    pub fn reserve() -> ReservedPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .expect("bind 127.0.0.1:0");
-        listener.local_addr().expect("the bound address")
+        let addr = socket.local_addr().expect("the bound address");
+        ReservedPort { socket, addr }
     }
 
     fn serve(listener: TcpListener) -> TestServer {

@@ -252,8 +252,9 @@ async fn the_body_kept_is_bounded_by_the_configured_limit() {
 
 #[tokio::test]
 async fn a_call_error_keeps_its_source_chain() {
-    // Refused: nothing listens there.
-    let addr = TestServer::free_addr().await;
+    // Refused: the port is held, and nothing listens on it.
+    let port = TestServer::reserve();
+    let addr = port.addr();
     let endpoint = entered(config(&format!("http://{addr}"))).await;
     let error = endpoint.call::<_, Value>(&json!(1)).await.unwrap_err();
     assert_eq!(error.kind(), CallErrorKind::Connect, "{error}");

@@ -56,7 +56,9 @@ fn sent(server: &TestServer, name: &str) -> Vec<Option<String>> {
 
 #[tokio::test]
 async fn a_post_that_could_not_connect_is_retried_and_arrives_once_the_server_is_up() {
-    let addr = TestServer::free_addr().await;
+    // Held, not listening: refused, and no other test can be given the port.
+    let port = TestServer::reserve();
+    let addr = port.addr();
     let endpoint = entered(
         config(&format!("http://{addr}")).retry(
             RetryPolicy::default()
@@ -83,7 +85,7 @@ async fn a_post_that_could_not_connect_is_retried_and_arrives_once_the_server_is
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let server = TestServer::start_at(addr).await;
+    let server = port.start();
     let answer = call.await.unwrap().unwrap();
     assert_eq!(answer.body()["echo"], json!({"create": 1}));
     assert!(answer.meta().attempts() >= 2, "{:?}", answer.meta());

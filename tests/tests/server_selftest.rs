@@ -211,17 +211,18 @@ async fn provider_style_retry_replies_are_sent() {
     assert_eq!(body["error"]["code"], "insufficient_quota");
 }
 
-/// `free_addr` is an address nothing listens on, until `start_at` binds it.
+/// A reserved port refuses connections until the server starts on it.
 #[tokio::test]
-async fn a_server_can_start_at_an_address_found_free_before() {
-    let addr = TestServer::free_addr().await;
+async fn a_server_can_start_on_a_port_reserved_before() {
+    let port = TestServer::reserve();
+    let addr = port.addr();
     let refused = client()
         .get(format!("http://{addr}/"))
         .send()
         .await
         .unwrap_err();
     assert!(refused.is_connect(), "{}", chain(&refused));
-    let server = TestServer::start_at(addr).await;
+    let server = port.start();
     assert_eq!(server.addr(), addr);
     assert_eq!(server.url(), format!("http://{addr}"));
     let r = client()
