@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::LimiterError;
-use super::redis::{connect, invoke, is_unavailable_error, redact};
+use super::redis::{Server, connect, invoke, redact};
 use crate::error::{ConfigError, ResourceError};
 
 /// Where an [`AsyncExecutor`](crate::executor::AsyncExecutor) takes a fleet-wide
@@ -146,9 +146,7 @@ const EXPIRY_MARGIN_MS: u64 = 1_000;
 
 /// The fleet permits of one executor.
 pub(crate) struct Permits {
-    prefix: String,
-    url: String,
-    secrets: Vec<String>,
+    server: Server,
     client: Client,
     key: String,
     limit: u32,
@@ -244,24 +242,13 @@ impl Permits {
         if max_backoff < MIN_BACKOFF {
             return Err(invalid("max_backoff", "is shorter than 5ms"));
         }
-        let (shown, secrets) = redact(&url);
-        let client = Client::open(url.as_str()).map_err(|error| {
-            let mut why = error.to_string();
-            for secret in &secrets {
-                why = why.replace(secret.as_str(), "***");
-            }
-            ConfigError::new(
-                handle.clone(),
-                "url",
-                format!("is not a Redis URL this build can use: {why}"),
-            )
-        })?;
+        let key = format!("{{{prefix}}}:permits");
+        let (server, client) = Server::open(&url, prefix)
+            .map_err(|why| ConfigError::new(handle.clone(), "url", why))?;
         let seed = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
         Ok(Permits {
-            key: format!("{{{prefix}}}:permits"),
-            prefix,
-            url: shown,
-            secrets,
+            key,
+            server,
             client,
             limit,
             ttl: lease_ttl,
@@ -293,7 +280,7 @@ impl Permits {
     }
 
     pub(crate) fn prefix(&self) -> &str {
-        &self.prefix
+        &self.server.prefix
     }
 
     /// How many leases this process holds.
@@ -336,7 +323,7 @@ impl Permits {
             }
             Some(Err(panic)) => return Err(ResourceError::from_panic(panic)),
             Some(Ok(Err(_))) | None => {
-                return Err(ResourceError::other(self.unavailable(format!(
+                return Err(ResourceError::other(self.server.unavailable(format!(
                     "could not connect and load the scripts within the connect timeout of {:?}",
                     self.connect_timeout
                 ))));
@@ -368,7 +355,10 @@ impl Permits {
                 return Err(self.closed_error());
             }
             let conn = state.conn.clone().ok_or_else(|| {
-                ResourceError::not_entered(format!("AsyncExecutor permits `{}`", self.prefix))
+                ResourceError::not_entered(format!(
+                    "AsyncExecutor permits `{}`",
+                    self.server.prefix
+                ))
             })?;
             let ticket = state.next_ticket;
             state.next_ticket += 1;
@@ -419,7 +409,7 @@ impl Permits {
                 // Not admitted: there is nothing to release if the caller leaves now.
                 Ok(0) => pending.sent = false,
                 Ok(other) => {
-                    return Err(ResourceError::other(self.store_error(format!(
+                    return Err(ResourceError::other(self.server.store_error(format!(
                         "the acquisition script answered {other}, not 0 or 1"
                     ))));
                 }
@@ -495,7 +485,7 @@ impl Permits {
         };
         let Some(handle) = handle else {
             tracing::debug!(
-                permits = %self.prefix,
+                permits = %self.server.prefix,
                 leases = ids.len(),
                 "fleet permits left to expire: no tokio runtime to release them on"
             );
@@ -504,7 +494,7 @@ impl Permits {
         let script = self.release_script.clone();
         let key = self.key.clone();
         let timeout = self.timeout;
-        let prefix = self.prefix.clone();
+        let prefix = self.server.prefix.clone();
         // The task wakes the head through a weak reference: it must not keep the
         // permits alive.
         let released = Arc::downgrade(self);
@@ -545,7 +535,7 @@ impl Permits {
         match invoke(conn, invocation, self.timeout).await {
             Some(Ok(value)) => Ok(value),
             Some(Err(error)) if !error.is_timeout() => Err(self.classify(&error, doing)),
-            Some(Err(_)) | None => Err(self.unavailable(format!(
+            Some(Err(_)) | None => Err(self.server.unavailable(format!(
                 "{doing}: no answer within the timeout of {:?}",
                 self.timeout
             ))),
@@ -553,39 +543,12 @@ impl Permits {
     }
 
     fn classify(&self, error: &::redis::RedisError, doing: &str) -> LimiterError {
-        let reason = format!("fleet permits: {doing}: {error}");
-        if is_unavailable_error(error) {
-            self.unavailable(reason)
-        } else {
-            self.store_error(reason)
-        }
-    }
-
-    fn unavailable(&self, reason: String) -> LimiterError {
-        LimiterError::Unavailable {
-            prefix: self.prefix.clone(),
-            url: self.url.clone(),
-            reason: self.scrub(reason),
-        }
-    }
-
-    fn store_error(&self, reason: String) -> LimiterError {
-        LimiterError::Store {
-            prefix: self.prefix.clone(),
-            url: self.url.clone(),
-            reason: self.scrub(reason),
-        }
-    }
-
-    fn scrub(&self, mut text: String) -> String {
-        for secret in &self.secrets {
-            text = text.replace(secret.as_str(), "***");
-        }
-        text
+        self.server
+            .classify(error, &format!("fleet permits: {doing}"))
     }
 
     fn closed_error(&self) -> ResourceError {
-        ResourceError::closed(format!("AsyncExecutor permits `{}`", self.prefix))
+        ResourceError::closed(format!("AsyncExecutor permits `{}`", self.server.prefix))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -635,7 +598,7 @@ async fn renew(permits: Weak<Permits>, stop: CancellationToken) {
                 let still_held = permits.lock().held.len();
                 if usize::try_from(renewed).is_ok_and(|n| n < still_held.min(ids.len())) {
                     tracing::warn!(
-                        permits = %permits.prefix,
+                        permits = %permits.server.prefix,
                         renewed,
                         held = ids.len(),
                         "fleet permits lost: their leases expired before they were renewed"
@@ -643,7 +606,7 @@ async fn renew(permits: Weak<Permits>, stop: CancellationToken) {
                 }
             }
             Err(error) => tracing::warn!(
-                permits = %permits.prefix,
+                permits = %permits.server.prefix,
                 %error,
                 "fleet permits not renewed: they expire unless a later renewal lands in time"
             ),

@@ -150,14 +150,73 @@ const EXPIRY_MARGIN_MS: u64 = 1_000;
 /// 2^53, and the clock is already near 2^51 microseconds since the Unix epoch.
 const MAX_SPAN_US: u128 = 1 << 50;
 
+/// Who a Redis-backed part is, for its errors and logs: its key prefix, its URL
+/// without the password, and the password itself, scrubbed from any message that
+/// might repeat it. The limiter and the fleet permits build their errors from it.
+pub(super) struct Server {
+    /// The key prefix: it names the part in errors and logs.
+    pub(super) prefix: String,
+    /// The URL without its password.
+    pub(super) url: String,
+    secrets: Vec<String>,
+}
+
+impl Server {
+    /// Opens a client for `url`, or says (password scrubbed) why the URL cannot be used.
+    pub(super) fn open(url: &str, prefix: String) -> Result<(Server, Client), String> {
+        let (shown, secrets) = redact(url);
+        let server = Server {
+            prefix,
+            url: shown,
+            secrets,
+        };
+        match Client::open(url) {
+            Ok(client) => Ok((server, client)),
+            Err(error) => {
+                Err(server.scrub(format!("is not a Redis URL this build can use: {error}")))
+            }
+        }
+    }
+
+    /// An unreachable or silent server is unavailable; one that answered with an
+    /// error refused the request.
+    pub(super) fn classify(&self, error: &RedisError, doing: &str) -> LimiterError {
+        let reason = format!("{doing}: {error}");
+        if is_unavailable_error(error) {
+            self.unavailable(reason)
+        } else {
+            self.store_error(reason)
+        }
+    }
+
+    pub(super) fn unavailable(&self, reason: String) -> LimiterError {
+        LimiterError::Unavailable {
+            prefix: self.prefix.clone(),
+            url: self.url.clone(),
+            reason: self.scrub(reason),
+        }
+    }
+
+    pub(super) fn store_error(&self, reason: String) -> LimiterError {
+        LimiterError::Store {
+            prefix: self.prefix.clone(),
+            url: self.url.clone(),
+            reason: self.scrub(reason),
+        }
+    }
+
+    fn scrub(&self, mut text: String) -> String {
+        for secret in &self.secrets {
+            text = text.replace(secret.as_str(), "***");
+        }
+        text
+    }
+}
+
 /// The schedule of a [`RateLimiter`](super::RateLimiter) in Redis.
 pub(super) struct RedisLimiter {
-    /// The key prefix: it names the limiter in errors and logs.
-    prefix: String,
-    /// The URL without its password.
-    url: String,
-    /// The password in the URL, scrubbed from any message that might repeat it.
-    secrets: Vec<String>,
+    /// The prefix and URL it names in errors and logs.
+    server: Server,
     client: Client,
     /// The schedule's hash.
     key: String,
@@ -294,22 +353,11 @@ impl RedisLimiter {
                 Some((local::Limiter::new(rate, local_period, burst), share))
             }
         };
-        let (shown, secrets) = redact(&url);
-        let client = Client::open(url.as_str()).map_err(|error| {
-            let mut why = error.to_string();
-            for secret in &secrets {
-                why = why.replace(secret.as_str(), "***");
-            }
-            invalid(
-                "url",
-                format!("is not a Redis URL this build can use: {why}"),
-            )
-        })?;
+        let key = format!("{{{prefix}}}:gcra");
+        let (server, client) = Server::open(&url, prefix).map_err(|why| invalid("url", why))?;
         Ok(RedisLimiter {
-            key: format!("{{{prefix}}}:gcra"),
-            prefix,
-            url: shown,
-            secrets,
+            key,
+            server,
             client,
             connect_timeout,
             timeout,
@@ -360,8 +408,8 @@ impl RedisLimiter {
             .field("rate", &self.rate)
             .field("period", &self.period)
             .field("burst", &self.burst)
-            .field("redis", &self.url)
-            .field("prefix", &self.prefix)
+            .field("redis", &self.server.url)
+            .field("prefix", &self.server.prefix)
             .field("waiting", &waiting)
             .field("entered", &entered)
             .field("closed", &closed)
@@ -400,13 +448,13 @@ impl RedisLimiter {
             Some(Ok(Ok(conn))) => conn,
             // The client's own connect timeout is the same one.
             Some(Ok(Err(error))) if !error.is_timeout() => {
-                let error = self.classify(&error, "could not connect");
+                let error = self.server.classify(&error, "could not connect");
                 return Err(ResourceError::other(error));
             }
             // A runtime without its IO driver, say: the client panics in this task.
             Some(Err(panic)) => return Err(ResourceError::from_panic(panic)),
             Some(Ok(Err(_))) | None => {
-                let error = self.unavailable(format!(
+                let error = self.server.unavailable(format!(
                     "could not connect and load the scripts within the connect timeout of {:?}",
                     self.connect_timeout
                 ));
@@ -465,7 +513,7 @@ impl RedisLimiter {
             return Err(self.closed_error());
         }
         Err(ResourceError::other(LimiterError::NotLocal {
-            prefix: self.prefix.clone(),
+            prefix: self.server.prefix.clone(),
         }))
     }
 
@@ -538,7 +586,8 @@ impl RedisLimiter {
                     // wait from now never goes early.
                     let Some(at) = Instant::now().checked_add(reply.wait) else {
                         return Err(ResourceError::other(
-                            self.store_error(format!("it asked for a wait of {:?}", reply.wait)),
+                            self.server
+                                .store_error(format!("it asked for a wait of {:?}", reply.wait)),
                         ));
                     };
                     self.sleep_until(id, at).await?;
@@ -597,7 +646,7 @@ impl RedisLimiter {
                 .await
             {
                 Ok(_) => tracing::debug!(
-                    limiter = %limiter.prefix,
+                    limiter = %limiter.server.prefix,
                     delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                     "pause sent to Redis"
                 ),
@@ -605,14 +654,16 @@ impl RedisLimiter {
             }
         });
         if !sent {
-            let error = self.unavailable("no tokio runtime to send it on".into());
+            let error = self
+                .server
+                .unavailable("no tokio runtime to send it on".into());
             self.pause_lost(until, &error);
         }
     }
 
     fn pause_lost(&self, until: Instant, error: &LimiterError) {
         tracing::warn!(
-            limiter = %self.prefix,
+            limiter = %self.server.prefix,
             %error,
             "rate limiter paused in this process only: the pause did not reach Redis, so the other processes are not held back"
         );
@@ -642,7 +693,7 @@ impl RedisLimiter {
                 .round_trip::<i64>(&conn, &call, "could not give a place back")
                 .await;
             tracing::debug!(
-                limiter = %limiter.prefix,
+                limiter = %limiter.server.prefix,
                 tokens = booked.tokens,
                 given_back = matches!(outcome, Ok(1)),
                 "a cancelled waiter's booking"
@@ -650,7 +701,7 @@ impl RedisLimiter {
         });
         if !spawned {
             tracing::debug!(
-                limiter = %self.prefix,
+                limiter = %self.server.prefix,
                 tokens = booked.tokens,
                 "a cancelled waiter's tokens stay spent: no tokio runtime to give them back on"
             );
@@ -699,7 +750,7 @@ impl RedisLimiter {
                 tat,
                 frac,
             }),
-            _ => Err(self.store_error(format!(
+            _ => Err(self.server.store_error(format!(
                 "the acquisition script answered {reply:?}, not [booked, wait, tat, frac]"
             ))),
         }
@@ -732,50 +783,16 @@ impl RedisLimiter {
         match invoke(conn, invocation, self.timeout).await {
             Some(Ok(value)) => Ok(value),
             // The client's own response timeout is the same one.
-            Some(Err(error)) if !error.is_timeout() => Err(self.classify(&error, doing)),
-            Some(Err(_)) | None => Err(self.unavailable(format!(
+            Some(Err(error)) if !error.is_timeout() => Err(self.server.classify(&error, doing)),
+            Some(Err(_)) | None => Err(self.server.unavailable(format!(
                 "{doing}: no answer within the timeout of {:?}",
                 self.timeout
             ))),
         }
     }
 
-    /// An unreachable or silent server is unavailable; one that answered with an
-    /// error refused the limiter.
-    fn classify(&self, error: &RedisError, doing: &str) -> LimiterError {
-        let reason = format!("{doing}: {error}");
-        if is_unavailable_error(error) {
-            self.unavailable(reason)
-        } else {
-            self.store_error(reason)
-        }
-    }
-
-    fn unavailable(&self, reason: String) -> LimiterError {
-        LimiterError::Unavailable {
-            prefix: self.prefix.clone(),
-            url: self.url.clone(),
-            reason: self.scrub(reason),
-        }
-    }
-
-    fn store_error(&self, reason: String) -> LimiterError {
-        LimiterError::Store {
-            prefix: self.prefix.clone(),
-            url: self.url.clone(),
-            reason: self.scrub(reason),
-        }
-    }
-
-    fn scrub(&self, mut text: String) -> String {
-        for secret in &self.secrets {
-            text = text.replace(secret.as_str(), "***");
-        }
-        text
-    }
-
     fn closed_error(&self) -> ResourceError {
-        ResourceError::closed(format!("RateLimiter `{}`", self.prefix))
+        ResourceError::closed(format!("RateLimiter `{}`", self.server.prefix))
     }
 
     /// The connection, or why there is none.
@@ -783,10 +800,9 @@ impl RedisLimiter {
         if state.closed {
             return Err(self.closed_error());
         }
-        state
-            .conn
-            .clone()
-            .ok_or_else(|| ResourceError::not_entered(format!("RateLimiter `{}`", self.prefix)))
+        state.conn.clone().ok_or_else(|| {
+            ResourceError::not_entered(format!("RateLimiter `{}`", self.server.prefix))
+        })
     }
 
     /// The local limiter, while Redis does not answer and it is not time to ask again.
@@ -802,13 +818,13 @@ impl RedisLimiter {
         if ended {
             match &self.fallback {
                 Some(_) => tracing::info!(
-                    limiter = %self.prefix,
-                    url = %self.url,
+                    limiter = %self.server.prefix,
+                    url = %self.server.url,
                     "rate limiter back on the schedule in Redis: Redis answers again"
                 ),
                 None => tracing::info!(
-                    limiter = %self.prefix,
-                    url = %self.url,
+                    limiter = %self.server.prefix,
+                    url = %self.server.url,
                     "rate limiter: Redis answers again"
                 ),
             }
@@ -835,7 +851,7 @@ impl RedisLimiter {
             Some((fallback, share)) => {
                 if first {
                     tracing::warn!(
-                        limiter = %self.prefix,
+                        limiter = %self.server.prefix,
                         %error,
                         share,
                         "rate limiter falling back to a limiter in this process at its share of the rate until Redis answers again"
@@ -846,7 +862,7 @@ impl RedisLimiter {
             None => {
                 if first {
                     tracing::warn!(
-                        limiter = %self.prefix,
+                        limiter = %self.server.prefix,
                         %error,
                         "rate limiter: Redis is unavailable, and acquisitions fail until it answers again"
                     );
