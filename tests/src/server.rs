@@ -908,3 +908,19 @@ fn response(respond: Respond, n: usize, request_body: &Bytes) -> Response<Body> 
     }
     response
 }
+
+/// An endpoint built from `config` and entered, for a test to call this server with.
+///
+/// # Panics
+///
+/// If the configuration is invalid or the endpoint cannot be entered.
+pub async fn entered(
+    config: resource_runtime::http::EndpointConfig,
+) -> resource_runtime::http::Endpoint {
+    let mut endpoint =
+        resource_runtime::http::Endpoint::new(config).expect("a valid endpoint configuration");
+    resource_runtime::AsyncResource::enter(&mut endpoint)
+        .await
+        .expect("the endpoint enters");
+    endpoint
+}

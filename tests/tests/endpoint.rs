@@ -15,7 +15,7 @@ use resource_runtime::{
     limiter::RateLimiter,
     scope,
 };
-use resource_tests::server::{Reply, TestServer};
+use resource_tests::server::{Reply, TestServer, entered};
 use serde_json::{Value, json};
 
 const SOCKETS: Duration = Duration::from_secs(5);
@@ -32,12 +32,6 @@ fn config(server: &TestServer) -> EndpointConfig {
         )
         .request_timeout(Duration::from_secs(5))
         .close_timeout(Duration::from_secs(5))
-}
-
-async fn entered(config: EndpointConfig) -> Endpoint {
-    let mut endpoint = Endpoint::new(config).unwrap();
-    endpoint.enter().await.unwrap();
-    endpoint
 }
 
 /// Waits (a few seconds at most) until the server sees no open connection, and fails

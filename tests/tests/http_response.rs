@@ -13,7 +13,7 @@ use resource_runtime::{
         ResourceClient, RetryPolicy, Secret,
     },
 };
-use resource_tests::server::{Reply, TestServer};
+use resource_tests::server::{Reply, TestServer, entered};
 use serde_json::{Value, json};
 
 const SOCKETS: Duration = Duration::from_secs(5);
@@ -30,12 +30,6 @@ fn config(url: &str) -> EndpointConfig {
         )
         .request_timeout(Duration::from_secs(5))
         .close_timeout(Duration::from_secs(5))
-}
-
-async fn entered(config: EndpointConfig) -> Endpoint {
-    let mut endpoint = Endpoint::new(config).unwrap();
-    endpoint.enter().await.unwrap();
-    endpoint
 }
 
 #[tokio::test]

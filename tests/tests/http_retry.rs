@@ -17,7 +17,7 @@ use resource_runtime::{
     },
     limiter::RateLimiter,
 };
-use resource_tests::server::{Reply, TestServer};
+use resource_tests::server::{Reply, TestServer, entered};
 use serde_json::{Value, json};
 
 const SOCKETS: Duration = Duration::from_secs(5);
@@ -37,12 +37,6 @@ fn config(url: &str) -> EndpointConfig {
         .retry(fast())
         .request_timeout(Duration::from_secs(5))
         .close_timeout(Duration::from_secs(5))
-}
-
-async fn entered(config: EndpointConfig) -> Endpoint {
-    let mut endpoint = Endpoint::new(config).unwrap();
-    endpoint.enter().await.unwrap();
-    endpoint
 }
 
 /// The value of `name` in every request the server received, in order.

@@ -13,7 +13,7 @@ use resource_runtime::{
     },
     limiter::RateLimiter,
 };
-use resource_tests::server::{Reply, Sse, TestServer};
+use resource_tests::server::{Reply, Sse, TestServer, entered};
 use serde_json::json;
 
 /// The bound on waiting for sockets to close and for items to come: a hang guard.
@@ -31,12 +31,6 @@ fn config(server: &TestServer) -> EndpointConfig {
         )
         .request_timeout(Duration::from_secs(5))
         .close_timeout(Duration::from_secs(30))
-}
-
-async fn entered(config: EndpointConfig) -> Endpoint {
-    let mut endpoint = Endpoint::new(config).unwrap();
-    endpoint.enter().await.unwrap();
-    endpoint
 }
 
 /// The next item, or a failed test if none comes within [`HANG`].
