@@ -100,6 +100,8 @@ enum ReplyBody {
     Fixed(Bytes),
     /// `{"echo": <request JSON or null>, "n": <request number>}`.
     Echo,
+    /// `{"usage": <the request's `usage` field>, "n": <request number>}`.
+    Usage,
 }
 
 fn status_code(code: u16) -> StatusCode {
@@ -122,6 +124,13 @@ impl Reply {
     /// ordinary success between faults.
     pub fn echo() -> Self {
         Self::respond(200, "application/json", ReplyBody::Echo)
+    }
+
+    /// `200` with `{"usage": <the request body's `usage` field, or null>, "n": <request
+    /// number>}`: a request says what its answer reports it used, as a provider's
+    /// `usage` does (set it as the default reply for a load of such requests).
+    pub fn usage_from_request() -> Self {
+        Self::respond(200, "application/json", ReplyBody::Usage)
     }
 
     /// `status` with `body` as JSON (`content-type: application/json`).
@@ -333,6 +342,9 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     /// The body, complete.
     pub body: Bytes,
+    /// When the server finished reading it, on tokio's clock (paused in a test that
+    /// pauses it).
+    pub at: tokio::time::Instant,
 }
 
 impl Received {
@@ -380,6 +392,7 @@ impl State {
         let n = script.received.len() + 1;
         script.received.push(Received {
             n,
+            at: tokio::time::Instant::now(),
             method: parts.method.as_str().to_owned(),
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().map(str::to_owned),
@@ -899,6 +912,12 @@ fn response(respond: Respond, n: usize, request_body: &Bytes) -> Response<Body> 
         ReplyBody::Echo => {
             let echo = serde_json::from_slice::<serde_json::Value>(request_body).ok();
             Bytes::from(serde_json::json!({ "echo": echo, "n": n }).to_string())
+        }
+        ReplyBody::Usage => {
+            let usage = serde_json::from_slice::<serde_json::Value>(request_body)
+                .ok()
+                .and_then(|request| request.get("usage").cloned());
+            Bytes::from(serde_json::json!({ "usage": usage, "n": n }).to_string())
         }
     };
     let mut response = Response::new(Body::Full(Full::new(body)));

@@ -787,3 +787,40 @@ async fn only_an_unreachable_store_is_unavailable() {
         "RateLimiter `myorg:openai`: Redis at redis://:***@10.0.0.5:6379/ is unavailable: connection refused"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_settle_gives_back_to_the_waiting_head_at_once_and_a_charge_delays_everyone() {
+    // 100 tokens a second: one every 10 ms.
+    let limiter = RateLimiter::builder(100, Duration::from_secs(1))
+        .burst(100)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    limiter.acquire(80).await.unwrap();
+    let waiter = tokio::spawn({
+        let limiter = limiter.clone();
+        async move {
+            limiter.acquire(60).await.unwrap();
+            start.elapsed()
+        }
+    });
+    // 20 left: the waiter needs 40 more, 400 ms away, until 50 of the 80 come back.
+    sleep(ms(100)).await;
+    assert_eq!(limiter.waiting(), 1);
+    limiter.settle(80, 30);
+    assert_eq!(
+        waiter.await.unwrap(),
+        ms(100),
+        "admitted when the tokens came back"
+    );
+
+    // The schedule is 80 tokens ahead of now (30 + 60 taken, 10 refilled in 100 ms);
+    // 50 charged after the fact make it 130: a full burst is 1.3 s away, not 0.8 s.
+    let charged = Instant::now();
+    limiter.settle(0, 50);
+    limiter.acquire(100).await.unwrap();
+    assert_eq!(charged.elapsed(), ms(1_300));
+    // A closed limiter ignores a settle.
+    limiter.close().await.unwrap();
+    limiter.settle(0, 1_000);
+}

@@ -278,6 +278,64 @@ async fn a_pause_from_one_process_holds_the_other() {
     other.close().await.unwrap();
 }
 
+/// Polls `try_acquire_async(n)` (which books nothing when it fails) until it admits.
+async fn admitted_eventually(limiter: &RateLimiter, n: u32, what: &str) {
+    let start = Instant::now();
+    while !limiter.try_acquire_async(n).await.unwrap() {
+        assert!(
+            start.elapsed() < HANG_GUARD,
+            "{what}: not within {HANG_GUARD:?}"
+        );
+        sleep(ms(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_in_one_process_gives_back_or_charges_for_every_process() {
+    let server = RedisServer::start();
+    // A thousand tokens a day: no refill blurs the arithmetic while the test runs.
+    let day = Duration::from_secs(86_400);
+    let limiter = |server: &RedisServer| {
+        RateLimiter::builder(1_000, day)
+            .redis(RedisConfig::new(server.url(), "tpm"))
+            .build()
+            .unwrap()
+    };
+    let (one, other) = (limiter(&server), limiter(&server));
+    one.enter().await.unwrap();
+    other.enter().await.unwrap();
+
+    one.acquire(600).await.unwrap();
+    assert!(!other.try_acquire_async(401).await.unwrap());
+    // The answer used 100: 500 come back, for the other process too.
+    one.settle(600, 100);
+    admitted_eventually(&other, 900, "the 500 given back").await;
+    assert!(!other.try_acquire_async(1).await.unwrap());
+
+    // 300 more found after the fact: the schedule is in debt, and a full burst is
+    // 300 tokens further away for everyone.
+    one.settle(0, 300);
+    eventually(HANG_GUARD, "the debt in Redis", || {
+        let tat: Option<i64> = server.query(redis::cmd("HGET").arg("{tpm}:gcra").arg("tat"));
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros();
+        // The schedule ends 1 300 tokens of 86.4 s each after the first acquisition
+        // (1 000 before the charge): more than 1 299 ahead of now.
+        tat.is_some_and(|tat| u128::try_from(tat).unwrap() > now_us + 1_299 * 86_400_000)
+    })
+    .await;
+    assert!(!one.try_acquire_async(1).await.unwrap());
+    one.close().await.unwrap();
+    other.close().await.unwrap();
+    let ttl: i64 = server.query(redis::cmd("PTTL").arg("{tpm}:gcra"));
+    assert!(
+        ttl > 0,
+        "the debt's hash expires when the schedule ends: {ttl}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_set_before_enter_reaches_redis_when_it_enters() {
     let server = RedisServer::start();

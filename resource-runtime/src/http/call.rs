@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::retry::{Answer, Attempts, Failed, Outcome, Sent, Stopped, server_wait_at};
+use super::usage::Settle;
 use super::{CallError, CallErrorKind, Endpoint};
 
 /// An HTTP method.
@@ -123,6 +124,8 @@ pub struct CallOptions {
     pub(crate) deadline: Option<Duration>,
     pub(crate) stream_idle_timeout: Option<Duration>,
     pub(crate) key: Key,
+    /// The tokens this call is estimated to use, for the endpoint's token limiter.
+    pub(crate) tokens: Option<u32>,
     /// What was not valid, for the call to report.
     pub(crate) invalid: Option<String>,
 }
@@ -154,6 +157,7 @@ impl fmt::Debug for CallOptions {
                     Key::Fresh => "fresh for each call",
                 },
             )
+            .field("tokens", &self.tokens)
             .field("invalid", &self.invalid)
             .finish()
     }
@@ -235,6 +239,18 @@ impl CallOptions {
             Ok(value) if !key.is_empty() => self.key = Key::Given(value),
             _ => self.refuse("the idempotency key is not a valid header value".to_owned()),
         }
+        self
+    }
+
+    /// The tokens this call is estimated to use (the prompt's and the most the answer
+    /// may take): taken from the endpoint's
+    /// [`token_limiter`](super::EndpointBuilder::token_limiter) before the first attempt,
+    /// and settled from the answer's `usage`. Without a token limiter it does nothing.
+    /// An estimate above the token limiter's burst could never be admitted: the call
+    /// fails at once with a limiter error that says so.
+    #[must_use]
+    pub fn tokens(mut self, estimate: u32) -> Self {
+        self.tokens = Some(estimate);
         self
     }
 
@@ -405,6 +421,10 @@ impl Endpoint {
     ) -> Result<Response<Resp>, CallError> {
         let inner = &*self.inner;
         let (answer, attempts, _call) = self.send(method, url, body, options, None).await?;
+        if let Some(limiter) = &inner.token_limiter {
+            let mut settle = Settle::new(limiter.clone(), options.tokens.unwrap_or(0));
+            settle.read(&answer.body);
+        }
         let meta = ResponseMeta::new(answer.status, answer.headers, attempts);
         let text: &[u8] = if answer.body.is_empty() {
             b"null"
@@ -487,6 +507,9 @@ impl Endpoint {
             idempotent: method.is_idempotent() || headers.contains_key(IDEMPOTENCY_KEY),
             limiter: inner.limiter.as_ref(),
             first_attempt_takes_token: inner.first_attempt_takes_token,
+            token_limiter: inner.token_limiter.as_ref(),
+            tokens: options.tokens.unwrap_or(0),
+            admission: &inner.admission,
             attempt_timeout: options.timeout.unwrap_or(inner.config.request_timeout),
             deadline: options
                 .deadline

@@ -22,6 +22,7 @@ mod config;
 mod error;
 mod retry;
 mod stream;
+mod usage;
 
 use std::fmt;
 use std::future::Future;
@@ -166,6 +167,10 @@ struct Inner {
     /// Whether every attempt takes a token (`limiter`), or only retries do
     /// (`pausing_limiter`, for calls that already took one outside).
     first_attempt_takes_token: bool,
+    /// The limiter of tokens (a tokens-per-minute quota), if any.
+    token_limiter: Option<RateLimiter>,
+    /// The turn of a call taking from both limiters at one instant.
+    admission: tokio::sync::Mutex<()>,
     state: Mutex<State>,
     /// The calls in flight, one token each; closed at the first close, so that waiting
     /// for it to empty can end.
@@ -252,6 +257,7 @@ pub struct EndpointBuilder {
     config: EndpointConfig,
     /// The limiter, and whether first attempts take a token from it.
     limiter: Option<(RateLimiter, bool)>,
+    token_limiter: Option<RateLimiter>,
     client: Option<reqwest::Client>,
 }
 
@@ -261,6 +267,7 @@ impl fmt::Debug for EndpointBuilder {
         f.debug_struct("EndpointBuilder")
             .field("config", &self.config)
             .field("limiter", &self.limiter)
+            .field("token_limiter", &self.token_limiter)
             .field("client", &self.client.as_ref().map(|_| "a reqwest::Client"))
             .finish()
     }
@@ -286,6 +293,48 @@ impl EndpointBuilder {
     /// pauses the limiter for every caller.
     pub fn pausing_limiter(mut self, limiter: RateLimiter) -> Self {
         self.limiter = Some((limiter, false));
+        self
+    }
+
+    /// A second limiter, counted in tokens (a provider's tokens-per-minute quota,
+    /// beside the requests-per-minute one of [`limiter`](Self::limiter)).
+    ///
+    /// - A call given an estimate ([`CallOptions::tokens`]) takes that many tokens
+    ///   from it before its first attempt, within its deadline; retries take none.
+    /// - When the answer says what it used (its `usage`: `total_tokens`, or
+    ///   `prompt_tokens` + `completion_tokens`, or Anthropic's `input_tokens` (cache
+    ///   tokens included) + `output_tokens`), the difference is settled
+    ///   ([`RateLimiter::settle`]): charged when the answer used more, given back
+    ///   when it used less. A call without an estimate is charged its usage. A
+    ///   stream settles when it ends, however it ends, from the `usage` its events
+    ///   carried (an OpenAI stream has one when the request asks for it with
+    ///   `"stream_options": {"include_usage": true}`).
+    /// - A call that fails, or whose answer has no `usage`, keeps its estimate: the
+    ///   client cannot know what the provider counted.
+    /// - A server's wait (`Retry-After`) pauses it too.
+    ///
+    /// Like [`limiter`](Self::limiter), it is shared, not owned: the endpoint neither
+    /// enters nor closes it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resource_runtime::http::{CallOptions, Endpoint, EndpointConfig};
+    /// use resource_runtime::limiter::RateLimiter;
+    ///
+    /// # fn main() -> Result<(), resource_runtime::ResourceError> {
+    /// let minute = Duration::from_secs(60);
+    /// let endpoint = Endpoint::builder(EndpointConfig::new("https://api.example.com/v1"))
+    ///     .limiter(RateLimiter::new(500, minute)?) // requests per minute
+    ///     .token_limiter(RateLimiter::new(30_000, minute)?) // tokens per minute
+    ///     .build()?;
+    /// // Each call: the prompt's tokens and the most the answer may take.
+    /// let options = CallOptions::new().tokens(1_200 + 512);
+    /// # let _ = (endpoint, options);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn token_limiter(mut self, limiter: RateLimiter) -> Self {
+        self.token_limiter = Some(limiter);
         self
     }
 
@@ -346,6 +395,7 @@ impl Endpoint {
         EndpointBuilder {
             config,
             limiter: None,
+            token_limiter: None,
             client: None,
         }
     }
@@ -354,6 +404,7 @@ impl Endpoint {
         let EndpointBuilder {
             config,
             limiter,
+            token_limiter,
             client,
         } = builder;
         let name = config.name.clone();
@@ -457,6 +508,8 @@ impl Endpoint {
                 config,
                 first_attempt_takes_token: limiter.as_ref().is_none_or(|(_, first)| *first),
                 limiter: limiter.map(|(limiter, _)| limiter),
+                token_limiter,
+                admission: tokio::sync::Mutex::new(()),
                 state: Mutex::new(State {
                     provided: client,
                     ..State::default()

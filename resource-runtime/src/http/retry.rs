@@ -606,6 +606,46 @@ impl Counters {
 
 /// The attempts of one call: the policy, the limiter, the time each attempt may take,
 /// and the call's deadline.
+/// What an attempt takes before it is sent: from one limiter, or from both.
+enum Either<'a> {
+    One((&'a RateLimiter, u32)),
+    Both((&'a RateLimiter, u32), (&'a RateLimiter, u32)),
+}
+
+/// Takes `first.1` tokens from `first.0` and `second.1` from `second.0` at one instant
+/// (within a timer tick), so that what both count goes out when both admit it: taken
+/// one after the other, the first's tokens would be counted from before a wait for
+/// the second, and a window at the server could see more than the first allows.
+///
+/// The callers of one endpoint take their turns one at a time (`admission`, first come
+/// first served). The turn's holder takes from the first; then from the second; if
+/// that waited, the first's tokens, taken too early, are given back and taken again,
+/// now (at once, unless someone outside the endpoint took them meanwhile: then the
+/// second's are given back, and so on, until both are taken without a wait between).
+async fn take_together(
+    first: (&RateLimiter, u32),
+    second: (&RateLimiter, u32),
+    admission: &tokio::sync::Mutex<()>,
+) -> Result<(), ResourceError> {
+    /// Timers run on a 1 ms tick: a wait shorter than that is no wait.
+    const TICK: Duration = Duration::from_millis(1);
+    let _turn = admission.lock().await;
+    let (mut held, mut other) = (first, second);
+    held.0.acquire(held.1).await?;
+    loop {
+        let asked = Instant::now();
+        if let Err(error) = other.0.acquire(other.1).await {
+            held.0.settle(held.1, 0);
+            return Err(error);
+        }
+        if asked.elapsed() < TICK {
+            return Ok(());
+        }
+        held.0.settle(held.1, 0);
+        std::mem::swap(&mut held, &mut other);
+    }
+}
+
 pub(crate) struct Attempts<'a> {
     pub(crate) endpoint: &'a str,
     pub(crate) policy: &'a RetryPolicy,
@@ -614,6 +654,11 @@ pub(crate) struct Attempts<'a> {
     pub(crate) limiter: Option<&'a RateLimiter>,
     /// Whether the first attempt takes a token too (retries always do).
     pub(crate) first_attempt_takes_token: bool,
+    /// The limiter of tokens, and the call's estimate, taken before its first attempt.
+    pub(crate) token_limiter: Option<&'a RateLimiter>,
+    pub(crate) tokens: u32,
+    /// The endpoint's turn for taking from both limiters at one instant.
+    pub(crate) admission: &'a tokio::sync::Mutex<()>,
     /// The time one attempt may take.
     pub(crate) attempt_timeout: Duration,
     /// When the whole call must be over.
@@ -670,10 +715,30 @@ impl Attempts<'_> {
         let mut attempt = 0_u32;
         loop {
             attempt += 1;
-            if let Some(limiter) = self.limiter
-                && (attempt > 1 || self.first_attempt_takes_token)
-            {
-                match self.before_deadline(limiter.acquire(1)).await {
+            // The call's tokens once, and a request's token for each attempt.
+            let tokens = self
+                .token_limiter
+                .filter(|_| attempt == 1 && self.tokens > 0)
+                .map(|limiter| (limiter, self.tokens));
+            let request = self
+                .limiter
+                .filter(|_| attempt > 1 || self.first_attempt_takes_token)
+                .map(|limiter| (limiter, 1));
+            let taken = match (tokens, request) {
+                (Some(tokens), Some(request)) => Some(Either::Both(tokens, request)),
+                (Some(one), None) | (None, Some(one)) => Some(Either::One(one)),
+                (None, None) => None,
+            };
+            if let Some(taken) = taken {
+                let take = async {
+                    match taken {
+                        Either::One((limiter, n)) => limiter.acquire(n).await,
+                        Either::Both(first, second) => {
+                            take_together(first, second, self.admission).await
+                        }
+                    }
+                };
+                match self.before_deadline(take).await {
                     None => {
                         let mut stopped = Stopped::new(last);
                         stopped.deadline_passed = true;
@@ -746,6 +811,11 @@ impl Attempts<'_> {
                         "retrying"
                     );
                     last = Some(outcome);
+                    if let (Some(limiter), Some(resume)) = (self.token_limiter, resume)
+                        && server
+                    {
+                        limiter.pause_until(resume);
+                    }
                     match (self.limiter, resume) {
                         // The pause holds every caller of the limiter, this one too: its
                         // next attempt takes a token, which waits the pause out.
@@ -1192,6 +1262,7 @@ mod tests {
         limiter: Option<RateLimiter>,
         deadline: Option<Instant>,
         idempotent: bool,
+        admission: tokio::sync::Mutex<()>,
     }
 
     impl Harness {
@@ -1203,6 +1274,7 @@ mod tests {
                 limiter: None,
                 deadline: None,
                 idempotent: false,
+                admission: tokio::sync::Mutex::new(()),
             }
         }
 
@@ -1214,6 +1286,9 @@ mod tests {
                 idempotent: self.idempotent,
                 limiter: self.limiter.as_ref(),
                 first_attempt_takes_token: false,
+                token_limiter: None,
+                tokens: 0,
+                admission: &self.admission,
                 attempt_timeout: Duration::from_secs(10),
                 deadline: self.deadline,
                 counters: &self.counters,

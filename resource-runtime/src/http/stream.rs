@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
+use super::usage::Settle;
 use super::{CallError, CallErrorKind, CallOptions, Endpoint, Method, ResponseMeta};
 use crate::AsyncResource;
 use crate::error::ResourceError;
@@ -449,6 +450,10 @@ impl Endpoint {
                 .unwrap_or(inner.config.stream_idle_timeout),
             parser: Parser::new(inner.config.stream_line_limit),
             cut: cut.clone(),
+            tokens: inner
+                .token_limiter
+                .as_ref()
+                .map(|limiter| Settle::new(limiter.clone(), options.tokens.unwrap_or(0))),
             _call: call,
         };
         let reader = runtime.spawn(reader.run(response, tx, inner.streams_cut.clone()));
@@ -479,6 +484,8 @@ struct Reader {
     idle: Duration,
     parser: Parser,
     cut: Arc<AtomicBool>,
+    /// The call's tokens, settled from its events' `usage` when the reader ends.
+    tokens: Option<Settle>,
     /// The stream counts as a call in flight while this is held.
     _call: TaskTrackerToken,
 }
@@ -557,7 +564,12 @@ impl Reader {
             while let Some(next) = parsed.pop_front() {
                 let item = match next {
                     Ok(event) if event.data() == "[DONE]" => return,
-                    Ok(event) => Ok(event),
+                    Ok(event) => {
+                        if let Some(tokens) = &mut self.tokens {
+                            tokens.read(event.data().as_bytes());
+                        }
+                        Ok(event)
+                    }
                     Err(format) => Err(self.fail(
                         self.error(CallErrorKind::Stream)
                             .detail(FormatError::to_string(&format)),

@@ -167,6 +167,29 @@ impl Limiter {
         .inspect(|()| queued.admitted())
     }
 
+    /// Corrects an acquisition of `taken` tokens whose real cost was `used`: charges
+    /// the difference (the schedule may go into debt: later callers wait it out) or
+    /// gives it back (never past a full burst at the present instant).
+    pub(super) fn settle(&self, taken: u32, used: u32) {
+        if taken == used {
+            return;
+        }
+        let mut state = self.lock();
+        if state.closed {
+            return;
+        }
+        let now_s = self.scaled(Instant::now());
+        let tat = state.tat.map_or(now_s, |tat| tat.max(now_s));
+        if used > taken {
+            state.tat = Some(tat + self.period_ns * u128::from(used - taken));
+        } else {
+            let refund = self.period_ns * u128::from(taken - used);
+            state.tat = Some(tat.saturating_sub(refund).max(now_s));
+            // The head may be admitted now.
+            wake_head(&mut state);
+        }
+    }
+
     /// Admits nobody before `until`; a later call with an earlier instant does not
     /// shorten the pause.
     pub(super) fn pause_until(&self, until: Instant) {

@@ -356,6 +356,43 @@ impl RateLimiter {
         }
     }
 
+    /// Corrects an acquisition whose real cost is known only afterwards: `taken` tokens
+    /// were acquired (an estimate), `used` is what the work really cost. The difference
+    /// is charged (the schedule goes into debt if it must: later callers wait it out,
+    /// and nobody waits here) or given back (up to a full burst at the present
+    /// instant, so a refund never admits more than a burst at once). This is how a
+    /// tokens-per-minute quota is kept when the tokens of an answer are known only
+    /// from its `usage`: acquire the estimate, then settle with the count.
+    ///
+    /// A closed limiter ignores it. With the schedule in Redis the correction is sent
+    /// in the background, like [`pause_until`](Self::pause_until), and a correction
+    /// that cannot be sent is logged; [`close`](Self::close) waits for those on their
+    /// way.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resource_runtime::limiter::RateLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), resource_runtime::ResourceError> {
+    /// // 1 000 tokens a minute.
+    /// let tokens = RateLimiter::new(1_000, Duration::from_secs(60))?;
+    /// tokens.acquire(600).await?; // the estimate
+    /// tokens.settle(600, 200); // the answer's usage said 200: 400 come back
+    /// assert!(tokens.try_acquire(800)?);
+    /// tokens.settle(0, 300); // 300 more, found after the fact: now in debt
+    /// assert!(!tokens.try_acquire(1)?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn settle(&self, taken: u32, used: u32) {
+        match &self.backend {
+            Backend::Local(local) => local.settle(taken, used),
+            #[cfg(feature = "redis")]
+            Backend::Redis(shared) => shared.settle(taken, used),
+        }
+    }
+
     /// Closes the limiter for every clone: every waiter wakes with a closed error, and
     /// every later call fails the same way. Closing a closed limiter does nothing. A
     /// local limiter never waits; one in Redis waits for the pauses and returned

@@ -235,6 +235,7 @@ pub(super) struct RedisLimiter {
     acquire_script: Script,
     give_back_script: Script,
     pause_script: Script,
+    settle_script: Script,
     state: Mutex<State>,
     /// The pauses and returned places on their way to Redis.
     tasks: TaskTracker,
@@ -371,6 +372,7 @@ impl RedisLimiter {
             acquire_script: Script::new(include_str!("acquire.lua")),
             give_back_script: Script::new(include_str!("give_back.lua")),
             pause_script: Script::new(include_str!("pause.lua")),
+            settle_script: Script::new(include_str!("settle.lua")),
             state: Mutex::new(State {
                 conn: None,
                 runtime: None,
@@ -436,6 +438,7 @@ impl RedisLimiter {
             &self.acquire_script,
             &self.give_back_script,
             &self.pause_script,
+            &self.settle_script,
         ];
         let connected = connect(
             self.client.clone(),
@@ -674,6 +677,64 @@ impl RedisLimiter {
         }
     }
 
+    /// Sends a correction of an acquisition to Redis in a task (to the local limiter
+    /// while it stands in for Redis); a correction that cannot be sent is logged.
+    pub(super) fn settle(self: &Arc<Self>, taken: u32, used: u32) {
+        if taken == used {
+            return;
+        }
+        if let Some(fallback) = self.falling_back() {
+            fallback.settle(taken, used);
+            return;
+        }
+        let conn = {
+            let state = self.lock();
+            match &state.conn {
+                Some(conn) if !state.closed => conn.clone(),
+                // Closed, or never entered: nothing was acquired from Redis.
+                _ => return,
+            }
+        };
+        let (charge, tokens) = if used > taken {
+            (true, used - taken)
+        } else {
+            (false, taken - used)
+        };
+        let limiter = Arc::clone(self);
+        let spawned = self.spawn(async move {
+            let (whole, part) = limiter.span(tokens);
+            // A debt past 35 years is one no caller lives to see: capped, so the
+            // schedule stays exact in the script's numbers.
+            let whole = whole.min(u64::try_from(MAX_SPAN_US).unwrap_or(u64::MAX));
+            let mut call = limiter.settle_script.key(&limiter.key);
+            call.arg(u8::from(charge))
+                .arg(whole)
+                .arg(part)
+                .arg(limiter.denom)
+                .arg(EXPIRY_MARGIN_MS);
+            if let Err(error) = limiter
+                .round_trip::<Vec<i64>>(&conn, &call, "could not settle an acquisition")
+                .await
+            {
+                tracing::warn!(
+                    limiter = %limiter.server.prefix,
+                    %error,
+                    tokens,
+                    charge,
+                    "rate limiter: a correction of an acquisition did not reach Redis"
+                );
+            }
+        });
+        if !spawned {
+            tracing::warn!(
+                limiter = %self.server.prefix,
+                tokens,
+                charge,
+                "rate limiter: a correction of an acquisition was not sent: no tokio runtime to send it on"
+            );
+        }
+    }
+
     /// Gives a cancelled waiter's booking back in a task, when it can.
     fn give_back(self: &Arc<Self>, booked: Booked) {
         let Some(conn) = self.lock().conn.clone() else {
@@ -760,8 +821,8 @@ impl RedisLimiter {
     fn span(&self, n: u32) -> (u64, u64) {
         let total = u128::from(n) * self.period_ns;
         let denom = u128::from(self.denom);
-        // Both fit: the burst's span was checked against `MAX_SPAN_US` at build, and
-        // the remainder is below `denom`.
+        // Both fit for up to a burst: its span was checked against `MAX_SPAN_US` at
+        // build, and the remainder is below `denom`. More (a charge) saturates.
         let whole = u64::try_from(total / denom).unwrap_or(u64::MAX);
         let part = u64::try_from(total % denom).unwrap_or(0);
         (whole, part)
