@@ -7,5 +7,11 @@
 //!   Ctrl-C (`-- --until-ctrl-c`), then `wait_detached`;
 //! - `sdk_provider`: a vendor SDK's client wrapped as a resource beside an `Endpoint`;
 //! - `dynamic_stack`: a set of resources known only at run time, in a `ResourceStack`;
-//! - `fleet`: N processes sharing one rate limit through Redis (`--processes 4`),
-//!   starting a redis-server of its own unless given `--redis URL`.
+//! - `fleet`: N processes (`--processes 4`) calling an embedded API through endpoints
+//!   that share one rate limit in Redis, starting a redis-server of its own unless
+//!   given `--redis URL`: each process's share, the fleet's rate against the
+//!   configured one, the fleet-wide pause after a `429`, and each process's close
+//!   report.
+//!
+//! `quickstart` and `fleet` call the same embedded API, `embedded_api.rs`, a module of
+//! each.

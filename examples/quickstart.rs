@@ -36,6 +36,9 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 
+#[path = "embedded_api.rs"]
+mod embedded_api;
+
 /// The provider: declared in the order it is built, closed in reverse. The jobs close
 /// first (no new work; the running calls finish), then the endpoint (its client and
 /// every pooled connection go), then the log (flushed, so no line is lost).
@@ -336,7 +339,7 @@ pub(crate) async fn run(
     let (base_url, auth, demo) = match &options.url {
         Some(url) => (url.clone(), Secret::env("OPENAI_API_KEY"), None),
         None => {
-            let demo = demo_api::start().await?;
+            let demo = embedded_api::start(demo_rule).await?;
             (demo.url.clone(), Secret::value("demo-key"), Some(demo))
         }
     };
@@ -606,6 +609,26 @@ pub(crate) async fn run(
     })
 }
 
+/// The embedded API's rule for the quickstart: it asks every 100th caller to come back
+/// later (429 with `Retry-After: 1`, which pauses every caller for a second) and fails
+/// every 75th (503, retried after a short backoff); it answers the others.
+fn demo_rule(n: u64, _: &hyper::HeaderMap) -> embedded_api::Verdict {
+    use hyper::StatusCode;
+    if n.is_multiple_of(100) {
+        embedded_api::Verdict {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            retry_after: Some(Duration::from_secs(1)),
+        }
+    } else if n.is_multiple_of(75) {
+        embedded_api::Verdict {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: None,
+        }
+    } else {
+        embedded_api::Verdict::answer()
+    }
+}
+
 async fn progress_line(total: u64, done: Arc<AtomicU64>, failed: Arc<AtomicU64>, started: Instant) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -616,188 +639,5 @@ async fn progress_line(total: u64, done: Arc<AtomicU64>, failed: Arc<AtomicU64>,
             started.elapsed().as_secs_f64()
         );
         let _ = std::io::stdout().flush();
-    }
-}
-
-/// An OpenAI-style chat API on 127.0.0.1, so the quickstart needs nothing else: it
-/// answers every request after a few milliseconds, except that it asks every 100th
-/// caller to come back later (429 with `Retry-After: 1`, which pauses every caller for
-/// a second) and fails every 75th (503, retried after a short backoff). A request with
-/// `"stream": true` is answered as server-sent events, one token at a time, ended by
-/// `data: [DONE]`. It counts its open connections.
-mod demo_api {
-    use std::convert::Infallible;
-    use std::pin::Pin;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-    use std::task::{Context, Poll};
-    use std::time::{Duration, Instant};
-
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::{Bytes, Frame, Incoming};
-    use hyper::{Request, Response, StatusCode};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use serde_json::{Value, json};
-    use tokio::sync::mpsc;
-
-    /// The running API: where it listens, and how many connections it has open.
-    pub(crate) struct Demo {
-        pub(crate) url: String,
-        open: Arc<AtomicUsize>,
-    }
-
-    impl Demo {
-        /// Waits until no connection is open, up to `deadline`; returns how many are.
-        pub(crate) async fn wait_for_no_connections(&self, deadline: Duration) -> usize {
-            let end = Instant::now() + deadline;
-            while self.open.load(Ordering::SeqCst) > 0 && Instant::now() < end {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            self.open.load(Ordering::SeqCst)
-        }
-    }
-
-    /// Counts a connection as open until dropped.
-    struct Open(Arc<AtomicUsize>);
-
-    impl Drop for Open {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-
-    pub(crate) async fn start() -> std::io::Result<Demo> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}/v1", listener.local_addr()?);
-        let count = Arc::new(AtomicU64::new(0));
-        let open = Arc::new(AtomicUsize::new(0));
-        let counter = open.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let count = count.clone();
-                counter.fetch_add(1, Ordering::SeqCst);
-                let open = Open(counter.clone());
-                tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |request| answer(request, count.clone()));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                    drop(open);
-                });
-            }
-        });
-        Ok(Demo { url, open })
-    }
-
-    /// A body: whole, or written token by token.
-    pub(crate) enum Body {
-        Full(Full<Bytes>),
-        Stream(mpsc::Receiver<Bytes>),
-    }
-
-    impl hyper::body::Body for Body {
-        type Data = Bytes;
-        type Error = Infallible;
-
-        fn poll_frame(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            match self.get_mut() {
-                Body::Full(full) => Pin::new(full).poll_frame(cx),
-                Body::Stream(rx) => rx
-                    .poll_recv(cx)
-                    .map(|part| part.map(|b| Ok(Frame::data(b)))),
-            }
-        }
-
-        fn is_end_stream(&self) -> bool {
-            match self {
-                Body::Full(full) => full.is_end_stream(),
-                Body::Stream(_) => false,
-            }
-        }
-
-        fn size_hint(&self) -> hyper::body::SizeHint {
-            match self {
-                Body::Full(full) => full.size_hint(),
-                Body::Stream(_) => hyper::body::SizeHint::default(),
-            }
-        }
-    }
-
-    /// Writes `content` as events, a word at a time, 15 ms apart; stops when the client
-    /// goes away.
-    async fn write_tokens(content: String, tx: mpsc::Sender<Bytes>) {
-        let words: Vec<&str> = content.split_inclusive(' ').collect();
-        for word in words {
-            let chunk = json!({ "choices": [{ "delta": { "content": word } }] });
-            if tx
-                .send(Bytes::from(format!("data: {chunk}\n\n")))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(15)).await;
-        }
-        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
-    }
-
-    async fn answer(
-        request: Request<Incoming>,
-        count: Arc<AtomicU64>,
-    ) -> Result<Response<Body>, Infallible> {
-        let n = count.fetch_add(1, Ordering::Relaxed) + 1;
-        let body = request
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let question: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let content = format!(
-            "echo: {}, streamed or not",
-            question["messages"][0]["content"].as_str().unwrap_or("?")
-        );
-        let (status, reply) = if n.is_multiple_of(100) {
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                json!({ "error": "slow down" }),
-            )
-        } else if n.is_multiple_of(75) {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({ "error": "try again" }),
-            )
-        } else if question["stream"] == json!(true) {
-            let (tx, rx) = mpsc::channel(1);
-            tokio::spawn(write_tokens(content, tx));
-            let mut response = Response::new(Body::Stream(rx));
-            response.headers_mut().insert(
-                "content-type",
-                hyper::header::HeaderValue::from_static("text/event-stream"),
-            );
-            return Ok(response);
-        } else {
-            (
-                StatusCode::OK,
-                json!({ "choices": [{ "message": { "role": "assistant", "content": content } }] }),
-            )
-        };
-        let mut response = Response::new(Body::Full(Full::new(Bytes::from(reply.to_string()))));
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            "content-type",
-            hyper::header::HeaderValue::from_static("application/json"),
-        );
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            response
-                .headers_mut()
-                .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
-        }
-        Ok(response)
     }
 }
