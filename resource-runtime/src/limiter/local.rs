@@ -4,10 +4,12 @@
 use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use portable_atomic::AtomicU128;
 use tokio::time::{Instant, Sleep};
 
 use super::{check_burst, no_timer};
@@ -15,10 +17,22 @@ use crate::error::ResourceError;
 
 /// One schedule in this process: what a [`RateLimiter`](super::RateLimiter) built
 /// without a shared store holds, and the fallback of one that has a store.
+///
+/// The schedule itself is one atomic word, `tat`. While nobody waits, no pause holds
+/// and the limiter is open (`slow` is false), a call takes its tokens with a
+/// compare-and-swap on it and touches nothing else: no lock. Waiters, pauses and the
+/// close live under the lock, and set `slow` so that every call takes the lock and
+/// keeps its place behind them; waiters take their tokens by the same
+/// compare-and-swap.
 pub(super) struct Limiter {
-    /// The period in nanoseconds. Times are kept scaled by `rate` (a token is
-    /// `period_ns` scaled units), so the rate holds exactly whatever it is.
-    period_ns: u128,
+    /// A token's interval in scaled units: times are nanoseconds times `scale`, chosen
+    /// so that a token is a whole number of units, and the rate holds exactly whatever
+    /// it is.
+    token: u128,
+    /// Scaled units per nanosecond.
+    scale: u128,
+    /// `token` and `scale` in 64 bits, for a narrow schedule.
+    narrow: Narrow,
     /// Where scaled times count from.
     epoch: Instant,
     /// The token interval is a whole number of timer ticks.
@@ -26,12 +40,15 @@ pub(super) struct Limiter {
     burst: u32,
     rate: u32,
     period: Duration,
+    /// The theoretical arrival time, scaled: when the limiter is back to a full burst.
+    /// Zero (the epoch) until the first token is taken.
+    tat: Tat,
+    /// Someone waits, a pause may hold, or the limiter is closed: calls take the lock.
+    slow: AtomicBool,
     state: Mutex<State>,
 }
 
 struct State {
-    /// The theoretical arrival time, scaled: when the limiter is back to a full burst.
-    tat: Option<u128>,
     /// Nobody is admitted before this.
     paused_until: Option<Instant>,
     /// Waiters in arrival order (ids only grow).
@@ -44,8 +61,23 @@ impl Limiter {
     /// A schedule of `rate` tokens per `period` with bursts of `burst`; the caller has
     /// checked that none of them is zero.
     pub(super) fn new(rate: u32, period: Duration, burst: u32) -> Self {
+        let period_ns = period.as_nanos();
+        // A token is `period_ns / rate` ns: scaled by `rate / gcd`, it is the whole
+        // number `period_ns / gcd` of units.
+        let gcd = gcd(period_ns, u128::from(rate));
+        let scale = u128::from(rate) / gcd;
+        let token = period_ns / gcd;
+        // One 64-bit word holds the schedule when it can count a century (and a full
+        // burst past it) in these units; otherwise two do.
+        let century_ns: u128 = 100 * 365 * 24 * 3600 * 1_000_000_000;
+        let narrow = scale * century_ns + token * u128::from(burst) < u128::from(u64::MAX);
         Limiter {
-            period_ns: period.as_nanos(),
+            token,
+            scale,
+            narrow: Narrow {
+                token: u64::try_from(token).unwrap_or(u64::MAX),
+                scale: u64::try_from(scale).unwrap_or(u64::MAX),
+            },
             epoch: Instant::now(),
             whole_ticks: period
                 .as_nanos()
@@ -53,8 +85,13 @@ impl Limiter {
             burst,
             rate,
             period,
+            tat: if narrow {
+                Tat::Narrow(AtomicU64::new(0))
+            } else {
+                Tat::Wide(AtomicU128::new(0))
+            },
+            slow: AtomicBool::new(false),
             state: Mutex::new(State {
-                tat: None,
                 paused_until: None,
                 queue: BTreeMap::new(),
                 next_id: 0,
@@ -80,9 +117,56 @@ impl Limiter {
         (self.rate, self.period)
     }
 
+    /// Takes `n` tokens (at most the burst) without a lock when nobody waits, no
+    /// pause holds and the limiter is open: `Some(taken)`; `None` when the lock must
+    /// decide.
+    #[inline]
+    fn take_fast(&self, n: u32) -> Option<bool> {
+        if self.slow.load(Ordering::Acquire) {
+            return None;
+        }
+        let now = Instant::now();
+        Some(match &self.tat {
+            // All in 64 bits: the schedule's word holds a century and a burst.
+            Tat::Narrow(tat) => {
+                let since = now.saturating_duration_since(self.epoch);
+                let ns = since
+                    .as_secs()
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(u64::from(since.subsec_nanos()));
+                let now_s = ns.saturating_mul(self.narrow.scale);
+                let ahead = self.narrow.token * u64::from(self.burst - n);
+                let step = self.narrow.token * u64::from(n);
+                let mut current = tat.load(Ordering::Acquire);
+                loop {
+                    let base = current.max(now_s);
+                    if base.saturating_sub(ahead) > now_s {
+                        break false;
+                    }
+                    match tat.compare_exchange_weak(
+                        current,
+                        base.saturating_add(step),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => break true,
+                        Err(found) => current = found,
+                    }
+                }
+            }
+            Tat::Wide(_) => {
+                let now_s = self.scaled(now);
+                self.take(now_s, now_s, n).is_ok()
+            }
+        })
+    }
+
     /// Takes `n` tokens now if they are admitted and nobody is waiting.
     pub(super) fn try_acquire(&self, n: u32) -> Result<bool, ResourceError> {
         check_burst(n, self.burst)?;
+        if let Some(taken) = self.take_fast(n) {
+            return Ok(taken);
+        }
         let mut state = self.lock();
         if state.closed {
             return Err(ResourceError::closed("RateLimiter"));
@@ -91,27 +175,31 @@ impl Limiter {
             return Ok(false);
         }
         let now = Instant::now();
-        Ok(self.take_if_ready(&mut state, now, n, None).is_none())
+        let taken = self.take_if_ready(&mut state, now, n, None).is_none();
+        self.refresh(&mut state, now);
+        Ok(taken)
     }
 
     /// Waits, first come first served, until `n` tokens are admitted, and takes them.
     pub(super) async fn acquire(&self, n: u32) -> Result<(), ResourceError> {
         check_burst(n, self.burst)?;
+        if self.take_fast(n) == Some(true) {
+            return Ok(());
+        }
         let id = {
             let mut state = self.lock();
             if state.closed {
                 return Err(ResourceError::closed("RateLimiter"));
             }
-            if state.queue.is_empty()
-                && self
-                    .take_if_ready(&mut state, Instant::now(), n, None)
-                    .is_none()
-            {
+            let now = Instant::now();
+            if state.queue.is_empty() && self.take_if_ready(&mut state, now, n, None).is_none() {
+                self.refresh(&mut state, now);
                 return Ok(());
             }
             let id = state.next_id;
             state.next_id += 1;
             state.queue.insert(id, None);
+            self.slow.store(true, Ordering::Release);
             id
         };
         let queued = Queued { limiter: self, id };
@@ -134,6 +222,7 @@ impl Limiter {
                 let Some(later) = self.take_if_ready(&mut state, now, n, slept_until) else {
                     state.queue.remove(&id);
                     wake_head(&mut state);
+                    self.refresh(&mut state, now);
                     return Poll::Ready(Ok(()));
                 };
                 let at = later.at();
@@ -171,22 +260,27 @@ impl Limiter {
     /// the difference (the schedule may go into debt: later callers wait it out) or
     /// gives it back (never past a full burst at the present instant).
     pub(super) fn settle(&self, taken: u32, used: u32) {
-        if taken == used {
-            return;
-        }
-        let mut state = self.lock();
-        if state.closed {
+        if taken == used || self.status().1 {
             return;
         }
         let now_s = self.scaled(Instant::now());
-        let tat = state.tat.map_or(now_s, |tat| tat.max(now_s));
-        if used > taken {
-            state.tat = Some(tat + self.period_ns * u128::from(used - taken));
-        } else {
-            let refund = self.period_ns * u128::from(taken - used);
-            state.tat = Some(tat.saturating_sub(refund).max(now_s));
+        let mut tat = self.tat.load();
+        loop {
+            let base = tat.max(now_s);
+            let settled = if used > taken {
+                base + self.token * u128::from(used - taken)
+            } else {
+                let refund = self.token * u128::from(taken - used);
+                base.saturating_sub(refund).max(now_s)
+            };
+            match self.tat.swap_if(tat, settled) {
+                Ok(()) => break,
+                Err(current) => tat = current,
+            }
+        }
+        if used < taken {
             // The head may be admitted now.
-            wake_head(&mut state);
+            wake_head(&mut self.lock());
         }
     }
 
@@ -195,6 +289,7 @@ impl Limiter {
     pub(super) fn pause_until(&self, until: Instant) {
         let mut state = self.lock();
         state.paused_until = Some(state.paused_until.map_or(until, |p| p.max(until)));
+        self.slow.store(true, Ordering::Release);
         // The head recomputes its time; the others wait behind it anyway.
         wake_head(&mut state);
     }
@@ -204,6 +299,7 @@ impl Limiter {
     pub(super) fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
+        self.slow.store(true, Ordering::Release);
         for waker in state.queue.values_mut().filter_map(Option::take) {
             waker.wake();
         }
@@ -215,17 +311,48 @@ impl Limiter {
         crate::sync::lock(&self.state)
     }
 
+    /// Lets calls take the fast path again once nobody waits, no pause holds and the
+    /// limiter is open; called under the lock whenever one of those may have ended.
+    fn refresh(&self, state: &mut State, now: Instant) {
+        if state.paused_until.is_some_and(|paused| paused <= now) {
+            state.paused_until = None;
+        }
+        let slow = state.closed || !state.queue.is_empty() || state.paused_until.is_some();
+        self.slow.store(slow, Ordering::Release);
+    }
+
     /// `now` in scaled units since the epoch.
     fn scaled(&self, at: Instant) -> u128 {
-        at.saturating_duration_since(self.epoch).as_nanos() * u128::from(self.rate)
+        at.saturating_duration_since(self.epoch).as_nanos() * self.scale
     }
 
     /// The first instant at or after a scaled time.
     fn instant(&self, scaled: u128) -> Instant {
-        let rate = u128::from(self.rate.max(1));
-        let ns = scaled.div_ceil(rate);
+        let ns = scaled.div_ceil(self.scale);
         let ns = u64::try_from(ns).unwrap_or(u64::MAX);
         self.epoch + Duration::from_nanos(ns)
+    }
+
+    /// Takes `n` tokens by compare-and-swap if the schedule admits them at `now_s`,
+    /// counting from `floor` (now, or for a late head, a little before); otherwise the
+    /// scaled time they will be admitted at.
+    fn take(&self, floor: u128, now_s: u128, n: u32) -> Result<(), u128> {
+        // Admitted once `tat + n·T - burst·T <= now`: `tat` is at most `burst - n`
+        // tokens ahead of now (`T` is `token` in scaled units).
+        let ahead = self.token * u128::from(self.burst - n);
+        let mut tat = self.tat.load();
+        loop {
+            let base = tat.max(floor);
+            let ready_s = base.saturating_sub(ahead).max(now_s);
+            if ready_s > now_s {
+                return Err(ready_s);
+            }
+            let next = base + self.token * u128::from(n);
+            match self.tat.swap_if(tat, next) {
+                Ok(()) => return Ok(()),
+                Err(current) => tat = current,
+            }
+        }
     }
 
     /// Takes `n` tokens if they are admitted at `now`; otherwise the instant they will
@@ -252,24 +379,27 @@ impl Limiter {
         let floor = match slept_until.filter(|at| self.whole_ticks && *at < now) {
             Some(at) => self
                 .scaled(at)
-                .max(now_s.saturating_sub(TIMER_TICK.as_nanos() * u128::from(self.rate))),
+                .max(now_s.saturating_sub(TIMER_TICK.as_nanos() * self.scale)),
             None => now_s,
         };
-        let tat = state.tat.map_or(floor, |tat| tat.max(floor));
-        // Admitted once `tat + n·T - burst·T <= now`: `tat` is at most `burst - n`
-        // tokens ahead of now (`T` is `period_ns` in scaled units).
-        let ahead = self.period_ns * u128::from(self.burst - n);
-        let ready_s = tat.saturating_sub(ahead).max(now_s);
         let paused = state.paused_until.filter(|paused| *paused > now);
-        if ready_s > now_s || paused.is_some() {
+        if let Some(paused) = paused {
+            let ahead = self.token * u128::from(self.burst - n);
+            let tat = self.tat.load().max(floor);
             return Some(Later {
                 limiter: self,
-                ready_s,
-                paused,
+                ready_s: tat.saturating_sub(ahead).max(now_s),
+                paused: Some(paused),
             });
         }
-        state.tat = Some(tat + self.period_ns * u128::from(n));
-        None
+        match self.take(floor, now_s, n) {
+            Ok(()) => None,
+            Err(ready_s) => Some(Later {
+                limiter: self,
+                ready_s,
+                paused: None,
+            }),
+        }
     }
 }
 
@@ -295,6 +425,7 @@ impl Drop for Queued<'_> {
         if was_head {
             wake_head(&mut state);
         }
+        self.limiter.refresh(&mut state, Instant::now());
     }
 }
 
@@ -311,6 +442,54 @@ impl Later<'_> {
         let ready = self.limiter.instant(self.ready_s);
         self.paused.map_or(ready, |paused| ready.max(paused))
     }
+}
+
+/// A narrow schedule's units in 64 bits (both fit when the schedule is narrow).
+#[derive(Clone, Copy)]
+struct Narrow {
+    token: u64,
+    scale: u64,
+}
+
+/// The schedule's word: 64 bits when they are enough (a compare-and-swap on them is
+/// the cheaper), 128 otherwise.
+enum Tat {
+    Narrow(AtomicU64),
+    Wide(AtomicU128),
+}
+
+impl Tat {
+    fn load(&self) -> u128 {
+        match self {
+            Tat::Narrow(tat) => u128::from(tat.load(Ordering::Acquire)),
+            Tat::Wide(tat) => tat.load(Ordering::Acquire),
+        }
+    }
+
+    /// Replaces `current` by `new`, or returns the value found instead.
+    fn swap_if(&self, current: u128, new: u128) -> Result<(), u128> {
+        match self {
+            Tat::Narrow(tat) => {
+                // Both fit: values come from `load`, and a narrow schedule counts a
+                // century and a burst within 64 bits (past that, it saturates).
+                let current = u64::try_from(current).unwrap_or(u64::MAX);
+                let new = u64::try_from(new).unwrap_or(u64::MAX);
+                tat.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Acquire)
+                    .map(drop)
+                    .map_err(u128::from)
+            }
+            Tat::Wide(tat) => tat
+                .compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Acquire)
+                .map(drop),
+        }
+    }
+}
+
+fn gcd(mut a: u128, mut b: u128) -> u128 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// The tick of tokio's timer wheel.

@@ -37,6 +37,9 @@ pub use self::redis::{Fallback, RedisConfig};
 ///   once, not a hang.
 /// - [`pause_until`](Self::pause_until) holds every caller back until an instant: the
 ///   answer to a `429` with `Retry-After`.
+/// - While nobody waits, a call takes its tokens with one compare-and-swap and no
+///   lock: its cost is a read of the clock and that instruction. Waiters queue under a
+///   lock, and while they do, every call takes it too, so none overtakes them.
 /// - It runs on tokio's clock, so `tokio::time::pause` drives it in tests. Timers fire
 ///   on a 1 ms tick, up to a tick late; when a token's interval is a whole number of
 ///   ticks, the waiter at the head of the queue is owed the time its wake-up lost, up
