@@ -266,8 +266,10 @@ impl Drop for RedisServer {
     }
 }
 
-/// A loopback port nobody listens on now.
-pub fn free_port() -> u16 {
+/// A loopback port nobody listens on now (another process may take it before the
+/// server does: [`RedisServer::start`] tries again then). A test that needs a port
+/// that stays refused holds a `server::TestServer::reserve()` instead.
+fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())

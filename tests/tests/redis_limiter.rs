@@ -266,7 +266,7 @@ async fn a_pause_from_one_process_holds_the_other() {
         until - admitted
     );
     assert!(
-        admitted <= until + ms(150),
+        admitted <= until + HANG_GUARD,
         "admitted {:?} late",
         admitted - until
     );
@@ -368,25 +368,32 @@ async fn a_cancelled_waiter_gives_its_place_back_unless_someone_booked_after_it(
     let second = entered(&server, "cancel", 4, 1).await;
     let calls = || server.calls("evalsha");
 
+    let schedule = || -> Option<String> {
+        server.query(redis::cmd("HGET").arg("{cancel}:gcra").arg("tat"))
+    };
     let start = Instant::now();
     first.acquire(1).await.unwrap();
+    let before = schedule();
+    assert!(before.is_some(), "the first acquisition set the schedule");
     // A waiter books 250 ms ahead and leaves before its time.
     let booked = calls();
     let waiter = first.clone();
     let cancelled = tokio::spawn(async move { waiter.acquire(1).await });
-    eventually(ms(200), "the booking", || calls() == booked + 1).await;
+    eventually(HANG_GUARD, "the booking", || calls() == booked + 1).await;
     // Redis counts the run before its reply reaches the waiter: a waiter cancelled
     // in between does not know its booking (its tokens stay spent), so give the reply
     // time to arrive, well within the 250 ms the waiter sleeps.
     sleep(ms(50)).await;
     cancelled.abort();
     // Nobody booked after it: its place is given back (one more script run).
-    eventually(ms(400), "the place given back", || calls() == booked + 2).await;
+    eventually(HANG_GUARD, "the place given back", || calls() == booked + 2).await;
+    // The schedule ends where it ended before the booking: the place is free again.
+    assert_eq!(schedule(), before, "the booking was not given back");
     second.acquire(1).await.unwrap();
     let at = start.elapsed();
     assert!(
-        at >= ms(245) && at < ms(400),
-        "the place after the cancelled one went at {at:?}, not at 250 ms"
+        at >= ms(245),
+        "the place after the cancelled one went at {at:?}, before 250 ms"
     );
 
     // Again, but another process books after the cancelled waiter: the schedule moved,
@@ -394,23 +401,24 @@ async fn a_cancelled_waiter_gives_its_place_back_unless_someone_booked_after_it(
     let booked = calls();
     let waiter = first.clone();
     let cancelled = tokio::spawn(async move { waiter.acquire(1).await });
-    eventually(ms(200), "the booking", || calls() == booked + 1).await;
+    eventually(HANG_GUARD, "the booking", || calls() == booked + 1).await;
     let behind = second.clone();
     let after = tokio::spawn(async move {
         behind.acquire(1).await.unwrap();
         Instant::now()
     });
-    eventually(ms(200), "the booking after it", || calls() == booked + 2).await;
+    eventually(HANG_GUARD, "the booking after it", || calls() == booked + 2).await;
     sleep(ms(50)).await;
     cancelled.abort();
-    eventually(ms(400), "the attempt to give it back", || {
+    eventually(HANG_GUARD, "the attempt to give it back", || {
         calls() == booked + 3
     })
     .await;
+    // Given back, the waiter behind would go at 500 ms: it goes a token later.
     let at = after.await.unwrap() - start;
     assert!(
-        at >= ms(745) && at < ms(900),
-        "the waiter behind went at {at:?}, not at 750 ms"
+        at >= ms(745),
+        "the waiter behind went at {at:?}: the cancelled waiter's tokens were given back although someone booked after it"
     );
     first.close().await.unwrap();
     second.close().await.unwrap();
@@ -433,7 +441,7 @@ async fn close_wakes_every_waiter_and_leaves_only_expiring_keys() {
 
     let start = Instant::now();
     limiter.close().await.unwrap();
-    let woken = timeout(ms(500), async {
+    let woken = timeout(HANG_GUARD, async {
         while let Some(done) = waiters.join_next().await {
             let err = done.unwrap().unwrap_err();
             assert!(err.is_closed(), "{err}");

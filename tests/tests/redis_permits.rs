@@ -27,6 +27,9 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// A lease that no test outlives.
+const LONG_TTL: Duration = Duration::from_secs(600);
+
 /// An entered executor of `slots` local slots under `limit` fleet permits named
 /// `prefix`, with leases of `ttl`.
 async fn executor(
@@ -61,7 +64,7 @@ async fn leases_become(server: &RedisServer, prefix: &str, n: i64) {
     let start = Instant::now();
     while leases(server, prefix) != n {
         assert!(
-            start.elapsed() < ms(1000),
+            start.elapsed() < HANG_GUARD,
             "the fleet holds {} leases, not {n}",
             leases(server, prefix)
         );
@@ -107,11 +110,13 @@ async fn every_way_out_releases_the_permit() {
     let url = server.url();
     // One permit for the fleet: each step below runs only if the one before gave it
     // back.
-    let executor = executor(&url, "ways", 1, 4, ms(2000)).await;
+    // Leases outlive the test: a permit comes back only by its release, never by
+    // expiring, so the waits below need no bound but a hang guard.
+    let executor = executor(&url, "ways", 1, 4, LONG_TTL).await;
     let within = |what: &'static str| {
         let executor = executor.clone();
         async move {
-            timeout(ms(1500), executor.execute(async { 7 }))
+            timeout(HANG_GUARD, executor.execute(async { 7 }))
                 .await
                 .unwrap_or_else(|_| panic!("the permit was not released after {what}"))
                 .unwrap()
@@ -177,8 +182,9 @@ async fn every_way_out_releases_the_permit() {
 async fn close_wakes_the_waiters_and_releases_the_leases() {
     let server = RedisServer::start();
     let url = server.url();
-    let a = executor(&url, "closing", 1, 4, ms(2000)).await;
-    let b = executor(&url, "closing", 1, 4, ms(2000)).await;
+    // Leases outlive the test: b gets the permit only when a's close releases it.
+    let a = executor(&url, "closing", 1, 4, LONG_TTL).await;
+    let b = executor(&url, "closing", 1, 4, LONG_TTL).await;
     let running = a.spawn(sleep(ms(400))).await.unwrap();
     let waiter_a = tokio::spawn({
         let a = a.clone();
@@ -197,7 +203,7 @@ async fn close_wakes_the_waiters_and_releases_the_leases() {
         async move { a.close().await }
     });
     // The waiter of the closing executor leaves at once with a closed error.
-    let woken = timeout(ms(200), waiter_a).await.unwrap().unwrap();
+    let woken = timeout(HANG_GUARD, waiter_a).await.unwrap().unwrap();
     assert!(woken.unwrap_err().is_closed());
     assert!(start.elapsed() < HANG_GUARD, "{:?}", start.elapsed());
     // The running task keeps its permit until it ends; then the close releases
@@ -206,7 +212,7 @@ async fn close_wakes_the_waiters_and_releases_the_leases() {
     running.await.unwrap();
     assert!(start.elapsed() >= ms(300), "{:?}", start.elapsed());
     assert_eq!(a.fleet_permits_held(), 0);
-    let ran = timeout(ms(1000), waiter_b).await.unwrap().unwrap();
+    let ran = timeout(HANG_GUARD, waiter_b).await.unwrap().unwrap();
     assert_eq!(ran.unwrap(), "b ran");
     assert!(a.execute(async {}).await.unwrap_err().is_closed());
     b.close().await.unwrap();
@@ -349,7 +355,7 @@ async fn a_redis_stopped_mid_run_fails_the_callers_as_unavailable_in_bounded_tim
         async move { executor.execute(async {}).await }
     });
     for caller in [first, second] {
-        let err = timeout(ms(1500), caller)
+        let err = timeout(HANG_GUARD, caller)
             .await
             .expect("an outage is reported in bounded time")
             .unwrap()
@@ -360,7 +366,7 @@ async fn a_redis_stopped_mid_run_fails_the_callers_as_unavailable_in_bounded_tim
     assert!(start.elapsed() < HANG_GUARD, "{:?}", start.elapsed());
     assert_eq!(executor.fleet_permits_held(), 0);
     let closing = Instant::now();
-    timeout(ms(2000), executor.close())
+    timeout(HANG_GUARD, executor.close())
         .await
         .expect("the close is bounded while Redis is gone")
         .unwrap();
@@ -387,7 +393,8 @@ async fn a_rate_limited_executor_enters_its_permits_and_rolls_back_when_they_fai
 
     // Permits on a port nobody listens on: the enter fails as unavailable, and the
     // limiter it entered first is closed again.
-    let port = resource_tests::redis_server::free_port();
+    let reserved = resource_tests::server::TestServer::reserve();
+    let port = reserved.addr().port();
     let limiter = RateLimiter::new(100, Duration::from_secs(1)).unwrap();
     let executor = AsyncExecutor::builder(2)
         .redis_permits(
