@@ -368,9 +368,8 @@ async fn a_cancelled_waiter_gives_its_place_back_unless_someone_booked_after_it(
     let second = entered(&server, "cancel", 4, 1).await;
     let calls = || server.calls("evalsha");
 
-    let schedule = || -> Option<String> {
-        server.query(redis::cmd("HGET").arg("{cancel}:gcra").arg("tat"))
-    };
+    let schedule =
+        || -> Option<String> { server.query(redis::cmd("HGET").arg("{cancel}:gcra").arg("tat")) };
     let start = Instant::now();
     first.acquire(1).await.unwrap();
     let before = schedule();
