@@ -372,6 +372,9 @@ impl Drop for EventStream {
     }
 }
 
+/// Events a stream's reader may parse ahead of its caller.
+const STREAM_BUFFER: usize = 16;
+
 /// The accept header of a streamed request.
 const EVENT_STREAM: &str = "text/event-stream";
 
@@ -438,7 +441,8 @@ impl Endpoint {
                 .detail("a stream is read on a tokio runtime, and none is running")
                 .attempts_made(attempts));
         };
-        let (tx, rx) = mpsc::channel(1);
+        // Room for a few events: the reader parses ahead while the caller handles one.
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let cut = Arc::new(AtomicBool::new(false));
         let reader = Reader {
             endpoint: self.clone(),
@@ -510,55 +514,31 @@ impl Reader {
         error
     }
 
-    /// Runs `fut` until it is done, the endpoint cuts its streams, the stream is
-    /// dropped, or (with `idle`) the idle timeout passes.
-    async fn wait<T>(
-        &self,
-        fut: impl Future<Output = T>,
-        tx: &mpsc::Sender<Item>,
-        streams_cut: &CancellationToken,
-        idle: bool,
-    ) -> Woken<T> {
-        let mut fut = pin!(fut);
-        let mut cut = pin!(streams_cut.cancelled());
-        let mut dropped = pin!(tx.closed());
-        let mut timer = if idle {
-            crate::step::try_sleep(self.idle).map(Box::pin)
-        } else {
-            None
-        };
-        poll_fn(|cx| {
-            if cut.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Woken::Cut);
-            }
-            if dropped.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Woken::Dropped);
-            }
-            if let Poll::Ready(value) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Woken::Ready(value));
-            }
-            if let Some(timer) = timer.as_mut()
-                && timer.as_mut().poll(cx).is_ready()
-            {
-                return Poll::Ready(Woken::Idle);
-            }
-            Poll::Pending
-        })
-        .await
-    }
-
     fn cut_now(&self) {
         self.cut.store(true, Ordering::SeqCst);
         let counters = &self.endpoint.inner.counters;
         counters.streams_cut.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Reads the connection until the stream ends, handing each event over.
+    ///
+    /// The futures that watch for a cut, a dropped stream and the idle timeout are made
+    /// once and polled again for every chunk and event (the timer is reset, not made
+    /// anew), and an event goes into the channel without waiting while it has room:
+    /// per event, the reader does the parsing and little else.
     async fn run(
         mut self,
         mut response: reqwest::Response,
         tx: mpsc::Sender<Item>,
         streams_cut: CancellationToken,
     ) {
+        let mut watch = Watch {
+            cut: pin!(streams_cut.cancelled()),
+            dropped: pin!(tx.closed()),
+            // Without a timer (a runtime built without one) the silence is not
+            // bounded; everything else works.
+            idle: crate::step::try_sleep(self.idle).map(Box::pin),
+        };
         let mut parsed: VecDeque<Result<Event, FormatError>> = VecDeque::new();
         loop {
             while let Some(next) = parsed.pop_front() {
@@ -576,13 +556,29 @@ impl Reader {
                     )),
                 };
                 let last = item.is_err();
-                match self.wait(tx.send(item), &tx, &streams_cut, false).await {
-                    Woken::Cut => return self.cut_now(),
-                    Woken::Ready(Ok(())) if !last => {}
-                    _ => return,
+                let item = match tx.try_reserve() {
+                    Ok(permit) => {
+                        permit.send(item);
+                        None
+                    }
+                    Err(mpsc::error::TrySendError::Full(())) => Some(item),
+                    Err(mpsc::error::TrySendError::Closed(())) => return,
+                };
+                if let Some(item) = item {
+                    match watch.wait(tx.send(item), false).await {
+                        Woken::Cut => return self.cut_now(),
+                        Woken::Ready(Ok(())) => {}
+                        _ => return,
+                    }
+                }
+                if last {
+                    return;
                 }
             }
-            let chunk = match self.wait(response.chunk(), &tx, &streams_cut, true).await {
+            if let Some(idle) = watch.idle.as_mut() {
+                idle.as_mut().reset(tokio::time::Instant::now() + self.idle);
+            }
+            let chunk = match watch.wait(response.chunk(), true).await {
                 Woken::Cut => return self.cut_now(),
                 Woken::Dropped => return,
                 Woken::Idle => {
@@ -591,7 +587,7 @@ impl Reader {
                             .timed_out(true, None)
                             .detail(format!("the server sent nothing for {:?}", self.idle)),
                     );
-                    return self.deliver(error, &tx, &streams_cut).await;
+                    return self.deliver(error, &tx, &mut watch).await;
                 }
                 Woken::Ready(chunk) => chunk,
             };
@@ -601,22 +597,64 @@ impl Reader {
                 Ok(None) => return,
                 Err(e) => {
                     let error = self.fail(self.error(CallErrorKind::Interrupted).caused_by(e));
-                    return self.deliver(error, &tx, &streams_cut).await;
+                    return self.deliver(error, &tx, &mut watch).await;
                 }
             }
         }
     }
 
     /// Hands over the error that ends the stream.
-    async fn deliver(
+    async fn deliver<C, D>(
         &self,
         error: CallError,
         tx: &mpsc::Sender<Item>,
-        streams_cut: &CancellationToken,
-    ) {
-        if let Woken::Cut = self.wait(tx.send(Err(error)), tx, streams_cut, false).await {
+        watch: &mut Watch<'_, C, D>,
+    ) where
+        C: Future<Output = ()>,
+        D: Future<Output = ()>,
+    {
+        if let Woken::Cut = watch.wait(tx.send(Err(error)), false).await {
             self.cut_now();
         }
+    }
+}
+
+/// What a reader watches while it waits: the endpoint's cut, the stream dropped, and
+/// (while it waits for the server) the idle timeout.
+struct Watch<'a, C, D> {
+    cut: Pin<&'a mut C>,
+    dropped: Pin<&'a mut D>,
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<C, D> Watch<'_, C, D>
+where
+    C: Future<Output = ()>,
+    D: Future<Output = ()>,
+{
+    /// Runs `fut` until it is done, the endpoint cuts its streams, the stream is
+    /// dropped, or (with `idle`) the idle timeout passes.
+    async fn wait<T>(&mut self, fut: impl Future<Output = T>, idle: bool) -> Woken<T> {
+        let mut fut = pin!(fut);
+        poll_fn(|cx| {
+            if self.cut.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woken::Cut);
+            }
+            if self.dropped.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woken::Dropped);
+            }
+            if let Poll::Ready(value) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Woken::Ready(value));
+            }
+            if idle
+                && let Some(timer) = self.idle.as_mut()
+                && timer.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Woken::Idle);
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
