@@ -8,7 +8,7 @@
 //! cargo run --example quickstart -- --requests 500 --rate 200
 //! OPENAI_API_KEY=... cargo run --example quickstart -- --url https://api.openai.com/v1 --model gpt-4o-mini
 //! cargo run --example quickstart -- --stream                   # answers streamed as server-sent events
-//! cargo run --example quickstart -- --stream --stop-after 40   # the endpoint closed mid-stream
+//! cargo run --example quickstart -- --stream --stop-after 40   # stopped mid-stream
 //! cargo run --example quickstart -- --help
 //! ```
 
@@ -16,12 +16,12 @@ use std::collections::BTreeMap;
 use std::error::Error;
 use std::io::Write as _;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use resource_runtime::{
-    AsyncResource, Operation,
+    AsyncResource, Operation, ResourceError,
     executor::{AsyncExecutor, RateLimitedExecutor},
     http::{
         CallError, CallErrorKind, Endpoint, EndpointConfig, EndpointStats, RetryPolicy, Secret,
@@ -62,7 +62,7 @@ pub(crate) struct Options {
     pub(crate) rate: u32,
     /// Ask for every answer as a stream of server-sent events.
     pub(crate) stream: bool,
-    /// Close the endpoint once this many requests were answered, mid-stream.
+    /// Stop at this answer: close the jobs and the endpoint, mid-stream.
     pub(crate) stop_after: Option<u64>,
 }
 
@@ -88,11 +88,12 @@ options:
   --requests N     how many requests to send (default: 300)
   --rate N         requests a second (default: 100)
   --stream         ask for every answer as a stream of server-sent events: the
-                   first answer's tokens are printed as they arrive, then one line
-                   for each of the others
-  --stop-after N   close the endpoint once N requests were answered, while other
-                   answers are still streaming: the streams are cut, and the output
-                   says how many and that every connection was released
+                   first answer's tokens are printed as they arrive, then a line for
+                   each of the others as it ends
+  --stop-after N   stop at the N-th answer, while other answers are still streaming:
+                   the jobs and the endpoint close, no other request is sent, the
+                   streams are cut, and the output says how many of each and that
+                   every connection was released
   -h, --help       print this text";
 
 pub(crate) fn options(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
@@ -193,18 +194,32 @@ pub(crate) type StepLog = CloseRecorder;
 #[derive(Debug)]
 #[allow(dead_code)]
 pub(crate) struct Report {
+    /// Requests the run was asked to send.
+    pub(crate) requests: u64,
+    /// Requests sent: answered, or failed after the endpoint took them.
     pub(crate) sent: u64,
     pub(crate) answered: u64,
+    /// Requests sent that ended without their answer.
     pub(crate) failed: u64,
+    /// Requests never sent: the stop came before they started, or the endpoint was
+    /// closed when they came to it.
+    pub(crate) not_sent: u64,
+    /// Streams the close cut after they had delivered at least one event.
+    pub(crate) cut_mid_answer: u64,
     pub(crate) retries: u64,
     /// The endpoint's counts, retries by cause among them.
     pub(crate) stats: EndpointStats,
-    /// Why calls failed, with how many failed so (`"503 Service Unavailable"`, ...).
+    /// Why requests failed or were not sent, with how many so (`"503 Service
+    /// Unavailable"`, `"cut mid-answer by the close"`, ...).
     pub(crate) failures: Vec<(String, u64)>,
     /// The close steps, one row each (`close  Provider  jobs  106 µs  ok`).
     pub(crate) closed: Vec<String>,
-    /// Requests that did not complete because `--stop-after` closed the endpoint.
+    /// Requests that failed or were not sent because `--stop-after` closed the jobs and
+    /// the endpoint.
     pub(crate) stopped: u64,
+    /// Answers that completed after the one that triggered `--stop-after`, while the
+    /// close took effect.
+    pub(crate) answered_after_stop: u64,
     /// Connections the embedded API still had open after the close (`None` for
     /// another API, whose connections it cannot count).
     pub(crate) open_after_close: Option<usize>,
@@ -217,17 +232,32 @@ struct Answered {
     took: Duration,
 }
 
+/// A call that failed, and how many events its stream had delivered before.
+struct CallFailed {
+    error: CallError,
+    events: usize,
+}
+
 /// Reads a streamed answer, printing each token as it comes when `live`.
-async fn read_stream(api: &Endpoint, request: &Value, live: bool) -> Result<Answered, CallError> {
+async fn read_stream(api: &Endpoint, request: &Value, live: bool) -> Result<Answered, CallFailed> {
     let started = Instant::now();
-    let mut events = api.stream(request).await?;
+    let mut events = api
+        .stream(request)
+        .await
+        .map_err(|error| CallFailed { error, events: 0 })?;
     let mut answer = Answered {
         text: String::new(),
         tokens: 0,
         took: Duration::ZERO,
     };
+    let mut delivered = 0;
     while let Some(event) = events.next().await {
-        let chunk: Value = event?.json().unwrap_or(Value::Null);
+        let event = event.map_err(|error| CallFailed {
+            error,
+            events: delivered,
+        })?;
+        delivered += 1;
+        let chunk: Value = event.json().unwrap_or(Value::Null);
         if let Some(token) = chunk["choices"][0]["delta"]["content"].as_str() {
             answer.tokens += 1;
             answer.text.push_str(token);
@@ -248,7 +278,7 @@ async fn ask(
     i: u64,
     stream: bool,
     live: bool,
-) -> Result<Answered, CallError> {
+) -> Result<Answered, CallFailed> {
     let mut request = json!({
         "model": model,
         "messages": [{ "role": "user", "content": format!("question {i}") }],
@@ -257,14 +287,18 @@ async fn ask(
         request["stream"] = json!(true);
         return read_stream(api, &request, live).await;
     }
-    let answer = api.call::<_, Value>(&request).await?;
+    let started = Instant::now();
+    let answer = api
+        .call::<_, Value>(&request)
+        .await
+        .map_err(|error| CallFailed { error, events: 0 })?;
     Ok(Answered {
         text: answer["choices"][0]["message"]["content"]
             .as_str()
             .unwrap_or("?")
             .to_owned(),
         tokens: 0,
-        took: Duration::ZERO,
+        took: started.elapsed(),
     })
 }
 
@@ -281,33 +315,139 @@ fn failure_kind(error: &CallError) -> String {
         (CallErrorKind::Interrupted, _) => "connection broke off".to_owned(),
         (CallErrorKind::Timeout, _) => "timed out".to_owned(),
         (CallErrorKind::Decode, _) => "answer not the expected JSON".to_owned(),
-        (CallErrorKind::Cut, _) => "cut at close".to_owned(),
-        (CallErrorKind::Closed, _) => "stopped: the endpoint closed".to_owned(),
+        (CallErrorKind::Cut, _) => "cut at the close deadline".to_owned(),
+        (CallErrorKind::Closed, _) => "the endpoint was closed".to_owned(),
         (CallErrorKind::Stream, _) => "a malformed event stream".to_owned(),
+        (CallErrorKind::Limiter, _) => "the rate limiter refused".to_owned(),
         _ => error.to_string(),
     }
 }
 
-/// The failures of the calls, counted by kind, and the first one in full.
+/// What kind of end a request that got no answer came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Sent, and failed for a reason of its own (a status, a connection error, ...).
+    Failed,
+    /// Sent, and its stream cut by the stop's close after at least one event.
+    CutMidAnswer,
+    /// Sent, and ended by the stop's close before any of its answer came.
+    CutBeforeAnswer,
+    /// Never sent: the stop came before it started, or the endpoint was closed when
+    /// it came to it.
+    NotSent,
+}
+
+/// A request that got no answer: its class, a few words to count it by, and the
+/// error in full.
+struct Failure {
+    class: Class,
+    kind: String,
+    full: String,
+}
+
+impl Failure {
+    /// A request the stop kept from starting.
+    fn not_started() -> Self {
+        Failure {
+            class: Class::NotSent,
+            kind: "stopped before it started".to_owned(),
+            full: "not sent: the run was stopped before it started".to_owned(),
+        }
+    }
+
+    /// A call that failed; `stopped` says whether the stop had closed the jobs and the
+    /// endpoint by then (the close's errors are then the stop's doing).
+    fn of_call(failed: &CallFailed, stopped: bool) -> Self {
+        let CallFailed { error, events } = failed;
+        let full = with_causes(error);
+        let by_close = matches!(error.kind(), CallErrorKind::Closed | CallErrorKind::Cut)
+            || (stopped && error.kind() == CallErrorKind::Limiter);
+        let (class, kind) = if !by_close {
+            (Class::Failed, failure_kind(error))
+        } else if *events > 0 {
+            (
+                Class::CutMidAnswer,
+                "cut mid-answer by the close".to_owned(),
+            )
+        } else if error.attempts() > 0 {
+            (
+                Class::CutBeforeAnswer,
+                "cut by the close before any of its answer came".to_owned(),
+            )
+        } else {
+            (
+                Class::NotSent,
+                "refused: the endpoint was closed".to_owned(),
+            )
+        };
+        Failure { class, kind, full }
+    }
+
+    /// A request the executor did not run.
+    fn refused(refused: &ResourceError) -> Self {
+        if refused.is_closed() {
+            return Failure::not_started();
+        }
+        Failure {
+            class: Class::Failed,
+            kind: refused.to_string(),
+            full: with_causes(refused),
+        }
+    }
+}
+
+/// The failures of the requests, counted by kind, and the first one in full.
 #[derive(Default)]
 struct Failures {
-    by_kind: BTreeMap<String, u64>,
+    by_kind: BTreeMap<String, (Class, u64)>,
     first: Option<String>,
 }
 
 impl Failures {
-    fn add(&mut self, kind: String, full: String) {
-        *self.by_kind.entry(kind).or_default() += 1;
-        self.first.get_or_insert(full);
+    fn add(&mut self, failure: &Failure) {
+        self.by_kind
+            .entry(failure.kind.clone())
+            .or_insert((failure.class, 0))
+            .1 += 1;
+        if failure.class != Class::NotSent {
+            self.first.get_or_insert_with(|| failure.full.clone());
+        }
     }
 
-    /// Most frequent first.
+    /// Every kind, most frequent first.
     fn counted(&self) -> Vec<(String, u64)> {
-        let mut counted: Vec<(String, u64)> =
-            self.by_kind.iter().map(|(k, n)| (k.clone(), *n)).collect();
+        self.counted_where(|_| true)
+    }
+
+    /// The kinds whose class passes `keep`, most frequent first.
+    fn counted_where(&self, keep: impl Fn(Class) -> bool) -> Vec<(String, u64)> {
+        let mut counted: Vec<(String, u64)> = self
+            .by_kind
+            .iter()
+            .filter(|(_, (class, _))| keep(*class))
+            .map(|(k, (_, n))| (k.clone(), *n))
+            .collect();
         counted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         counted
     }
+
+    /// How many requests of the classes `keep` passes.
+    fn count_where(&self, keep: impl Fn(Class) -> bool) -> u64 {
+        self.by_kind
+            .values()
+            .filter(|(class, _)| keep(*class))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// `12 × cut mid-answer by the close, 5 × ...`.
+fn counted_line(counted: &[(String, u64)]) -> String {
+    let why: Vec<String> = counted
+        .iter()
+        .map(|(kind, n)| format!("{n} × {kind}"))
+        .collect();
+    why.join(", ")
 }
 
 /// `6 retries: 4 after 429, 2 after 5xx`, naming only the causes that happened.
@@ -329,6 +469,182 @@ fn retries_line(stats: &EndpointStats) -> String {
         1 => format!("1 retry: {}", named.join(", ")),
         n => format!("{n} retries: {}", named.join(", ")),
     }
+}
+
+/// A request's time, always in milliseconds: `981.4 ms`, `1043.0 ms`.
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// A time of the whole run, always in seconds: `0.31 s`, `5.82 s`.
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// `1st`, `2nd`, `3rd`, `11th`, `22nd`.
+fn nth(n: u64) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// The run's counts, shared by the request tasks.
+struct Counts {
+    answered: AtomicU64,
+    /// Requests sent that failed.
+    failed: AtomicU64,
+    not_sent: AtomicU64,
+    /// When the first and the last request went to the endpoint, in microseconds
+    /// since the run started.
+    first_sent: AtomicU64,
+    last_sent: AtomicU64,
+    started: Instant,
+}
+
+impl Counts {
+    fn new(started: Instant) -> Self {
+        Counts {
+            answered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            not_sent: AtomicU64::new(0),
+            first_sent: AtomicU64::new(u64::MAX),
+            last_sent: AtomicU64::new(0),
+            started,
+        }
+    }
+
+    /// Notes that a request goes to the endpoint now.
+    fn sending(&self) {
+        let now = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.first_sent.fetch_min(now, Ordering::Relaxed);
+        self.last_sent.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// The time from the first request sent to the last, if any was.
+    fn sending_window(&self) -> Option<Duration> {
+        let first = self.first_sent.load(Ordering::Relaxed);
+        let last = self.last_sent.load(Ordering::Relaxed);
+        (first <= last).then(|| Duration::from_micros(last - first))
+    }
+
+    /// Counts a request's end; returns how many were answered with this one.
+    fn ended(&self, outcome: &Result<Answered, Failure>) -> u64 {
+        let count = match outcome {
+            Ok(_) => return self.answered.fetch_add(1, Ordering::SeqCst) + 1,
+            Err(failure) if failure.class == Class::NotSent => &self.not_sent,
+            Err(_) => &self.failed,
+        };
+        count.fetch_add(1, Ordering::SeqCst);
+        self.answered.load(Ordering::SeqCst)
+    }
+
+    /// `  288/300 answered, 0 failed,  16.0 s`, and the requests not sent if any.
+    fn progress(&self, total: u64) -> String {
+        let answered = self.answered.load(Ordering::SeqCst);
+        let failed = self.failed.load(Ordering::SeqCst);
+        let mut line = format!("  {answered:>5}/{total} answered, {failed} failed");
+        let not_sent = self.not_sent.load(Ordering::SeqCst);
+        if not_sent > 0 {
+            line.push_str(&format!(", {not_sent} not sent"));
+        }
+        line.push_str(&format!(
+            ", {:>5.1} s",
+            self.started.elapsed().as_secs_f64()
+        ));
+        line
+    }
+}
+
+/// `--stop-after N`: the task whose answer is the N-th closes the jobs and the
+/// endpoint at once, so no request starts after it and the open streams are cut.
+struct Stop {
+    after: u64,
+    /// Set the moment the stop begins: a request that sees it is not submitted.
+    fired: AtomicBool,
+    jobs: RateLimitedExecutor,
+    api: Endpoint,
+    stopped: Mutex<Option<Stopped>>,
+}
+
+/// How the stop went.
+struct Stopped {
+    /// When it began, since the run started.
+    at: Duration,
+    /// The answer that stopped the run: the N-th.
+    answered: u64,
+    /// Calls running on the endpoint when it began, open streams included.
+    in_flight: usize,
+    /// The close of the jobs and of the endpoint, each as text if it failed.
+    jobs: Result<(), String>,
+    api: Result<(), String>,
+}
+
+impl Stop {
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    /// Stops the run at its `answered`-th answer; only the first call does anything.
+    async fn now(&self, answered: u64, counts: &Counts) {
+        if self.fired.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let at = counts.started.elapsed();
+        let in_flight = self.api.in_flight();
+        // Both closes at once: the jobs' refuses every request not started yet (alone it
+        // would wait for the running ones to finish), the endpoint's cuts every open
+        // stream and releases its connection.
+        let (jobs, api) = tokio::join!(self.jobs.close(), self.api.close());
+        let stopped = Stopped {
+            at,
+            answered,
+            in_flight,
+            jobs: jobs.map_err(|e| with_causes(&e)),
+            api: api.map_err(|e| with_causes(&e)),
+        };
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(stopped);
+    }
+
+    /// Stops the run if `answered` is the N-th answer.
+    async fn answered(&self, answered: u64, counts: &Counts) {
+        if answered == self.after {
+            self.now(answered, counts).await;
+        }
+    }
+
+    fn take(&self) -> Option<Stopped> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+/// How a streamed request ended, for its line (`request 7: ...`).
+fn ending(outcome: &Result<Answered, Failure>, events: Option<usize>) -> String {
+    match (outcome, events) {
+        (Ok(a), _) => format!(
+            "{} tokens, {} characters, in {}",
+            a.tokens,
+            a.text.chars().count(),
+            ms(a.took)
+        ),
+        (Err(f), Some(events)) if f.class == Class::CutMidAnswer => {
+            format!("{} (after {events} event(s)): {}", f.kind, f.full)
+        }
+        (Err(f), _) if f.class == Class::Failed => format!("failed ({}): {}", f.kind, f.full),
+        (Err(f), _) => format!("{}: {}", f.kind, f.full),
+    }
+}
+
+/// Whether `--stop-after` has stopped the run.
+fn fired(stop: &Option<Arc<Stop>>) -> bool {
+    stop.as_ref().is_some_and(|stop| stop.fired())
 }
 
 /// The whole job; `main` only reads the arguments and installs the subscriber.
@@ -365,8 +681,9 @@ pub(crate) async fn run(
     ));
     tokio::fs::create_dir_all(&dir).await?;
     let log_path = dir.join("answers.log");
+    let burst = options.rate.clamp(1, 10);
     let limiter = RateLimiter::builder(options.rate, Duration::from_secs(1))
-        .burst(options.rate.clamp(1, 10))
+        .burst(burst)
         .build()?;
     let provider = Provider {
         log: BufWriter::new(tokio::fs::File::create(&log_path).await?),
@@ -379,43 +696,66 @@ pub(crate) async fn run(
 
     let total = options.requests;
     let started = Instant::now();
+    let counts = Arc::new(Counts::new(started));
     let failures = Arc::new(Mutex::new(Failures::default()));
     let finished = scope(provider, async |provider: &mut Provider| {
-        let done = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
         let stream = options.stream;
+        let stop = options.stop_after.map(|after| {
+            Arc::new(Stop {
+                after,
+                fired: AtomicBool::new(false),
+                jobs: provider.jobs.clone(),
+                api: provider.api.clone(),
+                stopped: Mutex::new(None),
+            })
+        });
+        if let Some(stop) = stop.as_ref().filter(|stop| stop.after == 0) {
+            stop.now(0, &counts).await;
+        }
         // Streamed, the first answer is read alone, its tokens printed as they come.
         let mut first = None;
         if stream && total > 0 {
-            print!("request 0: ");
-            let answer = ask(&provider.api, &provider.model, 0, true, true).await;
-            println!();
-            match &answer {
-                Ok(_) => done.fetch_add(1, Ordering::Relaxed),
-                Err(error) => {
-                    let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
-                    failures.add(failure_kind(error), with_causes(error));
-                    failed.fetch_add(1, Ordering::Relaxed)
+            let outcome = if fired(&stop) {
+                Err(Failure::not_started())
+            } else {
+                print!("request 0: ");
+                let _ = std::io::stdout().flush();
+                counts.sending();
+                let answer = ask(&provider.api, &provider.model, 0, true, true).await;
+                let mut events = None;
+                let outcome = answer.map_err(|failed| {
+                    events = Some(failed.events);
+                    Failure::of_call(&failed, fired(&stop))
+                });
+                match (&outcome, events) {
+                    (Ok(a), _) => println!(
+                        "  ({} tokens, {} characters, in {})",
+                        a.tokens,
+                        a.text.chars().count(),
+                        ms(a.took)
+                    ),
+                    // Its first tokens are on the line: the failure goes on a line of its own.
+                    (Err(_), Some(n)) if n > 0 => {
+                        println!();
+                        println!("request 0: {}", ending(&outcome, events));
+                    }
+                    (Err(_), _) => println!("{}", ending(&outcome, events)),
                 }
+                outcome
             };
-            first = Some(answer.map_err(|e| with_causes(&e)));
+            if let Err(failure) = &outcome {
+                failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .add(failure);
+            }
+            let answered = counts.ended(&outcome);
+            if let (Some(stop), Ok(_)) = (&stop, &outcome) {
+                stop.answered(answered, &counts).await;
+            }
+            first = Some(outcome);
         }
-        // With --stop-after, the endpoint closes once that many answers came.
-        let stopper = options.stop_after.map(|n| {
-            let (api, done, failed) = (provider.api.clone(), done.clone(), failed.clone());
-            tokio::spawn(async move {
-                while done.load(Ordering::Relaxed) < n
-                    && done.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < total
-                {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                let in_flight = api.in_flight();
-                let closed = api.close().await;
-                (in_flight, closed)
-            })
-        });
-        let progress = (!stream)
-            .then(|| tokio::spawn(progress_line(total, done.clone(), failed.clone(), started)));
+        let progress = (!stream).then(|| tokio::spawn(progress_line(total, counts.clone())));
         let skip = u64::from(first.is_some());
         let calls: Vec<_> = (skip..total)
             .map(|i| {
@@ -424,31 +764,53 @@ pub(crate) async fn run(
                     provider.jobs.clone(),
                     provider.model.clone(),
                 );
-                let (done, failed, failures) = (done.clone(), failed.clone(), failures.clone());
+                let (counts, failures, stop) = (counts.clone(), failures.clone(), stop.clone());
                 tokio::spawn(async move {
-                    let answer = jobs
-                        .execute(async move { ask(&api, &model, i, stream, false).await })
-                        .await;
-                    let answer: Result<Answered, String> = match answer {
-                        Ok(Ok(answer)) => Ok(answer),
-                        Ok(Err(error)) => {
-                            let full = with_causes(&error);
-                            let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
-                            failures.add(failure_kind(&error), full.clone());
-                            Err(full)
-                        }
-                        Err(refused) => {
-                            let full = with_causes(&refused);
-                            let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
-                            failures.add(refused.to_string(), full.clone());
-                            Err(full)
+                    let mut events = None;
+                    let outcome = if fired(&stop) {
+                        Err(Failure::not_started())
+                    } else {
+                        let (sending, job_stop) = (counts.clone(), stop.clone());
+                        let answer = jobs
+                            .execute(async move {
+                                // Its turn may come just as the stop begins: then it is
+                                // not sent.
+                                if fired(&job_stop) {
+                                    return None;
+                                }
+                                sending.sending();
+                                Some(ask(&api, &model, i, stream, false).await)
+                            })
+                            .await;
+                        match answer {
+                            Ok(None) => Err(Failure::not_started()),
+                            Ok(Some(Ok(answer))) => Ok(answer),
+                            Ok(Some(Err(failed))) => {
+                                events = Some(failed.events);
+                                Err(Failure::of_call(&failed, fired(&stop)))
+                            }
+                            Err(refused) => Err(Failure::refused(&refused)),
                         }
                     };
-                    match &answer {
-                        Ok(_) => done.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                    (i, answer)
+                    if let Err(failure) = &outcome {
+                        failures
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .add(failure);
+                    }
+                    let answered = counts.ended(&outcome);
+                    // Streamed, each request says how it went as it ends (the ones never
+                    // sent are counted in the summary).
+                    let never_sent = matches!(&outcome, Err(f) if f.class == Class::NotSent);
+                    if stream && !never_sent {
+                        // A closed stdout (the output piped to `head`) ends no request.
+                        let line = ending(&outcome, events);
+                        let _ = writeln!(std::io::stdout(), "request {i}: {line}");
+                    }
+                    if let (Some(stop), Ok(_)) = (&stop, &outcome) {
+                        stop.answered(answered, &counts).await;
+                    }
+                    (i, outcome)
                 })
             })
             .collect();
@@ -457,52 +819,33 @@ pub(crate) async fn run(
             answers.push((0, first));
         }
         for call in calls {
-            if let Ok(answer) = call.await {
-                answers.push(answer);
-            }
-        }
-        for (i, answer) in answers {
-            let line = match &answer {
-                Ok(answer) => format!("{i}: {:?}\n", answer.text),
-                Err(e) => format!("{i}: failed: {e}\n"),
-            };
-            if stream && i > 0 {
-                match &answer {
-                    Ok(a) => println!(
-                        "request {i}: {} tokens, {} characters, in {:.0?}",
-                        a.tokens,
-                        a.text.chars().count(),
-                        a.took
-                    ),
-                    Err(e) => println!("request {i}: failed: {e}"),
-                }
-            }
-            if let Err(e) = provider.log.write_all(line.as_bytes()).await {
-                eprintln!("could not write the log: {e}");
+            match call.await {
+                Ok(answer) => answers.push(answer),
+                Err(e) => eprintln!("a request's task failed: {e}"),
             }
         }
         if let Some(progress) = progress {
             progress.abort();
             let _ = progress.await;
-            println!();
+            // The last count, not the last tick's.
+            println!("\r{}", counts.progress(total));
         }
-        let stopped = match stopper {
-            Some(stopper) => match stopper.await {
-                Ok((in_flight, closed)) => Some((in_flight, closed.map_err(|e| e.to_string()))),
-                Err(e) => Some((0, Err(e.to_string()))),
-            },
-            None => None,
-        };
-        (
-            done.load(Ordering::Relaxed),
-            failed.load(Ordering::Relaxed),
-            provider.api.stats(),
-            stopped,
-        )
+        for (i, answer) in answers {
+            let line = match &answer {
+                Ok(answer) => format!("{i}: {:?}\n", answer.text),
+                Err(f) if f.class == Class::NotSent => format!("{i}: not sent: {}\n", f.kind),
+                Err(f) => format!("{i}: failed: {}\n", f.full),
+            };
+            if let Err(e) = provider.log.write_all(line.as_bytes()).await {
+                eprintln!("could not write the log: {e}");
+            }
+        }
+        let stopped = stop.as_ref().and_then(|stop| stop.take());
+        (provider.api.stats(), stopped)
     })
     .await;
-    let (ok, failed, stats, stopped) = match finished {
-        Ok(counts) => counts,
+    let (stats, stopped) = match finished {
+        Ok(outcome) => outcome,
         Err(error) => {
             // Nothing is left behind, whatever went wrong.
             let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -510,6 +853,9 @@ pub(crate) async fn run(
         }
     };
     let elapsed = started.elapsed();
+    let ok = counts.answered.load(Ordering::SeqCst);
+    let failed = counts.failed.load(Ordering::SeqCst);
+    let not_sent = counts.not_sent.load(Ordering::SeqCst);
     // The embedded API counts its open connections: once the provider is closed, every
     // one of them is released (the server sees each close shortly after the client's).
     let open_after_close = match &demo {
@@ -523,29 +869,67 @@ pub(crate) async fn run(
     let closed: Vec<String> = report.iter().map(ToString::to_string).collect();
     let failures = std::mem::take(&mut *failures.lock().unwrap_or_else(|p| p.into_inner()));
     let counted = failures.counted();
-    print!("\nrequests: {total} sent, {ok} answered, {failed} failed");
-    if counted.is_empty() {
+    // Sent: handed to the endpoint, and not refused or stopped before an attempt.
+    let sent = ok + failed;
+    if not_sent == 0 {
+        print!("\nrequests: {sent} sent, {ok} answered, {failed} failed");
+    } else {
+        print!("\nrequests: {sent} of {total} sent, {ok} answered, {failed} failed");
+    }
+    let failed_why = failures.counted_where(|class| class != Class::NotSent);
+    if failed_why.is_empty() {
         println!();
     } else {
-        let why: Vec<String> = counted
-            .iter()
-            .map(|(kind, n)| format!("{n} × {kind}"))
-            .collect();
-        println!(" ({})", why.join(", "));
+        println!(" ({})", counted_line(&failed_why));
+    }
+    if not_sent > 0 {
+        let why = failures.counted_where(|class| class == Class::NotSent);
+        println!("not sent: {not_sent} ({})", counted_line(&why));
     }
     if let Some(first) = &failures.first {
         println!("first failure: {first}");
     }
-    if let Some((in_flight, closed)) = &stopped {
-        let how = match closed {
-            Ok(()) => "it closed cleanly".to_owned(),
-            Err(e) => format!("its close failed: {e}"),
-        };
-        println!(
-            "--stop-after {}: the endpoint closed with {in_flight} call(s) in flight; {} stream(s) were cut mid-answer; {how}",
-            options.stop_after.unwrap_or(0),
-            stats.streams_cut
-        );
+    let cut_mid_answer = failures.count_where(|class| class == Class::CutMidAnswer);
+    let by_stop = failures.count_where(|class| class != Class::Failed);
+    let mut answered_after_stop = 0;
+    match (&stopped, options.stop_after) {
+        (Some(stop), Some(after)) => {
+            let how = match (&stop.jobs, &stop.api) {
+                (Ok(()), Ok(())) => "both closed cleanly".to_owned(),
+                (jobs, api) => {
+                    let failed: Vec<String> = [("the jobs", jobs), ("the endpoint", api)]
+                        .into_iter()
+                        .filter_map(|(what, closed)| {
+                            closed.as_ref().err().map(|e| format!("{what}: {e}"))
+                        })
+                        .collect();
+                    format!("the close failed: {}", failed.join("; "))
+                }
+            };
+            let by = match after {
+                0 => "the stop, before the first request,".to_owned(),
+                n => format!("the {} answer", nth(n)),
+            };
+            println!(
+                "--stop-after {after}: {by} closed the jobs and the endpoint at {}, with {} call(s) in flight; {how}",
+                secs(stop.at),
+                stop.in_flight,
+            );
+            answered_after_stop = ok.saturating_sub(stop.answered);
+            let more = match answered_after_stop {
+                0 => "no answer completed after it".to_owned(),
+                1 => "1 more answer completed before the close took effect".to_owned(),
+                n => format!("{n} more answers completed before the close took effect"),
+            };
+            println!(
+                "--stop-after {after}: {more}; {} stream(s) were cut ({cut_mid_answer} mid-answer); {not_sent} request(s) never sent",
+                stats.streams_cut,
+            );
+        }
+        (None, Some(after)) => println!(
+            "--stop-after {after}: not reached ({ok} answered); the endpoint closed with the provider"
+        ),
+        _ => {}
     }
     match open_after_close {
         Some(0) => {
@@ -557,16 +941,36 @@ pub(crate) async fn run(
         None => {}
     }
     println!("attempts: {} ({})", stats.attempts, retries_line(&stats));
-    print!(
-        "rate: {:.1} requests/s achieved against {} configured, in {elapsed:.1?}",
-        total as f64 / elapsed.as_secs_f64(),
-        options.rate
-    );
+    // The rate of what really went out: the requests the endpoint sent, over the time
+    // from the first to the last (a stop ends that time early).
+    let window = counts.sending_window().unwrap_or_default();
+    let when = if stopped.is_some() {
+        ", before the stop"
+    } else {
+        ""
+    };
+    if sent > 1 && !window.is_zero() {
+        let achieved = sent as f64 / window.as_secs_f64();
+        print!(
+            "rate: {achieved:.1} requests/s achieved against {} configured: {sent} requests sent in {}, from the first to the last{when}",
+            options.rate,
+            secs(window),
+        );
+        if achieved > f64::from(options.rate) {
+            print!(" (above it: the limiter lets bursts of up to {burst} through)");
+        }
+    } else {
+        print!(
+            "rate: {sent} request(s) sent{when}, too few to measure a rate against {} configured",
+            options.rate,
+        );
+    }
     if stats.retries_throttled > 0 {
         println!(" (each 429 paused every caller for its Retry-After)");
     } else {
         println!();
     }
+    println!("time: {} in all, the close included", secs(elapsed));
     let lines = tokio::fs::read_to_string(&log_path).await?.lines().count();
     println!(
         "log: {lines} lines in {}, none lost in a buffer",
@@ -579,32 +983,35 @@ pub(crate) async fn run(
     if let Some(open) = open_after_close.filter(|open| *open > 0) {
         return Err(format!("{open} connection(s) still open at the API after the close").into());
     }
-    // With --stop-after, the requests the close stopped are expected; any other failure
-    // is not.
-    let stopped_by_close = counted
-        .iter()
-        .filter(|(kind, _)| stopped.is_some() && kind.starts_with("stopped"))
-        .map(|(_, n)| n)
-        .sum::<u64>();
-    if let Some((_, Err(e))) = &stopped {
-        return Err(format!("the endpoint's close failed: {e}").into());
+    // With --stop-after, the requests the stop cut or kept from being sent are
+    // expected; any other failure is not.
+    let stopped_by_close = if stopped.is_some() { by_stop } else { 0 };
+    if let Some(stop) = &stopped
+        && let (Err(e), _) | (_, Err(e)) = (&stop.jobs, &stop.api)
+    {
+        return Err(format!("the stop's close failed: {e}").into());
     }
-    if failed > stopped_by_close {
-        let why: Vec<String> = counted
-            .iter()
-            .map(|(kind, n)| format!("{n} × {kind}"))
-            .collect();
-        return Err(format!("{failed} of {total} requests failed: {}", why.join(", ")).into());
+    if failed + not_sent > stopped_by_close {
+        return Err(format!(
+            "{} of {total} requests got no answer: {}",
+            failed + not_sent,
+            counted_line(&counted)
+        )
+        .into());
     }
     Ok(Report {
-        sent: total,
+        requests: total,
+        sent,
         answered: ok,
         failed,
+        not_sent,
+        cut_mid_answer,
         retries: stats.retries(),
         stats,
         failures: counted,
         closed,
         stopped: stopped_by_close,
+        answered_after_stop,
         open_after_close,
     })
 }
@@ -629,15 +1036,12 @@ fn demo_rule(n: u64, _: &hyper::HeaderMap) -> embedded_api::Verdict {
     }
 }
 
-async fn progress_line(total: u64, done: Arc<AtomicU64>, failed: Arc<AtomicU64>, started: Instant) {
+/// Rewrites the progress line four times a second until aborted.
+async fn progress_line(total: u64, counts: Arc<Counts>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
-        let (done, failed) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-        print!(
-            "\r  {done:>5}/{total} answered, {failed} failed, {:>5.1}s",
-            started.elapsed().as_secs_f64()
-        );
+        print!("\r{}", counts.progress(total));
         let _ = std::io::stdout().flush();
     }
 }
