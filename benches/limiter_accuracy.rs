@@ -281,4 +281,24 @@ fn main() {
             }
         );
     }
+    if as_test {
+        return;
+    }
+    let mut results = resource_benches::Results::new("limiter_accuracy");
+    for kind in Kind::ALL {
+        let mine: Vec<&Row> = rows.iter().filter(|r| r.kind == kind).collect();
+        let met = mine.iter().filter(|r| r.meets()).count();
+        results.figure(
+            &format!("rows_met_{}", kind.name()),
+            &format!("of {} rows at >= 0.98 of the rate and Jain >= 0.99", mine.len()),
+            met as f64,
+        );
+        let worst = mine.iter().map(|r| r.ratio).fold(f64::INFINITY, f64::min);
+        results.figure(
+            &format!("worst_rate_ratio_{}", kind.name()),
+            "achieved / configured",
+            worst,
+        );
+    }
+    results.write();
 }

@@ -1,114 +1,44 @@
-//! What a `try_acquire` costs when it passes and when it is rejected, on one thread and
-//! on two threads sharing one limiter, against the peers a user would reach for. Run:
+//! What a `try_acquire` costs when it passes and when it is rejected, against the floor
+//! it cannot go below (one read of tokio's clock) on one thread, and against governor on
+//! two threads sharing one limiter. Run:
 //! `cargo bench -p resource-benches --bench limiter_hot_path`.
 //!
-//! - `try_acquire_pass`: every call is admitted. A GCRA limiter admits forever when a
-//!   token takes 1 ns (`RateLimiter::new(1_000_000_000, 1 s).unwrap()`, governor's
+//! Every row is interleaved paired rounds (ours, peer, ours, peer, ... the order
+//! alternating), each side timing a loop of calls; a ratio is the median of the
+//! per-round ratios, printed with its spread.
+//!
+//! - pass: every call is admitted. A GCRA limiter admits forever when a token takes
+//!   1 ns (`RateLimiter::builder(1_000_000_000, 1 s)`, governor's
 //!   `Quota::with_period(1 ns)`), since no call is faster than a token; the burst is
-//!   `u32::MAX` anyway. leaky-bucket starts with a balance of `isize::MAX` tokens that no
-//!   run can spend. The semaphore has `MAX_PERMITS` and the permit is dropped at once.
-//! - `try_acquire_reject`: every call is refused. One token an hour, burst 1, the token
-//!   taken before the measurement; leaky-bucket starts empty with an hour's refill
-//!   interval; the semaphore has 0 permits.
-//! - `1t/...` is one thread calling in a loop; `2t/...` is two threads calling the same
-//!   limiter at once, reported as wall time over the calls of both threads (time per
-//!   call of the pair, so contention shows as a figure above `1t`'s halved).
-//! - `clock`: the clock read each limiter makes. Our limiter and leaky-bucket read
-//!   `tokio::time::Instant::now()`; governor (default features) reads the TSC through
-//!   `quanta`.
-//!
-//! Peers' configuration, to read the figures right:
-//! - governor 0.10, `RateLimiter::direct` (an in-memory atomic state, `QuantaClock`,
-//!   no middleware): `check()` is a compare-and-swap loop on one `AtomicU64`, no lock.
-//! - leaky-bucket 1.1 with its default `fair(true)`: `try_acquire` then always takes its
-//!   `parking_lot` mutex and reads the clock (the lock-free fast path is used only by
-//!   an unfair limiter). Our `RateLimiter` takes a `std` mutex on every call too: both
-//!   keep waiters in FIFO order, which governor does not.
-//! - tokio's `Semaphore::try_acquire` is not a rate limiter: it is the floor for "one
-//!   atomic admission decision" (a compare-and-swap, plus the waiters' lock on release).
-//!
-//! tokio's `test-util` feature (on in this crate's dev-dependencies, so on in this
-//! binary) routes `tokio::time::Instant::now()` through a check for a paused clock. In
-//! tokio 1.54 that check is one atomic load of a process-wide "was a clock ever paused"
-//! flag until some runtime pauses its clock; after that every call looks up the current
-//! runtime in a thread-local. `clock/tokio_instant_now` against `clock/std_instant_now`
-//! is what the unpaused check costs; the `after_pause` group, run last because pausing
-//! cannot be undone in a process, is what it costs once a clock was paused (only tests
-//! ever do that; a release build without `test-util` has neither cost).
+//!   `u32::MAX` anyway.
+//! - reject: every call is refused: one token an hour, burst 1, taken before.
+//! - 1 thread: against `tokio::time::Instant::now()`, the clock the limiter reads (it
+//!   keeps tokio's clock so that `tokio::time::pause` drives it in tests). This crate
+//!   does not enable tokio's `test-util`, so the clock measured is the one users get.
+//! - 2 threads: two threads call the same limiter at once; the figure is wall time
+//!   over the calls of both. Against governor 0.10's `RateLimiter::direct` (a
+//!   compare-and-swap loop on one `AtomicU64`, read on `quanta`'s TSC clock), which
+//!   keeps no waiters: ours keeps them in FIFO order, and takes its lock only while
+//!   someone waits.
+//! - report rows: governor on one thread; leaky-bucket 1.1 (fair, the default, which
+//!   locks on every call); tokio's `Semaphore::try_acquire`, not a rate limiter but the
+//!   floor of "one atomic admission decision".
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use criterion::{
-    BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
-};
-use governor::clock::{Clock as _, QuantaClock};
 use governor::{Quota, RateLimiter as Governor};
+use resource_benches::{ROUNDS, Results, Target, ns_per_call, paired, selected};
 use resource_runtime::limiter::RateLimiter;
 use tokio::sync::Semaphore;
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// One thread calls `op` in a loop; every call must give `expect`.
-fn one_thread(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    name: &str,
-    expect: bool,
-    op: impl Fn() -> bool,
-) {
-    group.bench_function(format!("1t/{name}"), |b| {
-        b.iter(|| assert_eq!(black_box(op()), expect))
-    });
-}
-
-/// Two threads call `op` at once, `iters` times each; the time reported for `iters`
-/// calls is the wall time from the first thread's start to the last thread's end over
-/// the `2 * iters` calls made, times `iters`: wall time per call of the pair.
-fn two_threads(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    name: &str,
-    expect: bool,
-    op: impl Fn() -> bool + Sync,
-) {
-    group.bench_function(format!("2t/{name}"), |b| {
-        b.iter_custom(|iters| {
-            let barrier = Barrier::new(2);
-            let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
-                let workers: Vec<_> = (0..2)
-                    .map(|_| {
-                        s.spawn(|| {
-                            barrier.wait();
-                            let start = Instant::now();
-                            for _ in 0..iters {
-                                assert_eq!(black_box(op()), expect);
-                            }
-                            (start, Instant::now())
-                        })
-                    })
-                    .collect();
-                workers
-                    .into_iter()
-                    .map(|w| w.join().expect("a bench thread panicked"))
-                    .collect()
-            });
-            let start = spans.iter().map(|s| s.0).min().expect("two spans");
-            let end = spans.iter().map(|s| s.1).max().expect("two spans");
-            (end - start) / 2
-        })
-    });
-}
-
-fn both(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    name: &str,
-    expect: bool,
-    op: impl Fn() -> bool + Sync,
-) {
-    one_thread(group, name, expect, &op);
-    two_threads(group, name, expect, &op);
-}
+/// Calls per side per round on one thread.
+const CALLS: u64 = 1_000_000;
+/// Calls per thread per side per round on two threads.
+const CALLS_2T: u64 = 500_000;
 
 /// Ours: one token a nanosecond, never runs out.
 fn ours_open() -> RateLimiter {
@@ -159,74 +89,128 @@ fn leaky_drained() -> leaky_bucket::RateLimiter {
         .build()
 }
 
-fn pass(c: &mut Criterion) {
-    let mut group = c.benchmark_group("try_acquire_pass");
-    let ours = ours_open();
-    both(&mut group, "resource_runtime", true, || {
-        ours.try_acquire(1).expect("a valid limiter")
-    });
-    let governor = governor_open();
-    both(&mut group, "governor", true, || governor.check().is_ok());
-    let leaky = leaky_open();
-    both(&mut group, "leaky_bucket", true, || leaky.try_acquire(1));
-    let semaphore = Semaphore::new(Semaphore::MAX_PERMITS);
-    both(&mut group, "tokio_semaphore", true, || {
-        semaphore.try_acquire().map(drop).is_ok()
-    });
-    group.finish();
+/// Nanoseconds per call, one thread, every call giving `expect`.
+fn one_thread(expect: bool, op: impl Fn() -> bool) -> f64 {
+    ns_per_call(CALLS, || assert_eq!(black_box(op()), expect))
 }
 
-fn reject(c: &mut Criterion) {
-    let mut group = c.benchmark_group("try_acquire_reject");
-    let ours = ours_drained();
-    both(&mut group, "resource_runtime", false, || {
-        ours.try_acquire(1).expect("a valid limiter")
+/// Nanoseconds of wall time per call when two threads call `op` at once.
+fn two_threads(expect: bool, op: impl Fn() -> bool + Sync) -> f64 {
+    let barrier = Barrier::new(2);
+    let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..CALLS_2T {
+                        assert_eq!(black_box(op()), expect);
+                    }
+                    (start, Instant::now())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a bench thread panicked"))
+            .collect()
     });
-    let governor = governor_drained();
-    both(&mut group, "governor", false, || governor.check().is_ok());
-    let leaky = leaky_drained();
-    both(&mut group, "leaky_bucket", false, || leaky.try_acquire(1));
-    let semaphore = Semaphore::new(0);
-    both(&mut group, "tokio_semaphore", false, || {
-        semaphore.try_acquire().map(drop).is_ok()
-    });
-    group.finish();
+    let start = spans.iter().map(|s| s.0).min().expect("two spans");
+    let end = spans.iter().map(|s| s.1).max().expect("two spans");
+    (end - start).as_nanos() as f64 / (2 * CALLS_2T) as f64
 }
 
-fn clock(c: &mut Criterion) {
-    let mut group = c.benchmark_group("clock");
-    group.bench_function("std_instant_now", |b| b.iter(|| black_box(Instant::now())));
-    group.bench_function("tokio_instant_now", |b| {
-        b.iter(|| black_box(tokio::time::Instant::now()))
-    });
-    let quanta = QuantaClock::default();
-    group.bench_function("quanta_now", |b| b.iter(|| black_box(quanta.now())));
-    group.finish();
-}
-
-/// Run last: once a runtime paused its clock, tokio's `test-util` takes its slower path
-/// for the rest of the process.
-fn after_pause(c: &mut Criterion) {
-    let mut group = c.benchmark_group("after_pause");
-    let pause = || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .expect("a current-thread runtime");
-        drop(rt);
+fn main() {
+    if !selected("limiter_hot_path") {
+        // `cargo test --benches`: one short pass over every operation.
+        assert!(ours_open().try_acquire(1).unwrap());
+        assert!(!ours_drained().try_acquire(1).unwrap());
+        return;
+    }
+    let mut results = Results::new("limiter_hot_path");
+    let clock = || {
+        black_box(tokio::time::Instant::now());
+        true
     };
-    group.bench_function("tokio_instant_now", |b| {
-        pause();
-        b.iter(|| black_box(tokio::time::Instant::now()))
-    });
-    let ours = ours_open();
-    group.bench_function("1t/resource_runtime_pass", |b| {
-        pause();
-        b.iter(|| assert!(black_box(ours.try_acquire(1).expect("a valid limiter"))))
-    });
-    group.finish();
-}
+    let ns = "ns/call";
 
-criterion_group!(benches, clock, pass, reject, after_pause);
-criterion_main!(benches);
+    for (case, expect, ours, governor) in [
+        ("pass", true, ours_open(), governor_open()),
+        ("reject", false, ours_drained(), governor_drained()),
+    ] {
+        let ours_op = || ours.try_acquire(1).expect("a valid limiter");
+        let governor_op = || governor.check().is_ok();
+        results.paired(
+            &format!("try_acquire_{case}_1t_vs_clock"),
+            "tokio::time::Instant::now()",
+            ns,
+            Target::AtMost(1.4),
+            paired(
+                ROUNDS,
+                || one_thread(expect, ours_op),
+                || one_thread(true, clock),
+            ),
+        );
+        results.paired(
+            &format!("try_acquire_{case}_2t_vs_governor"),
+            "governor check(), 2 threads",
+            ns,
+            Target::AtMost(1.5),
+            paired(
+                ROUNDS,
+                || two_threads(expect, ours_op),
+                || two_threads(expect, governor_op),
+            ),
+        );
+        results.paired(
+            &format!("try_acquire_{case}_1t_vs_governor"),
+            "governor check()",
+            ns,
+            Target::Report,
+            paired(
+                ROUNDS,
+                || one_thread(expect, ours_op),
+                || one_thread(expect, governor_op),
+            ),
+        );
+    }
+
+    let (leaky_pass, leaky_reject) = (leaky_open(), leaky_drained());
+    let ours_pass = ours_open();
+    results.paired(
+        "try_acquire_pass_1t_vs_leaky_bucket",
+        "leaky-bucket try_acquire (fair)",
+        ns,
+        Target::Report,
+        paired(
+            ROUNDS,
+            || one_thread(true, || ours_pass.try_acquire(1).unwrap()),
+            || one_thread(true, || leaky_pass.try_acquire(1)),
+        ),
+    );
+    let ours_reject = ours_drained();
+    results.paired(
+        "try_acquire_reject_1t_vs_leaky_bucket",
+        "leaky-bucket try_acquire (fair)",
+        ns,
+        Target::Report,
+        paired(
+            ROUNDS,
+            || one_thread(false, || ours_reject.try_acquire(1).unwrap()),
+            || one_thread(false, || leaky_reject.try_acquire(1)),
+        ),
+    );
+    let semaphore = Semaphore::new(Semaphore::MAX_PERMITS);
+    results.paired(
+        "try_acquire_pass_1t_vs_semaphore",
+        "tokio Semaphore::try_acquire",
+        ns,
+        Target::Report,
+        paired(
+            ROUNDS,
+            || one_thread(true, || ours_pass.try_acquire(1).unwrap()),
+            || one_thread(true, || semaphore.try_acquire().map(drop).is_ok()),
+        ),
+    );
+    results.write();
+}
