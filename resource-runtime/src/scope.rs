@@ -67,6 +67,13 @@ impl<R: AsyncResource + 'static> Guard<R> {
             .unwrap_or_else(|| unreachable!("guard used after its resource was taken"))
     }
 
+    /// The resource is entered: counted as open, and closed by the guard from now on.
+    fn opened(&mut self) {
+        testing::opened::<R>();
+        self.counted = true;
+        self.phase = Phase::Open;
+    }
+
     fn uncount(&mut self) {
         if std::mem::take(&mut self.counted) {
             testing::closed::<R>();
@@ -79,9 +86,7 @@ impl<R: AsyncResource + 'static> Guard<R> {
         let result = crate::resource::enter_or_close(self.get_mut()).await;
         match result {
             Ok(()) => {
-                testing::opened::<R>();
-                self.counted = true;
-                self.phase = Phase::Open;
+                self.opened();
                 Ok(())
             }
             Err(e) => {
@@ -200,12 +205,49 @@ where
             open_is_a_bug: false,
         },
     );
-    guard.enter().await?;
-    let outcome = CatchUnwind::new(body(guard.get_mut())).await;
-    let closed = guard.close().await;
-    match outcome {
-        Ok(value) => closed.map(|()| value),
-        Err(panic) => {
+    // Enter, body and close run under one panic guard (a guard per step costs each
+    // poll its own); a panic is routed by the phase it stopped in.
+    let run = CatchUnwind::new(async {
+        let entered = guard.get_mut().enter().await;
+        if let Err(error) = entered {
+            // The enter rule: an enter that returned `Err` is not closed again.
+            guard.phase = Phase::Closed;
+            guard.resource = None;
+            return Err(error);
+        }
+        guard.opened();
+        let value = body(guard.get_mut()).await;
+        guard.phase = Phase::Closing;
+        let closed = guard.get_mut().close().await;
+        guard.phase = Phase::Closed;
+        guard.uncount();
+        closed.map(|()| value)
+    })
+    .await;
+    let panic = match run {
+        Ok(result) => return result,
+        Err(panic) => panic,
+    };
+    match guard.phase {
+        // The enter rule: a value whose enter panicked is closed.
+        Phase::Entering => {
+            let error = ResourceError::from_panic(panic);
+            let rollback = catch_panic(async { guard.get_mut().close().await }).await;
+            guard.phase = Phase::Closed;
+            guard.resource = None;
+            Err(match rollback {
+                Ok(()) => error,
+                Err(close) => error.combine(close.in_rollback()),
+            })
+        }
+        // A panicking close is reported like a failed one.
+        Phase::Closing | Phase::Closed => {
+            guard.phase = Phase::Closed;
+            guard.uncount();
+            Err(ResourceError::from_panic(panic))
+        }
+        Phase::Open => {
+            let closed = guard.close().await;
             let ty = std::any::type_name::<R>();
             match &closed {
                 Ok(()) => tracing::error!(
