@@ -13,29 +13,32 @@
 //! application/json`, checks the status and decodes the answer as a `Value`:
 //! `client.post(url).json(&body).send()`, `error_for_status()`, `.json::<Value>()`.
 //!
-//! - `latency`: one call at a time, `to_async` on the runtime (the call is polled on
-//!   the bench thread, the sockets on the workers); the endpoint is entered once and
-//!   reused, the client built once, each with its connection pooled by the warm-up.
-//!   Target: endpoint / reqwest <= 1.05 (medians).
-//! - `throughput_c64`: 6 400 calls, 64 tasks each making 100 calls one after another,
-//!   so 64 in flight at once over 64 pooled connections; timed until the last call is
-//!   answered. Requests/s is 6 400 over the time. Target: endpoint >= 0.95 of reqwest.
-//! - `paired`: criterion runs one row after the other, so a load that comes and goes on
-//!   a shared machine can favour either side. After the criterion rows of `latency` and
-//!   `throughput_c64`, the bench also prints the same measures taken in interleaved
-//!   rounds (endpoint then reqwest, then reqwest then endpoint, ...): the median of
-//!   each side and the median of the per-round ratios. Only under `cargo bench`, and
-//!   skipped when a filter given on the command line is not part of the group's name.
-//! - `close_0_idle`, `close_64_idle`: `close()` of an entered endpoint that was never
-//!   called, and of one whose pool holds 64 idle connections (64 concurrent calls,
-//!   which the server holds until all 64 have arrived, so each has a connection of its
-//!   own, all answered before the clock starts). Only the close is timed
-//!   (`iter_custom`); building, entering and warming the endpoint are not, nor the wait
-//!   afterwards until the server has seen every connection close. The peer,
-//!   `reqwest_drop`, is dropping a plain client in the same state: close does that
-//!   and more (stop new calls, wait for in-flight ones under a deadline timer). No
-//!   target: reported. The connections close in the runtime's background tasks after
-//!   `close` returns; the bench checks that they all do, within 5 s, untimed.
+//! Every row is interleaved paired rounds (endpoint, reqwest, endpoint, reqwest, ...
+//! the order alternating); a ratio is the median of the per-round ratios endpoint /
+//! reqwest, printed with its spread.
+//!
+//! - `latency_vs_reqwest`: one call at a time, polled on the bench thread by
+//!   `block_on` (the sockets on the workers); the endpoint is entered once and reused,
+//!   the client built once, each with its connection pooled by the warm-up. A round is
+//!   `LATENCY_CALLS` calls of each side; the figure is µs per call. Target: endpoint /
+//!   reqwest ≤ 1.05.
+//! - `throughput_c64_vs_reqwest`: bursts of 6 400 calls, 64 tasks each making 100
+//!   calls one after another, so 64 in flight at once over 64 pooled connections;
+//!   timed until the last call is answered. A round is `BURSTS` bursts of each side;
+//!   the figure is calls per second, so the ratio endpoint / reqwest is a rate, higher
+//!   is better. Target: ≥ 0.95.
+//! - `close_0_idle_vs_reqwest_drop`, `close_64_idle_vs_reqwest_drop`: `close()` of an
+//!   entered endpoint that was never called, and of one whose pool holds 64 idle
+//!   connections (64 concurrent calls, which the server holds until all 64 have
+//!   arrived, so each has a connection of its own, all answered before the clock
+//!   starts). Only the close is timed; building, entering and warming the endpoint are
+//!   not, nor the wait afterwards until the server has seen every connection close.
+//!   The peer is dropping a plain client in the same state: close does that and more
+//!   (stop new calls, wait for in-flight ones under a deadline timer). A round's
+//!   figure is the median of `CLOSES` closes of each side (a close takes micro-
+//!   seconds, less than one preemption on a shared machine). Reported. The
+//!   connections close in the runtime's background tasks after `close` returns; the
+//!   bench checks that they all do, within 5 s, untimed.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -43,12 +46,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use reqwest::Url;
+use resource_benches::{ROUNDS, Results, Target, median, paired, selected};
 use resource_runtime::{
     AsyncResource,
     http::{Endpoint, EndpointConfig},
@@ -62,8 +65,14 @@ use tokio::task::JoinSet;
 const CONCURRENCY: usize = 64;
 /// Calls each task makes one after another in `throughput_c64`.
 const CALLS_PER_TASK: usize = 100;
-/// Calls in one `throughput_c64` iteration.
+/// Calls in one `throughput_c64` burst.
 const BURST: u64 = (CONCURRENCY * CALLS_PER_TASK) as u64;
+/// Bursts of each side in one `throughput_c64` round.
+const BURSTS: u32 = 2;
+/// Calls of each side in one `latency` round.
+const LATENCY_CALLS: u32 = 5_000;
+/// Closes of each side in one `close_*` round.
+const CLOSES: usize = 21;
 /// How long the untimed waits on the server's connection count may take.
 const SETTLE: Duration = Duration::from_secs(5);
 
@@ -72,52 +81,6 @@ fn runtime() -> Runtime {
         .enable_all()
         .build()
         .expect("a multi-thread runtime")
-}
-
-/// Whether to print the paired rounds of `group`: under `cargo bench` (not `cargo test
-/// --benches`), with no filter or one that is part of the group's name (a plain
-/// substring test, not criterion's regex).
-fn paired_selected(group: &str) -> bool {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !args.iter().any(|a| a == "--bench") {
-        return false;
-    }
-    let mut filters = args.iter().filter(|a| !a.starts_with('-')).peekable();
-    filters.peek().is_none() || filters.any(|f| group.contains(f.as_str()))
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len().is_multiple_of(2) {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
-}
-
-/// Runs `endpoint` and `reqwest` (each returning the time it took) in `rounds`
-/// interleaved rounds, alternating which goes first; returns the median time of each
-/// side and the median of the per-round ratios endpoint / reqwest.
-fn paired(
-    rounds: usize,
-    mut endpoint: impl FnMut() -> Duration,
-    mut reqwest: impl FnMut() -> Duration,
-) -> (f64, f64, f64) {
-    let (mut e, mut r, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..rounds {
-        let (te, tr) = if round.is_multiple_of(2) {
-            let te = endpoint();
-            (te, reqwest())
-        } else {
-            let tr = reqwest();
-            (endpoint(), tr)
-        };
-        e.push(te.as_secs_f64());
-        r.push(tr.as_secs_f64());
-        ratio.push(te.as_secs_f64() / tr.as_secs_f64());
-    }
-    (median(&mut e), median(&mut r), median(&mut ratio))
 }
 
 /// Runs `work` to completion on `rt` and returns the time it took.
@@ -261,9 +224,22 @@ async fn plain_call(client: &reqwest::Client, url: &Url, body: &Value) -> Value 
         .expect("a JSON answer from reqwest")
 }
 
-fn latency(c: &mut Criterion) {
-    let rt = runtime();
-    let server = Server::start(&rt);
+/// Microseconds per call of `calls` calls made one after another by `call`, polled on
+/// the bench thread.
+fn us_per_call<Fut>(rt: &Runtime, calls: u32, call: impl Fn() -> Fut) -> f64
+where
+    Fut: Future<Output = Value>,
+{
+    let took = timed(rt, async {
+        for _ in 0..calls {
+            black_box(call().await);
+        }
+    });
+    took.as_secs_f64() * 1e6 / f64::from(calls)
+}
+
+fn latency(rt: &Runtime, results: &mut Results, smoke: bool) {
+    let server = Server::start(rt);
     let mut endpoint = server.endpoint("echo");
     rt.block_on(endpoint.enter()).expect("the endpoint enters");
     let client = plain_client();
@@ -272,61 +248,30 @@ fn latency(c: &mut Criterion) {
     let (endpoint_ref, client, url, body) = (&endpoint, &client, &url, &body);
     assert_eq!(rt.block_on(endpoint_call(endpoint_ref, body)), *body);
     assert_eq!(rt.block_on(plain_call(client, url, body)), *body);
-
-    let mut group = c.benchmark_group("latency");
-    group.sample_size(50);
-    group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(4));
-    group.bench_function("endpoint", |b| {
-        b.to_async(&rt)
-            .iter(|| async move { black_box(endpoint_call(endpoint_ref, body).await) })
-    });
-    group.bench_function("reqwest", |b| {
-        b.to_async(&rt)
-            .iter(|| async move { black_box(plain_call(client, url, body).await) })
-    });
-    group.finish();
-
-    if paired_selected("latency") {
-        const CALLS: u32 = 1_000;
-        let (e, r, ratio) = paired(
-            15,
-            || {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..CALLS {
-                        black_box(endpoint_call(endpoint_ref, body).await);
-                    }
-                    start.elapsed() / CALLS
-                })
-            },
-            || {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..CALLS {
-                        black_box(plain_call(client, url, body).await);
-                    }
-                    start.elapsed() / CALLS
-                })
-            },
-        );
-        println!(
-            "latency paired (15 rounds of {CALLS} calls, interleaved): endpoint {:.2} µs, \
-             reqwest {:.2} µs (medians); endpoint / reqwest {ratio:.3} (median of rounds)\n",
-            e * 1e6,
-            r * 1e6
+    if !smoke {
+        let ours = || us_per_call(rt, LATENCY_CALLS, || endpoint_call(endpoint_ref, body));
+        let peer = || us_per_call(rt, LATENCY_CALLS, || plain_call(client, url, body));
+        // Warm-up: both pools hold their connection, both sides have run.
+        ours();
+        peer();
+        results.paired(
+            "latency_vs_reqwest",
+            "reqwest::Client",
+            "µs/call",
+            Target::AtMost(1.05),
+            paired(ROUNDS, ours, peer),
         );
     }
     rt.block_on(endpoint.close()).expect("a clean close");
 }
 
 /// `CONCURRENCY` tasks, each making `CALLS_PER_TASK` calls through `endpoint`.
-async fn endpoint_burst(endpoint: Endpoint, body: Arc<Value>) {
+async fn endpoint_burst(endpoint: Endpoint, body: Arc<Value>, calls_per_task: usize) {
     let mut tasks = JoinSet::new();
     for _ in 0..CONCURRENCY {
         let (endpoint, body) = (endpoint.clone(), body.clone());
         tasks.spawn(async move {
-            for _ in 0..CALLS_PER_TASK {
+            for _ in 0..calls_per_task {
                 black_box(endpoint_call(&endpoint, &body).await);
             }
         });
@@ -337,12 +282,12 @@ async fn endpoint_burst(endpoint: Endpoint, body: Arc<Value>) {
 }
 
 /// The same with the plain client.
-async fn plain_burst(client: reqwest::Client, url: Url, body: Arc<Value>) {
+async fn plain_burst(client: reqwest::Client, url: Url, body: Arc<Value>, calls_per_task: usize) {
     let mut tasks = JoinSet::new();
     for _ in 0..CONCURRENCY {
         let (client, url, body) = (client.clone(), url.clone(), body.clone());
         tasks.spawn(async move {
-            for _ in 0..CALLS_PER_TASK {
+            for _ in 0..calls_per_task {
                 black_box(plain_call(&client, &url, &body).await);
             }
         });
@@ -352,44 +297,47 @@ async fn plain_burst(client: reqwest::Client, url: Url, body: Arc<Value>) {
     }
 }
 
-fn throughput(c: &mut Criterion) {
-    let rt = runtime();
-    let server = Server::start(&rt);
+fn throughput(rt: &Runtime, results: &mut Results, smoke: bool) {
+    let server = Server::start(rt);
     let mut endpoint = server.endpoint("echo");
     rt.block_on(endpoint.enter()).expect("the endpoint enters");
     let client = plain_client();
     let url = Url::parse(endpoint.url()).expect("the endpoint's URL");
     let body = Arc::new(request_body());
-
-    let mut group = c.benchmark_group("throughput_c64");
-    group.throughput(Throughput::Elements(BURST));
-    group.sampling_mode(SamplingMode::Flat);
-    group.sample_size(10);
-    group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(4));
-    group.bench_function("endpoint", |b| {
-        b.to_async(&rt)
-            .iter(|| endpoint_burst(endpoint.clone(), body.clone()))
-    });
-    group.bench_function("reqwest", |b| {
-        b.to_async(&rt)
-            .iter(|| plain_burst(client.clone(), url.clone(), body.clone()))
-    });
-    group.finish();
-
-    if paired_selected("throughput_c64") {
-        let (e, r, ratio) = paired(
-            15,
-            || timed(&rt, endpoint_burst(endpoint.clone(), body.clone())),
-            || timed(&rt, plain_burst(client.clone(), url.clone(), body.clone())),
-        );
-        println!(
-            "throughput_c64 paired (15 rounds of {BURST} calls, interleaved): endpoint {:.0} \
-             requests/s, reqwest {:.0} requests/s (medians); endpoint / reqwest {:.3} \
-             (median of rounds)\n",
-            BURST as f64 / e,
-            BURST as f64 / r,
-            1.0 / ratio
+    if smoke {
+        timed(rt, endpoint_burst(endpoint.clone(), body.clone(), 1));
+        timed(rt, plain_burst(client, url, body, 1));
+    } else {
+        // Calls per second over `BURSTS` bursts.
+        let rate = |burst: &dyn Fn() -> Duration| {
+            let took: Duration = (0..BURSTS).map(|_| burst()).sum();
+            (BURST * u64::from(BURSTS)) as f64 / took.as_secs_f64()
+        };
+        let ours = || {
+            rate(&|| {
+                timed(
+                    rt,
+                    endpoint_burst(endpoint.clone(), body.clone(), CALLS_PER_TASK),
+                )
+            })
+        };
+        let peer = || {
+            rate(&|| {
+                timed(
+                    rt,
+                    plain_burst(client.clone(), url.clone(), body.clone(), CALLS_PER_TASK),
+                )
+            })
+        };
+        // Warm-up: 64 pooled connections on each side.
+        ours();
+        peer();
+        results.paired(
+            "throughput_c64_vs_reqwest",
+            "reqwest::Client",
+            "calls/s",
+            Target::AtLeast(0.95),
+            paired(ROUNDS, ours, peer),
         );
     }
     rt.block_on(endpoint.close()).expect("a clean close");
@@ -454,42 +402,50 @@ async fn drop_client(server: &Server, idle: usize) -> Duration {
     took
 }
 
-fn close(c: &mut Criterion) {
-    let rt = runtime();
-    let server = Server::start(&rt);
+/// The median, in microseconds, of `closes` closes timed by `close`.
+fn close_round<Fut>(rt: &Runtime, closes: usize, close: impl Fn() -> Fut) -> f64
+where
+    Fut: Future<Output = Duration>,
+{
+    let mut took: Vec<f64> = (0..closes)
+        .map(|_| rt.block_on(close()).as_secs_f64() * 1e6)
+        .collect();
+    median(&mut took)
+}
+
+fn close(rt: &Runtime, results: &mut Results, smoke: bool) {
+    let server = Server::start(rt);
     let server = &server;
-    for (name, idle, budget) in [
-        ("close_0_idle", 0, Duration::from_secs(1)),
-        ("close_64_idle", CONCURRENCY, Duration::from_secs(3)),
+    for (row, idle) in [
+        ("close_0_idle_vs_reqwest_drop", 0),
+        ("close_64_idle_vs_reqwest_drop", CONCURRENCY),
     ] {
-        let mut group = c.benchmark_group(name);
-        group.sampling_mode(SamplingMode::Flat);
-        group.sample_size(20);
-        // Criterion sizes its samples on the warm-up's wall clock, setup included, so
-        // this is the time the group runs, not the time spent closing.
-        group.warm_up_time(Duration::from_millis(500));
-        group.measurement_time(budget);
-        group.bench_function("endpoint", |b| {
-            b.to_async(&rt).iter_custom(|iters| async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += close_endpoint(server, idle).await;
-                }
-                total
-            })
-        });
-        group.bench_function("reqwest_drop", |b| {
-            b.to_async(&rt).iter_custom(|iters| async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += drop_client(server, idle).await;
-                }
-                total
-            })
-        });
-        group.finish();
+        let closes = if smoke { 1 } else { CLOSES };
+        let ours = || close_round(rt, closes, || close_endpoint(server, idle));
+        let peer = || close_round(rt, closes, || drop_client(server, idle));
+        ours();
+        peer();
+        if !smoke {
+            results.paired(
+                row,
+                "dropping a reqwest::Client",
+                "µs/close",
+                Target::Report,
+                paired(ROUNDS, ours, peer),
+            );
+        }
     }
 }
 
-criterion_group!(benches, latency, throughput, close);
-criterion_main!(benches);
+fn main() {
+    let rt = runtime();
+    let smoke = !selected("endpoint");
+    // `cargo test --benches` (`smoke`): one short pass over every operation.
+    let mut results = Results::new("endpoint");
+    latency(&rt, &mut results, smoke);
+    throughput(&rt, &mut results, smoke);
+    close(&rt, &mut results, smoke);
+    if !smoke {
+        results.write();
+    }
+}

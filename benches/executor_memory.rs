@@ -11,21 +11,27 @@
 //! user's future is the same in every row (count, then sleep); what a row adds to
 //! `tokio_spawn` is what that way of running tasks wraps around it:
 //!
-//! - `tokio_spawn`: `tokio::spawn`, unbounded: the floor;
-//! - `tracker_semaphore`: `TaskTracker` + `Arc<Semaphore>`, the permit moved into the
-//!   task: the peer of the ratio;
-//! - `tracker_semaphore_token`: the same, the task also selecting on a
-//!   `CancellationToken` (what a bounded executor needs to abort at shutdown);
-//! - `async_executor`: `AsyncExecutor::new(10_000).unwrap().spawn(...)`.
+//! - `bytes_per_task_async_executor_vs_tracker_semaphore`: `AsyncExecutor` (built for
+//!   10 000 at once) against `TaskTracker` + `Arc<Semaphore>`, the permit moved into the
+//!   task: a paired row (`ROUNDS` interleaved rounds, each side measuring its 10 000
+//!   tasks once a round; the ratio is the median of the per-round ratios, with its
+//!   spread). The counts do not depend on timing, so the spread shows whether anything
+//!   but the tasks was counted. Reported.
+//! - `bytes_per_task_tokio_spawn`: `tokio::spawn`, unbounded: the floor. A figure (the
+//!   median of 5 measures).
+//! - `bytes_per_task_tracker_semaphore_token`: the tracker and semaphore, the task also
+//!   selecting on a `CancellationToken` (what a bounded executor needs to abort at
+//!   shutdown). A figure (the median of 5 measures).
 //!
-//! Each row is measured 3 times, after one unmeasured round that lets the runtime make
-//! whatever it makes lazily; the median is reported. A separate binary from
-//! `executor_overhead` because the counting allocator slows every allocation.
+//! Every way is measured once, unrecorded, before the rows, so that what the runtime
+//! makes lazily is not counted. A separate binary from `executor_overhead` because the
+//! counting allocator slows every allocation.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use resource_benches::{ROUNDS, Results, Target, median, paired, selected};
 use resource_runtime::executor::AsyncExecutor;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, Stats, StatsAlloc};
 use tokio::sync::Semaphore;
@@ -37,7 +43,8 @@ static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
 const IN_FLIGHT: usize = 10_000;
 const HOUR: Duration = Duration::from_secs(3600);
-const ROUNDS: usize = 3;
+/// Rounds of a row recorded as a figure of its own (the median is recorded).
+const FIGURE_ROUNDS: usize = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -154,34 +161,38 @@ fn main() {
         rt.block_on(rt.spawn(measure(kind)))
             .expect("the measuring task panicked")
     };
+    let bytes_per_task = |kind| run(kind) as f64 / IN_FLIGHT as f64;
+    if !selected("executor_memory") {
+        // `cargo test --benches`: one pass over every way to run the tasks.
+        for kind in Kind::ALL {
+            assert!(run(kind) > 0, "{} allocates", kind.name());
+        }
+        return;
+    }
+    // One unmeasured round of each: the runtime makes some of its own state lazily.
     for kind in Kind::ALL {
         run(kind);
     }
-
-    println!("executor_memory: heap bytes per in-flight task ({IN_FLIGHT} tasks asleep)");
-    println!(
-        "{:<24} {:>10} {:>12}  rounds",
-        "row", "bytes/task", "vs tracker"
+    let mut results = Results::new("executor_memory");
+    let unit = "bytes/task";
+    results.paired(
+        "bytes_per_task_async_executor_vs_tracker_semaphore",
+        "TaskTracker + Semaphore",
+        unit,
+        Target::Report,
+        paired(
+            ROUNDS,
+            || bytes_per_task(Kind::AsyncExecutor),
+            || bytes_per_task(Kind::TrackerSemaphore),
+        ),
     );
-    let mut floor = None;
-    let mut results = Vec::new();
-    for kind in Kind::ALL {
-        let mut rounds: Vec<isize> = (0..ROUNDS).map(|_| run(kind)).collect();
-        rounds.sort_unstable();
-        let per_task = rounds[ROUNDS / 2] as f64 / IN_FLIGHT as f64;
-        if kind == Kind::TrackerSemaphore {
-            floor = Some(per_task);
-        }
-        results.push((kind, per_task, rounds));
-    }
-    let floor = floor.expect("the tracker row ran");
-    for (kind, per_task, rounds) in results {
-        println!(
-            "{:<24} {:>10.1} {:>12.3}  {:?}",
-            kind.name(),
-            per_task,
-            per_task / floor,
-            rounds
+    for kind in [Kind::TokioSpawn, Kind::TrackerSemaphoreToken] {
+        let mut rounds: Vec<f64> = (0..FIGURE_ROUNDS).map(|_| bytes_per_task(kind)).collect();
+        results.figure(
+            &format!("bytes_per_task_{}", kind.name()),
+            unit,
+            median(&mut rounds),
         );
     }
+    results.write();
 }

@@ -1,6 +1,6 @@
 //! The summary of every bench's rows, read from the files the benches write themselves
 //! (`target/bench-results/<bench>.json`, see `resource_benches::Results`), so it does
-//! not depend on the order the benches run in, nor on criterion's files.
+//! not depend on the order the benches run in.
 //!
 //! `cargo bench -p resource-benches` runs every bench; this one prints every row found,
 //! as a Markdown table, with its ratio's spread and its target. It also compares the
