@@ -190,6 +190,7 @@ impl AsyncExecutorBuilder {
                 lifecycle: Mutex::new(Lifecycle::Open),
                 closing: AtomicBool::new(false),
                 stragglers_counted: AtomicBool::new(false),
+                aborting: AtomicBool::new(false),
                 #[cfg(feature = "redis")]
                 fleet,
             }),
@@ -249,6 +250,9 @@ struct Exec {
     closing: AtomicBool,
     /// Set once the shutdown has counted the waiters that did not leave in time.
     stragglers_counted: AtomicBool,
+    /// Set just before `abort` is cancelled: what every submission and every task's
+    /// start reads, one atomic load instead of the token's lock.
+    aborting: AtomicBool,
     /// The fleet-wide permits, when configured.
     #[cfg(feature = "redis")]
     fleet: Option<Arc<Permits>>,
@@ -395,7 +399,7 @@ impl AsyncExecutor {
                 }
             }
         };
-        if exec.abort.is_cancelled() {
+        if exec.aborting.load(Ordering::Acquire) {
             exec.count_stopped_waiter();
             return Err(ResourceError::closed("AsyncExecutor"));
         }
@@ -433,7 +437,7 @@ impl AsyncExecutor {
         let handle = tracker.spawn(RUNNING_IN.scope(id, async move {
             let _permit = permit;
             let aborted = &exec.aborted;
-            if exec.abort.is_cancelled() {
+            if exec.aborting.load(Ordering::Acquire) {
                 aborted.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
@@ -600,11 +604,16 @@ impl Exec {
     async fn unless_aborted<F: Future>(&self, fut: F) -> Option<F::Output> {
         let mut fut = pin!(fut);
         let mut aborted = pin!(self.abort.cancelled());
+        // The wait first: one that ends at once never registers with the abort token.
+        // Past the deadline the permits are closed, so the wait ends then too.
         poll_fn(|cx| {
+            if let Poll::Ready(output) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(output));
+            }
             if aborted.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(None);
             }
-            fut.as_mut().poll(cx).map(Some)
+            Poll::Pending
         })
         .await
     }
@@ -676,6 +685,7 @@ impl Exec {
 
     /// Past the deadline: stops the running tasks and the callers waiting for a slot.
     async fn abort_the_rest(&self) {
+        self.aborting.store(true, Ordering::Release);
         self.abort.cancel();
         self.permits.close();
         // Callers waiting for a slot wake, count themselves and leave. One whose
