@@ -2,6 +2,7 @@
 //! server-sent events (`text/event-stream`), and returns an [`EventStream`] of parsed
 //! [`Event`]s, itself a resource whose `close` releases its connection.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -38,7 +39,8 @@ use crate::error::ResourceError;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    event: String,
+    /// Borrowed for the default name, so most events allocate nothing for it.
+    event: Cow<'static, str>,
     data: String,
     id: Option<String>,
     retry: Option<Duration>,
@@ -238,9 +240,9 @@ impl Parser {
         self.has_data = false;
         out.push_back(Ok(Event {
             event: if event.is_empty() {
-                "message".to_owned()
+                Cow::Borrowed("message")
             } else {
-                event
+                Cow::Owned(event)
             },
             data: std::mem::take(&mut self.data),
             id: self.id.clone(),
@@ -673,7 +675,7 @@ mod tests {
 
     fn event(name: &str, data: &str, id: Option<&str>) -> Result<Event, FormatError> {
         Ok(Event {
-            event: name.to_owned(),
+            event: Cow::Owned(name.to_owned()),
             data: data.to_owned(),
             id: id.map(str::to_owned),
             retry: None,
