@@ -221,7 +221,7 @@ impl Closer {
     /// Starts closing one field: `make` makes its close future, `deadline` is its own. The
     /// expansion awaits the step and hands its outcome to [`record`](Self::record).
     #[inline]
-    pub fn field<M, F, D>(&mut self, label: &'static str, deadline: D, make: M) -> Step<M, F, D>
+    pub fn field<M, F, D>(&mut self, label: &'static str, deadline: D, make: M) -> Step<F, D>
     where
         M: FnOnce() -> F,
     {
@@ -349,28 +349,61 @@ pub struct Group<'c> {
 
 impl Group<'_> {
     /// Closes the member at `index` of the group.
-    pub async fn field<M, F, D>(&self, index: usize, deadline: D, make: M)
+    #[inline]
+    pub fn field<M, F, D>(&self, index: usize, deadline: D, make: M) -> GroupField<'_, F, D>
     where
         M: FnOnce() -> F,
-        F: Future<Output = Result<(), ResourceError>>,
-        D: Deadline,
     {
         let label = self.members.get(index).copied().unwrap_or("?");
-        let step = Step::new(
-            self.trace.then_some(self.ty),
-            Operation::Close,
-            Label::Static(label),
-            deadline,
-            make,
-        );
-        let outcome = step.await;
-        let mut state = lock(self.state);
-        if index < 128 {
-            state.done |= 1 << index;
+        GroupField {
+            step: Step::new(
+                self.trace.then_some(self.ty),
+                Operation::Close,
+                Label::Static(label),
+                deadline,
+                make,
+            ),
+            index,
+            state: self.state,
         }
-        if let Err(e) = outcome {
-            ResourceError::push(&mut state.error, e);
-        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A member of a group closing: its step, then its outcome recorded in the group.
+    /// Generic over the future and the deadline only, like [`Step`], so members of one
+    /// type share their compiled code.
+    pub struct GroupField<'g, F, D> {
+        #[pin]
+        step: Step<F, D>,
+        index: usize,
+        state: &'g Mutex<GroupState>,
+    }
+}
+
+impl<F, D> Future for GroupField<'_, F, D>
+where
+    F: Future<Output = Result<(), ResourceError>>,
+    D: Deadline,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let outcome = std::task::ready!(this.step.poll(cx));
+        group_done(this.state, *this.index, outcome);
+        Poll::Ready(())
+    }
+}
+
+/// Records a group member's end, the same code for every member.
+fn group_done(state: &Mutex<GroupState>, index: usize, outcome: Result<(), ResourceError>) {
+    let mut state = lock(state);
+    if index < 128 {
+        state.done |= 1 << index;
+    }
+    if let Err(e) = outcome {
+        ResourceError::push(&mut state.error, e);
     }
 }
 
@@ -417,19 +450,25 @@ impl Enterer {
     }
 
     /// Enters one field; `false` when it failed and entering must stop.
-    pub async fn field<M, F>(&mut self, label: &'static str, make: M) -> bool
+    #[inline]
+    pub fn field<M, F>(&mut self, label: &'static str, make: M) -> EnterField<'_, F>
     where
         M: FnOnce() -> F,
-        F: Future<Output = Result<(), ResourceError>>,
     {
-        let step = Step::new(
-            self.trace.then_some(self.ty),
-            Operation::Enter,
-            Label::Static(label),
-            NoDeadline,
-            make,
-        );
-        match step.await {
+        EnterField {
+            step: Step::new(
+                self.trace.then_some(self.ty),
+                Operation::Enter,
+                Label::Static(label),
+                NoDeadline,
+                make,
+            ),
+            enterer: self,
+        }
+    }
+
+    fn entered(&mut self, outcome: Result<(), ResourceError>) -> bool {
+        match outcome {
             Ok(()) => {
                 self.entered += 1;
                 true
@@ -473,20 +512,30 @@ impl Enterer {
     }
 
     /// Closes one entered field to roll back the failed enter.
-    pub async fn rollback<M, F, D>(&mut self, label: &'static str, deadline: D, make: M)
+    #[inline]
+    pub fn rollback<M, F, D>(
+        &mut self,
+        label: &'static str,
+        deadline: D,
+        make: M,
+    ) -> Rollback<'_, F, D>
     where
         M: FnOnce() -> F,
-        F: Future<Output = Result<(), ResourceError>>,
-        D: Deadline,
     {
-        let step = Step::new(
-            self.trace.then_some(self.ty),
-            Operation::Close,
-            Label::Static(label),
-            deadline,
-            make,
-        );
-        if let Err(e) = step.await {
+        Rollback {
+            step: Step::new(
+                self.trace.then_some(self.ty),
+                Operation::Close,
+                Label::Static(label),
+                deadline,
+                make,
+            ),
+            enterer: self,
+        }
+    }
+
+    fn rolled_back(&mut self, outcome: Result<(), ResourceError>) {
+        if let Err(e) = outcome {
             ResourceError::push(&mut self.error, e.in_rollback());
         }
     }
@@ -497,5 +546,53 @@ impl Enterer {
             None => Ok(()),
             Some(e) => Err(e),
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One field entering: its step, then its outcome recorded. Generic over the future
+    /// only, like [`Step`].
+    pub struct EnterField<'e, F> {
+        #[pin]
+        step: Step<F, NoDeadline>,
+        enterer: &'e mut Enterer,
+    }
+}
+
+impl<F> Future for EnterField<'_, F>
+where
+    F: Future<Output = Result<(), ResourceError>>,
+{
+    type Output = bool;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        let this = self.project();
+        let outcome = std::task::ready!(this.step.poll(cx));
+        Poll::Ready(this.enterer.entered(outcome))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One entered field closing to roll back a failed enter. Generic over the future
+    /// and the deadline only, like [`Step`].
+    pub struct Rollback<'e, F, D> {
+        #[pin]
+        step: Step<F, D>,
+        enterer: &'e mut Enterer,
+    }
+}
+
+impl<F, D> Future for Rollback<'_, F, D>
+where
+    F: Future<Output = Result<(), ResourceError>>,
+    D: Deadline,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let outcome = std::task::ready!(this.step.poll(cx));
+        this.enterer.rolled_back(outcome);
+        Poll::Ready(())
     }
 }

@@ -13,7 +13,7 @@ use pin_project_lite::pin_project;
 use tracing::level_filters::LevelFilter;
 
 use crate::error::{BoxError, Operation, ResourceError};
-use crate::sync::{CatchUnwind, caught};
+use crate::sync::{CatchUnwind, Payload, caught};
 
 /// The label of a step in a path: a field name, a tuple index, or a position in a `Vec`.
 #[derive(Debug, Clone, Copy)]
@@ -129,14 +129,18 @@ impl Deadline for Timed {
 pin_project! {
     /// One step: a span named for the operation with the resource type and label, panic
     /// capture on every poll, the deadline, and the label prepended to the path of every
-    /// failure. The step's future is made by `make` on the first poll, inside the panic
-    /// guard, so a close that panics before its first `.await` (or before it returns a
-    /// future at all) is caught like any other. Allocates nothing when the step
-    /// succeeds.
-    pub struct Step<M, F, D> {
-        make: Option<M>,
+    /// failure. The step's future is made by `make` when the step is made, inside the
+    /// panic guard, so a close that panics before it returns a future at all is caught
+    /// like any other. Allocates nothing when the step succeeds.
+    ///
+    /// It is generic over the future and the deadline only, not over `make`: every
+    /// field of one type shares one compiled `poll`, however many structs have one.
+    pub struct Step<F, D> {
+        // `None` once making or polling it panicked.
         #[pin]
         fut: Option<F>,
+        // The panic of `make`, reported by the first poll.
+        made: Option<Payload>,
         #[pin]
         deadline: D,
         op: Operation,
@@ -148,26 +152,30 @@ pin_project! {
     }
 }
 
-impl<M, F, D> Step<M, F, D>
-where
-    M: FnOnce() -> F,
-{
+impl<F, D> Step<F, D> {
     /// A step; `traced` is the resource type when a subscriber wants DEBUG spans.
     #[inline]
-    pub(crate) fn new(
+    pub(crate) fn new<M>(
         traced: Option<&'static str>,
         op: Operation,
         label: Label,
         deadline: D,
         make: M,
-    ) -> Self {
+    ) -> Self
+    where
+        M: FnOnce() -> F,
+    {
         let trace = match traced {
             Some(ty) => step_span(ty, op, label),
             None => None,
         };
+        let (fut, made) = match caught(make) {
+            Ok(fut) => (Some(fut), None),
+            Err(payload) => (None, Some(payload)),
+        };
         Step {
-            make: Some(make),
-            fut: None,
+            fut,
+            made,
             deadline,
             op,
             label,
@@ -210,9 +218,8 @@ fn step_span(ty: &'static str, op: Operation, label: Label) -> Option<Box<Trace>
     }))
 }
 
-impl<M, F, D> Future for Step<M, F, D>
+impl<F, D> Future for Step<F, D>
 where
-    M: FnOnce() -> F,
     F: Future<Output = Result<(), ResourceError>>,
     D: Deadline,
 {
@@ -221,42 +228,71 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let entered = this.trace.as_ref().map(|t| t.span.enter());
-        let (make, mut fut, deadline) = (this.make, this.fut, this.deadline);
-        let polled = caught(|| {
-            if let Some(make) = make.take() {
-                fut.set(Some(make()));
-            }
-            let Some(running) = fut.as_mut().as_pin_mut() else {
-                // Polled again after it panicked: it stays failed.
-                return Poll::Ready(Err(ResourceError::other("a step polled after it failed")));
-            };
-            match running.poll(cx) {
-                Poll::Ready(result) => Poll::Ready(match deadline.unenforced() {
-                    None => result,
-                    Some(after) => {
-                        let unenforced = ResourceError::unenforced(after);
-                        match result {
-                            Ok(()) => Err(unenforced),
-                            Err(e) => Err(e.combine(unenforced)),
-                        }
+        let result = if let Some(payload) = this.made.take() {
+            Err(ResourceError::from_panic(payload))
+        } else {
+            let (mut fut, deadline) = (this.fut, this.deadline);
+            let polled = caught(|| {
+                let Some(running) = fut.as_mut().as_pin_mut() else {
+                    // Polled again after it panicked: it stays failed.
+                    return Poll::Ready(Err(ResourceError::other("a step polled after it failed")));
+                };
+                match running.poll(cx) {
+                    Poll::Ready(result) => {
+                        Poll::Ready(with_unenforced(result, deadline.unenforced()))
                     }
-                }),
-                Poll::Pending => deadline
-                    .poll_expired(cx)
-                    .map(|after| Err(ResourceError::timeout(after))),
+                    Poll::Pending => deadline
+                        .poll_expired(cx)
+                        .map(|after| Err(ResourceError::timeout(after))),
+                }
+            });
+            match polled {
+                Ok(Poll::Pending) => return Poll::Pending,
+                Ok(Poll::Ready(result)) => result,
+                Err(payload) => {
+                    fut.set(None);
+                    Err(ResourceError::from_panic(payload))
+                }
             }
-        });
-        let result = match polled {
-            Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(result)) => result,
-            Err(payload) => Err(ResourceError::from_panic(payload)),
         };
         drop(entered);
-        if let Some(trace) = this.trace.as_ref() {
-            report(&trace.span, *this.op, trace.started.elapsed(), &result);
+        Poll::Ready(finish(result, this.trace.as_deref(), *this.label, *this.op))
+    }
+}
+
+/// A step's result with the deadline it could not enforce, if any.
+#[inline]
+fn with_unenforced(
+    result: Result<(), ResourceError>,
+    unenforced: Option<Duration>,
+) -> Result<(), ResourceError> {
+    match unenforced {
+        None => result,
+        Some(after) => {
+            let unenforced = ResourceError::unenforced(after);
+            match result {
+                Ok(()) => Err(unenforced),
+                Err(e) => Err(e.combine(unenforced)),
+            }
         }
-        let (label, op) = (*this.label, *this.op);
-        Poll::Ready(result.map_err(|e| e.within(&label, op)))
+    }
+}
+
+/// The end of every step, the same code for all of them: the span's record, and the
+/// label on a failure's path.
+#[inline]
+fn finish(
+    result: Result<(), ResourceError>,
+    trace: Option<&Trace>,
+    label: Label,
+    op: Operation,
+) -> Result<(), ResourceError> {
+    if let Some(trace) = trace {
+        report(&trace.span, op, trace.started.elapsed(), &result);
+    }
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => Err(e.within(&label, op)),
     }
 }
 
