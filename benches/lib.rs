@@ -37,7 +37,11 @@ pub struct Paired {
 /// better, or a rate, as long as both are the same kind) in `rounds` interleaved
 /// rounds, alternating which goes first, and returns each side's median and the
 /// median, minimum and maximum of the per-round ratios ours / peer.
-pub fn paired(rounds: usize, mut ours: impl FnMut() -> f64, mut peer: impl FnMut() -> f64) -> Paired {
+pub fn paired(
+    rounds: usize,
+    mut ours: impl FnMut() -> f64,
+    mut peer: impl FnMut() -> f64,
+) -> Paired {
     assert!(rounds > 0, "at least one round");
     let (mut o, mut p, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -114,14 +118,7 @@ impl Results {
 
     /// Records a paired row: what it is, the peer, the unit of each side's figure,
     /// the target, and the command that measures it. Prints it too.
-    pub fn paired(
-        &mut self,
-        row: &str,
-        peer: &str,
-        unit: &str,
-        target: Target,
-        measured: Paired,
-    ) {
+    pub fn paired(&mut self, row: &str, peer: &str, unit: &str, target: Target, measured: Paired) {
         let (target_text, met) = match target {
             Target::AtMost(limit) => (format!("≤ {limit}"), Some(measured.ratio <= limit)),
             Target::AtLeast(limit) => (format!("≥ {limit}"), Some(measured.ratio >= limit)),

@@ -290,7 +290,10 @@ fn main() {
         let met = mine.iter().filter(|r| r.meets()).count();
         results.figure(
             &format!("rows_met_{}", kind.name()),
-            &format!("of {} rows at >= 0.98 of the rate and Jain >= 0.99", mine.len()),
+            &format!(
+                "of {} rows at >= 0.98 of the rate and Jain >= 0.99",
+                mine.len()
+            ),
             met as f64,
         );
         let worst = mine.iter().map(|r| r.ratio).fold(f64::INFINITY, f64::min);

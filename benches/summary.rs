@@ -32,10 +32,20 @@ struct Row {
 impl Row {
     fn read(value: &Value) -> Row {
         let number = |key: &str| value.get(key).and_then(Value::as_f64);
-        let text = |key: &str| value.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+        let text = |key: &str| {
+            value
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
         // The peer's figure is `peer_value` when `peer` names it, else `peer` itself.
         let peer = number("peer_value").or_else(|| number("peer"));
-        let ratio = match (number("ratio_median"), number("ratio_min"), number("ratio_max")) {
+        let ratio = match (
+            number("ratio_median"),
+            number("ratio_min"),
+            number("ratio_max"),
+        ) {
             (Some(median), Some(min), Some(max)) => Some((median, min, max)),
             (Some(median), _, _) => Some((median, median, median)),
             _ => None,
@@ -141,8 +151,8 @@ fn main() {
             let same = match (row.ratio, before) {
                 (Some((now, now_min, now_max)), Some((then, then_min, then_max))) => {
                     compared += 1;
-                    let within = (then_min..=then_max).contains(&now)
-                        && (now_min..=now_max).contains(&then);
+                    let within =
+                        (then_min..=then_max).contains(&now) && (now_min..=now_max).contains(&then);
                     if within {
                         agree += 1;
                         format!("yes (before {then:.3})")
@@ -161,7 +171,11 @@ fn main() {
                 "| {bench} | {name} | {} | {peer} | {} | {ratio} | {} | {met} | {same} |",
                 figure(row.ours),
                 row.unit,
-                if row.target.is_empty() { "—" } else { &row.target },
+                if row.target.is_empty() {
+                    "—"
+                } else {
+                    &row.target
+                },
             );
         }
     }
@@ -174,7 +188,10 @@ fn main() {
     }
     // This run becomes the one the next compares with.
     if let Err(e) = std::fs::create_dir_all(&previous_dir) {
-        eprintln!("summary: could not keep this run in {}: {e}", previous_dir.display());
+        eprintln!(
+            "summary: could not keep this run in {}: {e}",
+            previous_dir.display()
+        );
         return;
     }
     for bench in current.keys() {
