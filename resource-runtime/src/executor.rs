@@ -13,7 +13,6 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::AsyncResource;
 use crate::error::{ConfigError, ResourceError};
@@ -185,7 +184,7 @@ impl AsyncExecutorBuilder {
                 permits: Arc::new(Semaphore::new(permits)),
                 tracker: TaskTracker::new(),
                 abort: CancellationToken::new(),
-                waiters: TaskTracker::new(),
+                waiters: Waiters::default(),
                 aborted: AtomicUsize::new(0),
                 lifecycle: Mutex::new(Lifecycle::Open),
                 closing: AtomicBool::new(false),
@@ -241,7 +240,7 @@ struct Exec {
     abort: CancellationToken,
     /// Callers waiting for a slot, one token each; closed once the shutdown starts, so
     /// that waiting for it to empty can end.
-    waiters: TaskTracker,
+    waiters: Waiters,
     /// Tasks and waiters stopped by the deadline.
     aborted: AtomicUsize,
     lifecycle: Mutex<Lifecycle>,
@@ -380,7 +379,7 @@ impl AsyncExecutor {
         // Counted as waiting before the open check and until its task is tracked: a
         // shutdown sets `closing` and then looks at the count, so either it sees this
         // caller or this caller sees `closing`.
-        let waiting = exec.waiters.token();
+        let waiting = exec.waiters.enter();
         exec.check_open()?;
         let permit = match exec.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -539,11 +538,64 @@ impl AsyncExecutor {
     }
 }
 
+/// The callers waiting for a slot: a count, and the shutdown's wait for it to reach
+/// zero. A plain counter rather than a `TaskTracker` token: a token clones the
+/// tracker's `Arc` for every task submitted, which the executor's hot path pays.
+#[derive(Debug, Default)]
+struct Waiters {
+    count: AtomicUsize,
+    /// Set once the shutdown waits for the count to reach zero.
+    closed: AtomicBool,
+    empty: tokio::sync::Notify,
+}
+
+impl Waiters {
+    fn enter(&self) -> Waiting<'_> {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        Waiting(self)
+    }
+
+    fn len(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Stops waiting for new callers (nobody new can start waiting once the executor
+    /// is closing) and returns when the count is zero.
+    async fn wait(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        loop {
+            let empty = self.empty.notified();
+            let mut empty = pin!(empty);
+            // Registered before the count is read, so a last caller leaving in between
+            // still wakes this wait.
+            empty.as_mut().enable();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            empty.await;
+        }
+    }
+}
+
+/// One caller counted as waiting for a slot, until it is dropped.
+struct Waiting<'a>(&'a Waiters);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let waiters = self.0;
+        if waiters.count.fetch_sub(1, Ordering::SeqCst) == 1
+            && waiters.closed.load(Ordering::SeqCst)
+        {
+            waiters.empty.notify_waiters();
+        }
+    }
+}
+
 /// A slot held for a task that is not started yet.
 pub(crate) struct Reserved<'a> {
     executor: &'a AsyncExecutor,
     permit: OwnedSemaphorePermit,
-    _waiting: TaskTrackerToken,
+    _waiting: Waiting<'a>,
     /// The fleet permit, moved into the task and released when it ends.
     #[cfg(feature = "redis")]
     lease: Option<Lease>,
@@ -635,7 +687,6 @@ impl Exec {
     /// Returns once no caller is waiting for a slot (nobody new can start waiting once
     /// the executor is closing).
     async fn no_waiters(&self) {
-        self.waiters.close();
         self.waiters.wait().await;
     }
 
