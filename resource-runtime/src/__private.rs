@@ -355,52 +355,78 @@ impl Group<'_> {
         M: FnOnce() -> F,
     {
         let label = self.members.get(index).copied().unwrap_or("?");
-        GroupField {
-            step: Step::new(
-                self.trace.then_some(self.ty),
-                Operation::Close,
-                Label::Static(label),
-                deadline,
-                make,
-            ),
-            index,
+        let step = Step::new(
+            self.trace.then_some(self.ty),
+            Operation::Close,
+            Label::Static(label),
+            deadline,
+            make,
+        );
+        let member = Member {
             state: self.state,
+            index,
+        };
+        Recorded::new(step, member, group_done)
+    }
+}
+
+/// A member of a group closing: its step, then its outcome recorded in the group.
+pub type GroupField<'g, F, D> = Recorded<F, D, Member<'g>, ()>;
+
+/// Where a group member records its end.
+#[derive(Debug)]
+pub struct Member<'g> {
+    state: &'g Mutex<GroupState>,
+    index: usize,
+}
+
+pin_project_lite::pin_project! {
+    /// A step, then its outcome handed to `record` with the context it needs: the one
+    /// future of a field's enter, rollback and group member. Generic over the step's
+    /// future and deadline (and the few kinds of context), not over the closure that
+    /// made the step, so every field of one type shares its compiled code.
+    pub struct Recorded<F, D, C, O> {
+        #[pin]
+        step: Step<F, D>,
+        // Taken when the step ends.
+        context: Option<C>,
+        record: fn(C, Result<(), ResourceError>) -> O,
+    }
+}
+
+impl<F, D, C, O> Recorded<F, D, C, O> {
+    fn new(step: Step<F, D>, context: C, record: fn(C, Result<(), ResourceError>) -> O) -> Self {
+        Recorded {
+            step,
+            context: Some(context),
+            record,
         }
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A member of a group closing: its step, then its outcome recorded in the group.
-    /// Generic over the future and the deadline only, like [`Step`], so members of one
-    /// type share their compiled code.
-    pub struct GroupField<'g, F, D> {
-        #[pin]
-        step: Step<F, D>,
-        index: usize,
-        state: &'g Mutex<GroupState>,
-    }
-}
-
-impl<F, D> Future for GroupField<'_, F, D>
+impl<F, D, C, O> Future for Recorded<F, D, C, O>
 where
     F: Future<Output = Result<(), ResourceError>>,
     D: Deadline,
 {
-    type Output = ();
+    type Output = O;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<O> {
         let this = self.project();
         let outcome = std::task::ready!(this.step.poll(cx));
-        group_done(this.state, *this.index, outcome);
-        Poll::Ready(())
+        match this.context.take() {
+            Some(context) => Poll::Ready((this.record)(context, outcome)),
+            // Polled again after it ended: the outcome was recorded already.
+            None => Poll::Pending,
+        }
     }
 }
 
 /// Records a group member's end, the same code for every member.
-fn group_done(state: &Mutex<GroupState>, index: usize, outcome: Result<(), ResourceError>) {
-    let mut state = lock(state);
-    if index < 128 {
-        state.done |= 1 << index;
+fn group_done(member: Member<'_>, outcome: Result<(), ResourceError>) {
+    let mut state = lock(member.state);
+    if member.index < 128 {
+        state.done |= 1 << member.index;
     }
     if let Err(e) = outcome {
         ResourceError::push(&mut state.error, e);
@@ -455,16 +481,14 @@ impl Enterer {
     where
         M: FnOnce() -> F,
     {
-        EnterField {
-            step: Step::new(
-                self.trace.then_some(self.ty),
-                Operation::Enter,
-                Label::Static(label),
-                NoDeadline,
-                make,
-            ),
-            enterer: self,
-        }
+        let step = Step::new(
+            self.trace.then_some(self.ty),
+            Operation::Enter,
+            Label::Static(label),
+            NoDeadline,
+            make,
+        );
+        Recorded::new(step, self, Enterer::entered)
     }
 
     fn entered(&mut self, outcome: Result<(), ResourceError>) -> bool {
@@ -522,16 +546,14 @@ impl Enterer {
     where
         M: FnOnce() -> F,
     {
-        Rollback {
-            step: Step::new(
-                self.trace.then_some(self.ty),
-                Operation::Close,
-                Label::Static(label),
-                deadline,
-                make,
-            ),
-            enterer: self,
-        }
+        let step = Step::new(
+            self.trace.then_some(self.ty),
+            Operation::Close,
+            Label::Static(label),
+            deadline,
+            make,
+        );
+        Recorded::new(step, self, Enterer::rolled_back)
     }
 
     fn rolled_back(&mut self, outcome: Result<(), ResourceError>) {
@@ -549,50 +571,8 @@ impl Enterer {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// One field entering: its step, then its outcome recorded. Generic over the future
-    /// only, like [`Step`].
-    pub struct EnterField<'e, F> {
-        #[pin]
-        step: Step<F, NoDeadline>,
-        enterer: &'e mut Enterer,
-    }
-}
+/// One field entering: its step, then its outcome recorded.
+pub type EnterField<'e, F> = Recorded<F, NoDeadline, &'e mut Enterer, bool>;
 
-impl<F> Future for EnterField<'_, F>
-where
-    F: Future<Output = Result<(), ResourceError>>,
-{
-    type Output = bool;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
-        let this = self.project();
-        let outcome = std::task::ready!(this.step.poll(cx));
-        Poll::Ready(this.enterer.entered(outcome))
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// One entered field closing to roll back a failed enter. Generic over the future
-    /// and the deadline only, like [`Step`].
-    pub struct Rollback<'e, F, D> {
-        #[pin]
-        step: Step<F, D>,
-        enterer: &'e mut Enterer,
-    }
-}
-
-impl<F, D> Future for Rollback<'_, F, D>
-where
-    F: Future<Output = Result<(), ResourceError>>,
-    D: Deadline,
-{
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.project();
-        let outcome = std::task::ready!(this.step.poll(cx));
-        this.enterer.rolled_back(outcome);
-        Poll::Ready(())
-    }
-}
+/// One entered field closing to roll back a failed enter.
+pub type Rollback<'e, F, D> = Recorded<F, D, &'e mut Enterer, ()>;
