@@ -3,6 +3,8 @@
 //! assertions never bound a duration from above, and sockets are awaited with a
 //! generous deadline.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use resource_runtime::{
@@ -134,7 +136,7 @@ async fn a_stream_dropped_or_closed_half_way_releases_its_connection() {
     assert_eq!(
         endpoint.in_flight(),
         0,
-        "close returns once the reader is gone"
+        "close returns once the stream has let go of its connection"
     );
     assert!(next(&mut stream).await.is_none());
     assert_released(&server).await;
@@ -158,6 +160,17 @@ async fn the_endpoints_close_cuts_every_open_stream_and_returns_once_they_are_re
     }
     assert_eq!(endpoint.in_flight(), 3);
     assert_eq!(server.open(), 3);
+    // One caller is waiting for its next event on a task of its own: the close wakes it.
+    let mut waiting = streams.pop().unwrap();
+    let (polled, was_polled) = tokio::sync::oneshot::channel();
+    let waiter = tokio::spawn(async move {
+        let mut next = std::pin::pin!(waiting.next());
+        let first = std::future::poll_fn(|cx| Poll::Ready(Future::poll(next.as_mut(), cx))).await;
+        assert!(first.is_pending(), "{first:?}");
+        polled.send(()).unwrap();
+        next.await
+    });
+    was_polled.await.unwrap();
     // The close deadline is 30 s: the close cuts the streams rather than wait for them.
     tokio::time::timeout(HANG, endpoint.close())
         .await
@@ -165,6 +178,13 @@ async fn the_endpoints_close_cuts_every_open_stream_and_returns_once_they_are_re
         .unwrap();
     assert_eq!(endpoint.in_flight(), 0);
     assert_eq!(endpoint.stats().streams_cut, 3);
+    let woken = tokio::time::timeout(HANG, waiter)
+        .await
+        .expect("the close did not wake the waiting caller")
+        .unwrap()
+        .expect("an item")
+        .unwrap_err();
+    assert!(woken.is_closed(), "{woken:?}");
     for stream in &mut streams {
         let cut = error(stream).await;
         assert!(cut.is_closed(), "{cut:?}");

@@ -178,6 +178,8 @@ struct Inner {
     cut: CancellationToken,
     /// Cancelled when the endpoint starts to close: every open stream is cut at once.
     streams_cut: CancellationToken,
+    /// The open streams, which the close cuts.
+    streams: Mutex<stream::OpenStreams>,
     counters: Counters,
 }
 
@@ -517,6 +519,7 @@ impl Endpoint {
                 calls_in_flight: TaskTracker::new(),
                 cut: CancellationToken::new(),
                 streams_cut: CancellationToken::new(),
+                streams: Mutex::default(),
                 counters: Counters::default(),
             }),
         })
@@ -656,8 +659,15 @@ impl Inner {
             }
             state.closed
         };
-        // A stream has no end of its own to wait for: every open one is cut now.
+        // A stream has no end of its own to wait for: every open one is cut now, and
+        // its connection released before the close goes on.
         self.streams_cut.cancel();
+        let open = crate::sync::lock(&self.streams).take();
+        for stream in open {
+            if stream.cut() {
+                self.counters.streams_cut.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if already_closed {
             // A close that was itself cut short has cut the calls; they may still be
             // letting go of the client. Nothing is held once this returns.

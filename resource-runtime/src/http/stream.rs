@@ -3,26 +3,26 @@
 //! [`Event`]s, itself a resource whose `close` releases its connection.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use http_body::Body as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use super::usage::Settle;
+use super::usage::{self, Settle};
 use super::{CallError, CallErrorKind, CallOptions, Endpoint, Method, ResponseMeta};
 use crate::AsyncResource;
 use crate::error::ResourceError;
+use crate::sync::lock;
 
 /// One server-sent event: its name, its data, the last event id the stream set, and
 /// the reconnection time it gave, if any.
@@ -251,8 +251,86 @@ impl Parser {
     }
 }
 
-/// What a stream's reader hands over: an event, or the error that ends the stream.
+/// What a stream's poll hands over: an event, or the error that ends the stream.
 type Item = Result<Event, CallError>;
+
+/// What an open stream holds until it ends: its connection, its place among the
+/// endpoint's calls in flight, and its tokens to settle.
+struct Connection {
+    body: reqwest::Body,
+    /// The call's tokens, settled from its events' `usage` when the stream lets go of
+    /// the connection, however it ends.
+    tokens: Option<Settle>,
+    /// The stream counts as a call in flight while this is held.
+    _call: TaskTrackerToken,
+}
+
+/// The connection while the stream holds it, and the task waiting to read it.
+struct Held {
+    connection: Option<Connection>,
+    /// Woken when the endpoint's close takes the connection.
+    waker: Option<Waker>,
+}
+
+/// The part of a stream its endpoint reaches: its close takes the connection (so that
+/// it is released however far the caller has read, and whether or not it still reads)
+/// and sets `cut`, so that the stream's next item says the endpoint closed.
+pub(crate) struct Open {
+    cut: AtomicBool,
+    held: Mutex<Held>,
+}
+
+impl Open {
+    /// Cuts the stream: its connection is released before this returns. True if it
+    /// still held one.
+    pub(crate) fn cut(&self) -> bool {
+        self.cut.store(true, Ordering::Release);
+        let (connection, waker) = {
+            let mut held = lock(&self.held);
+            (held.connection.take(), held.waker.take())
+        };
+        let held_one = connection.is_some();
+        drop(connection);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        held_one
+    }
+
+    /// Lets go of the connection: the stream ended, or its caller closed it.
+    fn release(&self) {
+        let connection = lock(&self.held).connection.take();
+        drop(connection);
+    }
+}
+
+/// The open streams of an endpoint, which its close cuts.
+#[derive(Default)]
+pub(crate) struct OpenStreams {
+    next: u64,
+    open: HashMap<u64, Weak<Open>>,
+}
+
+impl OpenStreams {
+    fn add(&mut self, open: &Arc<Open>) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.open.insert(id, Arc::downgrade(open));
+        id
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.open.remove(&id);
+    }
+
+    /// Every stream still open, taken out of the set.
+    pub(crate) fn take(&mut self) -> Vec<Arc<Open>> {
+        self.open
+            .drain()
+            .filter_map(|(_, open)| open.upgrade())
+            .collect()
+    }
+}
 
 /// The events of a streamed answer, from [`Endpoint::stream`]: a
 /// [`Stream`](futures_core::Stream) of `Result<Event, CallError>`, also read with
@@ -264,23 +342,39 @@ type Item = Result<Event, CallError>;
 ///   event-stream format ([`CallErrorKind::Stream`]), or the endpoint closed
 ///   ([`CallError::is_closed`]: its close cuts every open stream).
 /// - It counts as a call in flight of its endpoint until it ends or is dropped.
-/// - Dropped or closed ([`AsyncResource::close`]) half-way, it releases its connection:
-///   nothing reads from it any more.
+/// - Dropped or closed ([`AsyncResource::close`]) half-way, it releases its connection
+///   at once: nothing reads from it any more.
+///
+/// The stream is read by the task that polls it, as a plain `reqwest` body would be:
+/// no task of its own sits between the connection and the caller, so an event costs
+/// its parsing and nothing more. The idle timeout runs while the caller waits for the
+/// next event.
 pub struct EventStream {
-    rx: mpsc::Receiver<Item>,
-    reader: Option<JoinHandle<()>>,
-    cut: Arc<AtomicBool>,
-    meta: ResponseMeta,
-    ended: bool,
-    endpoint: String,
+    open: Arc<Open>,
+    /// Its key among the endpoint's open streams.
+    id: u64,
+    endpoint: Endpoint,
     method: Method,
     url: String,
+    meta: ResponseMeta,
+    parser: Parser,
+    /// Events parsed from the chunks read so far, not yet handed over.
+    parsed: VecDeque<Result<Event, FormatError>>,
+    idle: Duration,
+    /// Fires after `idle` without a byte from the server; `None` on a runtime without
+    /// timers.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes came since the timer was last set.
+    fresh: bool,
+    /// The stream settles tokens: an event that mentions `usage` is read for them.
+    settles: bool,
+    ended: bool,
 }
 
 impl fmt::Debug for EventStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventStream")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.endpoint.inner.name)
             .field("url", &self.url)
             .field("status", &self.meta.status())
             .field("ended", &self.ended)
@@ -300,41 +394,119 @@ impl EventStream {
         &self.meta
     }
 
-    fn closed_error(&self) -> CallError {
-        CallError::new(
-            CallErrorKind::Closed,
-            &self.endpoint,
-            &self.method,
-            &self.url,
-        )
-        .attempts_made(self.meta.attempts())
+    fn error(&self, kind: CallErrorKind) -> CallError {
+        CallError::new(kind, &self.endpoint.inner.name, &self.method, &self.url)
+            .attempts_made(self.meta.attempts())
+    }
+
+    /// Ends the stream with `error`, counted as a failed call.
+    fn fail(&mut self, error: CallError) -> Poll<Option<Item>> {
+        let counters = &self.endpoint.inner.counters;
+        counters.failed.fetch_add(1, Ordering::Relaxed);
+        self.end();
+        Poll::Ready(Some(Err(error)))
+    }
+
+    /// Ends the stream: no more items, and the connection is let go.
+    fn end(&mut self) {
+        self.ended = true;
+        self.parsed.clear();
+        self.open.release();
     }
 
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        if self.cut.load(Ordering::SeqCst) {
-            self.ended = true;
-            return Poll::Ready(Some(Err(self.closed_error())));
-        }
-        match self.rx.poll_recv(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(item)) => {
-                if item.is_err() {
-                    self.ended = true;
-                }
-                Poll::Ready(Some(item))
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
             }
-            Poll::Ready(None) => {
-                self.ended = true;
-                if self.cut.load(Ordering::SeqCst) {
-                    Poll::Ready(Some(Err(self.closed_error())))
-                } else {
-                    Poll::Ready(None)
+            if self.open.cut.load(Ordering::Acquire) {
+                let error = self.error(CallErrorKind::Closed);
+                self.end();
+                return Poll::Ready(Some(Err(error)));
+            }
+            match self.parsed.pop_front() {
+                Some(Ok(event)) if event.data() == "[DONE]" => {
+                    self.end();
+                    return Poll::Ready(None);
+                }
+                Some(Ok(event)) => {
+                    if self.settles && usage::mentions_usage(event.data().as_bytes()) {
+                        let mut held = lock(&self.open.held);
+                        if let Some(tokens) = held
+                            .connection
+                            .as_mut()
+                            .and_then(|connection| connection.tokens.as_mut())
+                        {
+                            tokens.read(event.data().as_bytes());
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(event)));
+                }
+                Some(Err(format)) => {
+                    let error = self.error(CallErrorKind::Stream).detail(format.to_string());
+                    return self.fail(error);
+                }
+                None => {}
+            }
+            // Nothing parsed is left: read the connection.
+            let mut held = lock(&self.open.held);
+            let Some(connection) = held.connection.as_mut() else {
+                // Cut since the check above: the next turn says so.
+                continue;
+            };
+            match Pin::new(&mut connection.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    drop(held);
+                    if let Ok(bytes) = frame.into_data() {
+                        self.parser.feed(&bytes, &mut self.parsed);
+                        self.fresh = true;
+                    }
+                }
+                // The end: an event not ended by a blank line is dropped.
+                Poll::Ready(None) => {
+                    drop(held);
+                    self.end();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    drop(held);
+                    let error = self.error(CallErrorKind::Interrupted).caused_by(e);
+                    return self.fail(error);
+                }
+                Poll::Pending => {
+                    // The close that cuts the stream wakes this task.
+                    match &mut held.waker {
+                        Some(waker) if waker.will_wake(cx.waker()) => {}
+                        waker => *waker = Some(cx.waker().clone()),
+                    }
+                    drop(held);
+                    return self.poll_idle(cx);
                 }
             }
         }
+    }
+
+    /// The connection has nothing to read: the stream fails if the server has been
+    /// silent for the idle timeout. The timer is set again only when bytes came since
+    /// it was last set, so a burst of chunks costs one reset.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        let Some(timer) = self.timer.as_mut() else {
+            return Poll::Pending;
+        };
+        if self.fresh {
+            self.fresh = false;
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.idle);
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let error = self
+            .error(CallErrorKind::Timeout)
+            .timed_out(true, None)
+            .detail(format!("the server sent nothing for {:?}", self.idle));
+        self.fail(error)
     }
 }
 
@@ -352,30 +524,21 @@ impl AsyncResource for EventStream {
         Ok(())
     }
 
-    /// Stops reading and releases the connection; returns once the reader has let go
-    /// of it. Later items: none.
+    /// Stops reading and releases the connection before it returns. Later items: none.
     async fn close(&mut self) -> Result<(), ResourceError> {
-        self.ended = true;
-        self.rx.close();
-        if let Some(reader) = self.reader.take() {
-            reader.abort();
-            // The reader holds the connection: once it is gone, so is the connection.
-            let _ = reader.await;
-        }
+        self.end();
         Ok(())
     }
 }
 
 impl Drop for EventStream {
     fn drop(&mut self) {
-        if let Some(reader) = &self.reader {
-            reader.abort();
-        }
+        lock(&self.endpoint.inner.streams).remove(self.id);
+        // The connection goes with `open`, unless the endpoint's close holds it for a
+        // moment: it then drops it itself.
+        self.open.release();
     }
 }
-
-/// Events a stream's reader may parse ahead of its caller.
-const STREAM_BUFFER: usize = 16;
 
 /// The accept header of a streamed request.
 const EVENT_STREAM: &str = "text/event-stream";
@@ -426,238 +589,65 @@ impl Endpoint {
         let (answer, attempts, call) = self
             .send(method, url, Some(body), options, Some(&slot))
             .await?;
-        let error = |kind| CallError::new(kind, &inner.name, method, url.as_str());
-        let taken = crate::sync::lock(&slot).take();
+        let taken = lock(&slot).take();
         let meta = ResponseMeta::new(answer.status, answer.headers, attempts);
         let Some(response) = taken else {
-            inner
-                .counters
-                .failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(error(CallErrorKind::Interrupted)
-                .reply(meta, None)
-                .attempts_made(attempts));
+            inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(CallError::new(
+                CallErrorKind::Interrupted,
+                &inner.name,
+                method,
+                url.as_str(),
+            )
+            .reply(meta, None)
+            .attempts_made(attempts));
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Err(error(CallErrorKind::InvalidRequest)
-                .detail("a stream is read on a tokio runtime, and none is running")
-                .attempts_made(attempts));
-        };
-        // Room for a few events: the reader parses ahead while the caller handles one.
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let cut = Arc::new(AtomicBool::new(false));
-        let reader = Reader {
+        let idle = options
+            .stream_idle_timeout
+            .unwrap_or(inner.config.stream_idle_timeout);
+        let tokens = inner
+            .token_limiter
+            .as_ref()
+            .map(|limiter| Settle::new(limiter.clone(), options.tokens.unwrap_or(0)));
+        let open = Arc::new(Open {
+            cut: AtomicBool::new(false),
+            held: Mutex::new(Held {
+                connection: Some(Connection {
+                    body: reqwest::Body::from(response),
+                    tokens,
+                    _call: call,
+                }),
+                waker: None,
+            }),
+        });
+        let id = lock(&inner.streams).add(&open);
+        // A close that began before the stream was listed has not seen it: it is cut
+        // here, as that close would have cut it.
+        if inner.streams_cut.is_cancelled() && open.cut() {
+            inner.counters.streams_cut.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(EventStream {
+            settles: inner.token_limiter.is_some(),
+            open,
+            id,
             endpoint: self.clone(),
             method: method.clone(),
             url: url.as_str().to_owned(),
-            attempts,
-            idle: options
-                .stream_idle_timeout
-                .unwrap_or(inner.config.stream_idle_timeout),
-            parser: Parser::new(inner.config.stream_line_limit),
-            cut: cut.clone(),
-            tokens: inner
-                .token_limiter
-                .as_ref()
-                .map(|limiter| Settle::new(limiter.clone(), options.tokens.unwrap_or(0))),
-            _call: call,
-        };
-        let reader = runtime.spawn(reader.run(response, tx, inner.streams_cut.clone()));
-        Ok(EventStream {
-            rx,
-            reader: Some(reader),
-            cut,
             meta,
+            parser: Parser::new(inner.config.stream_line_limit),
+            parsed: VecDeque::new(),
+            idle,
+            // Without a timer (a runtime built without one) the silence is not
+            // bounded; everything else works.
+            timer: crate::step::try_sleep(idle).map(Box::pin),
+            fresh: false,
             ended: false,
-            endpoint: inner.name.clone(),
-            method: method.clone(),
-            url: url.as_str().to_owned(),
         })
     }
 }
 
 pub(crate) fn accept_header() -> reqwest::header::HeaderValue {
     reqwest::header::HeaderValue::from_static(EVENT_STREAM)
-}
-
-/// The task that reads a stream's connection: it owns the response, so that the
-/// connection is released when it ends, whoever ends it.
-struct Reader {
-    endpoint: Endpoint,
-    method: Method,
-    url: String,
-    attempts: u32,
-    idle: Duration,
-    parser: Parser,
-    cut: Arc<AtomicBool>,
-    /// The call's tokens, settled from its events' `usage` when the reader ends.
-    tokens: Option<Settle>,
-    /// The stream counts as a call in flight while this is held.
-    _call: TaskTrackerToken,
-}
-
-/// What woke the reader.
-enum Woken<T> {
-    Cut,
-    Dropped,
-    Idle,
-    Ready(T),
-}
-
-impl Reader {
-    fn error(&self, kind: CallErrorKind) -> CallError {
-        CallError::new(kind, &self.endpoint.inner.name, &self.method, &self.url)
-            .attempts_made(self.attempts)
-    }
-
-    fn fail(&self, error: CallError) -> CallError {
-        let counters = &self.endpoint.inner.counters;
-        counters.failed.fetch_add(1, Ordering::Relaxed);
-        error
-    }
-
-    fn cut_now(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        let counters = &self.endpoint.inner.counters;
-        counters.streams_cut.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Reads the connection until the stream ends, handing each event over.
-    ///
-    /// The futures that watch for a cut, a dropped stream and the idle timeout are made
-    /// once and polled again for every chunk and event (the timer is reset, not made
-    /// anew), and an event goes into the channel without waiting while it has room:
-    /// per event, the reader does the parsing and little else.
-    async fn run(
-        mut self,
-        mut response: reqwest::Response,
-        tx: mpsc::Sender<Item>,
-        streams_cut: CancellationToken,
-    ) {
-        let mut watch = Watch {
-            cut: pin!(streams_cut.cancelled()),
-            dropped: pin!(tx.closed()),
-            // Without a timer (a runtime built without one) the silence is not
-            // bounded; everything else works.
-            idle: crate::step::try_sleep(self.idle).map(Box::pin),
-        };
-        let mut parsed: VecDeque<Result<Event, FormatError>> = VecDeque::new();
-        loop {
-            while let Some(next) = parsed.pop_front() {
-                let item = match next {
-                    Ok(event) if event.data() == "[DONE]" => return,
-                    Ok(event) => {
-                        if let Some(tokens) = &mut self.tokens {
-                            tokens.read(event.data().as_bytes());
-                        }
-                        Ok(event)
-                    }
-                    Err(format) => Err(self.fail(
-                        self.error(CallErrorKind::Stream)
-                            .detail(FormatError::to_string(&format)),
-                    )),
-                };
-                let last = item.is_err();
-                let item = match tx.try_reserve() {
-                    Ok(permit) => {
-                        permit.send(item);
-                        None
-                    }
-                    Err(mpsc::error::TrySendError::Full(())) => Some(item),
-                    Err(mpsc::error::TrySendError::Closed(())) => return,
-                };
-                if let Some(item) = item {
-                    match watch.wait(tx.send(item), false).await {
-                        Woken::Cut => return self.cut_now(),
-                        Woken::Ready(Ok(())) => {}
-                        _ => return,
-                    }
-                }
-                if last {
-                    return;
-                }
-            }
-            if let Some(idle) = watch.idle.as_mut() {
-                idle.as_mut().reset(tokio::time::Instant::now() + self.idle);
-            }
-            let chunk = match watch.wait(response.chunk(), true).await {
-                Woken::Cut => return self.cut_now(),
-                Woken::Dropped => return,
-                Woken::Idle => {
-                    let error = self.fail(
-                        self.error(CallErrorKind::Timeout)
-                            .timed_out(true, None)
-                            .detail(format!("the server sent nothing for {:?}", self.idle)),
-                    );
-                    return self.deliver(error, &tx, &mut watch).await;
-                }
-                Woken::Ready(chunk) => chunk,
-            };
-            match chunk {
-                Ok(Some(bytes)) => self.parser.feed(&bytes, &mut parsed),
-                // The end: an event not ended by a blank line is dropped.
-                Ok(None) => return,
-                Err(e) => {
-                    let error = self.fail(self.error(CallErrorKind::Interrupted).caused_by(e));
-                    return self.deliver(error, &tx, &mut watch).await;
-                }
-            }
-        }
-    }
-
-    /// Hands over the error that ends the stream.
-    async fn deliver<C, D>(
-        &self,
-        error: CallError,
-        tx: &mpsc::Sender<Item>,
-        watch: &mut Watch<'_, C, D>,
-    ) where
-        C: Future<Output = ()>,
-        D: Future<Output = ()>,
-    {
-        if let Woken::Cut = watch.wait(tx.send(Err(error)), false).await {
-            self.cut_now();
-        }
-    }
-}
-
-/// What a reader watches while it waits: the endpoint's cut, the stream dropped, and
-/// (while it waits for the server) the idle timeout.
-struct Watch<'a, C, D> {
-    cut: Pin<&'a mut C>,
-    dropped: Pin<&'a mut D>,
-    idle: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<C, D> Watch<'_, C, D>
-where
-    C: Future<Output = ()>,
-    D: Future<Output = ()>,
-{
-    /// Runs `fut` until it is done, the endpoint cuts its streams, the stream is
-    /// dropped, or (with `idle`) the idle timeout passes.
-    async fn wait<T>(&mut self, fut: impl Future<Output = T>, idle: bool) -> Woken<T> {
-        let mut fut = pin!(fut);
-        poll_fn(|cx| {
-            if self.cut.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Woken::Cut);
-            }
-            if self.dropped.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Woken::Dropped);
-            }
-            if let Poll::Ready(value) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Woken::Ready(value));
-            }
-            if idle
-                && let Some(timer) = self.idle.as_mut()
-                && timer.as_mut().poll(cx).is_ready()
-            {
-                return Poll::Ready(Woken::Idle);
-            }
-            Poll::Pending
-        })
-        .await
-    }
 }
 
 #[cfg(test)]
