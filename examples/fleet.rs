@@ -51,6 +51,9 @@ use tracing_subscriber::layer::SubscriberExt;
 
 #[path = "embedded_api.rs"]
 mod embedded_api;
+#[path = "output.rs"]
+mod output;
+use output::say;
 
 /// Set in a child (to its index); the rest of its settings come in the variables below.
 const CHILD: &str = "FLEET_CHILD";
@@ -204,14 +207,14 @@ impl Drop for Process {
 
 fn parent() -> Result<(), Error> {
     let Some(args) = args()? else {
-        println!("{USAGE}");
+        say!("{USAGE}");
         return Ok(());
     };
     let (_server, url) = match &args.redis {
         Some(url) => (None, url.clone()),
         None => {
             let (server, url) = start_redis()?;
-            println!("started redis-server at {url}");
+            say!("started redis-server at {url}");
             (Some(server), url)
         }
     };
@@ -315,12 +318,12 @@ async fn fleet(args: &Args, redis: &str) -> Result<(), Error> {
         .await?
     };
     match args.retry_after {
-        Some(wait) => println!(
+        Some(wait) => say!(
             "embedded API at {}: one 429 a third of the way in, asking to wait {} ms",
             api.url,
             wait.as_millis()
         ),
-        None => println!("embedded API at {}: no 429 (--no-429)", api.url),
+        None => say!("embedded API at {}: no 429 (--no-429)", api.url),
     }
 
     let mut children = Vec::with_capacity(args.processes);
@@ -337,9 +340,11 @@ async fn fleet(args: &Args, redis: &str) -> Result<(), Error> {
             .spawn()?;
         children.push(Process(child));
     }
-    println!(
+    say!(
         "{} processes share {} requests/s (burst 1) under `{prefix}` for {} s",
-        args.processes, args.rate, args.seconds
+        args.processes,
+        args.rate,
+        args.seconds
     );
     let mut reports = Vec::with_capacity(children.len());
     for (index, child) in children.into_iter().enumerate() {
@@ -374,30 +379,31 @@ async fn fleet(args: &Args, redis: &str) -> Result<(), Error> {
         }
     }
     let total: u64 = counts.iter().sum();
-    println!();
-    println!("  process   requests   share   answered   429s");
+    say!();
+    say!("  process   requests   share   answered   429s");
     for (index, (count, reported)) in counts.iter().zip(&reports).enumerate() {
         let share = if total == 0 {
             0.0
         } else {
             100.0 * *count as f64 / total as f64
         };
-        println!(
+        say!(
             "  {index:>7}   {count:>8}   {share:>4.1} %   {:>8}   {:>4}",
-            reported.answered, reported.throttled
+            reported.answered,
+            reported.throttled
         );
     }
     for (index, reported) in reports.iter().enumerate() {
         if reported.ready > start {
-            println!(
+            say!(
                 "  (process {index} was ready only {} ms into the window)",
                 reported.ready - start
             );
         }
     }
     let achieved = total as f64 / args.seconds as f64;
-    println!();
-    println!(
+    say!();
+    say!(
         "fleet: {total} requests in {} s, {achieved:.1} requests/s achieved against {} configured ({:.0} %)",
         args.seconds,
         args.rate,
@@ -413,7 +419,7 @@ async fn fleet(args: &Args, redis: &str) -> Result<(), Error> {
         (Some(wait), Some(throttled)) => {
             let unpaused = args.seconds as f64 - wait.as_secs_f64();
             let expected = f64::from(args.rate) * unpaused;
-            println!(
+            say!(
                 "       less the {:.1} s pause, {} requests/s × {unpaused:.1} s = {expected:.0} requests expected: {total} made ({:.0} %), the 429 and the requests booked before the pause among them",
                 wait.as_secs_f64(),
                 args.rate,
@@ -422,23 +428,23 @@ async fn fleet(args: &Args, redis: &str) -> Result<(), Error> {
             problems.extend(print_pause(args, &arrivals, throttled, wait, start_us));
         }
         (Some(_), None) => {
-            println!("no request reached the API after the moment of its 429, so nobody paused");
+            say!("no request reached the API after the moment of its 429, so nobody paused");
             problems.push("the 429 was never answered".to_owned());
         }
-        (None, _) => println!("no 429 (--no-429): the fleet called at the full rate throughout"),
+        (None, _) => say!("no 429 (--no-429): the fleet called at the full rate throughout"),
     }
 
     for (index, reported) in reports.iter().enumerate() {
-        println!();
-        println!("process {index}: close report (every step as it finished):");
+        say!();
+        say!("process {index}: close report (every step as it finished):");
         for line in &reported.closed {
-            println!("{line}");
+            say!("{line}");
         }
         if !reported.closed_ok {
             problems.push(format!("process {index} did not close cleanly"));
         }
         if let Some(first) = reported.failed.first() {
-            println!(
+            say!(
                 "  {} call(s) failed; the first: {first}",
                 reported.failed.len()
             );
@@ -448,13 +454,11 @@ async fn fleet(args: &Args, redis: &str) -> Result<(), Error> {
             ));
         }
     }
-    println!();
+    say!();
     if open_after_close == 0 {
-        println!("connections: every connection to the API was released (0 open at the server)");
+        say!("connections: every connection to the API was released (0 open at the server)");
     } else {
-        println!(
-            "connections: {open_after_close} still open at the API after every process closed"
-        );
+        say!("connections: {open_after_close} still open at the API after every process closed");
         problems.push(format!(
             "{open_after_close} connection(s) still open at the API"
         ));
@@ -479,8 +483,8 @@ fn print_pause(
     let (from, until) = (throttled.at, throttled.at.saturating_add(wait_us));
     let ms = |us: u64| us as f64 / 1_000.0;
     let after = |at: u64| format!("+{:.0} ms", ms(at.saturating_sub(from)));
-    println!();
-    println!(
+    say!();
+    say!(
         "429: to process {} at {:.3} s into the window, asking for {} ms: no process may call before {:.3} s",
         throttled.process,
         ms(from.saturating_sub(start_us)) / 1_000.0,
@@ -492,11 +496,11 @@ fn print_pause(
     // a token's interval for each process (and a little for the machine's timers).
     let interval_us = 1_000_000 / u64::from(args.rate);
     let booked_us = (args.processes as u64 + 1) * interval_us + 50_000;
-    println!(
+    say!(
         "  (requests booked before the pause keep their time: up to one per process, within {:.0} ms)",
         ms(booked_us)
     );
-    println!("  process   last request   next request   silent for   paused");
+    say!("  process   last request   next request   silent for   paused");
     let mut problems = Vec::new();
     let mut silent_all = true;
     for index in 0..args.processes {
@@ -514,7 +518,7 @@ fn print_pause(
             (Some(last), Some(next)) => format!("{:.0} ms", ms(next - last)),
             _ => "-".to_owned(),
         };
-        println!(
+        say!(
             "  {index:>7}   {:>12}   {:>12}   {silent:>10}   {}",
             show(last),
             show(next),
@@ -528,7 +532,7 @@ fn print_pause(
     let last = arrivals.iter().rev().find(|a| a.at < until).map(|a| a.at);
     let next = arrivals.iter().find(|a| a.at >= until).map(|a| a.at);
     if let (Some(last), Some(next)) = (last, next) {
-        println!(
+        say!(
             "  fleet: no request reached the API from {} to {} after the 429 ({:.0} ms)",
             after(last),
             after(next),
@@ -536,7 +540,7 @@ fn print_pause(
         );
     }
     if silent_all {
-        println!(
+        say!(
             "  every process stopped for the pause, not only process {}",
             throttled.process
         );

@@ -38,6 +38,9 @@ use tracing_subscriber::layer::SubscriberExt;
 
 #[path = "embedded_api.rs"]
 mod embedded_api;
+#[path = "output.rs"]
+mod output;
+use output::{say, say_part};
 
 /// The provider: declared in the order it is built, closed in reverse. The jobs close
 /// first (no new work; the running calls finish), then the endpoint (its client and
@@ -164,7 +167,7 @@ pub(crate) fn with_causes(error: &(dyn Error + 'static)) -> String {
 fn quickstart() -> Result<(), Box<dyn Error + Send + Sync>> {
     let options = match options(std::env::args().skip(1))? {
         Command::Help => {
-            println!("{USAGE}");
+            say!("{USAGE}");
             return Ok(());
         }
         Command::Run(options) => options,
@@ -262,7 +265,7 @@ async fn read_stream(api: &Endpoint, request: &Value, live: bool) -> Result<Answ
             answer.tokens += 1;
             answer.text.push_str(token);
             if live {
-                print!("{token}");
+                say_part!("{token}");
                 let _ = std::io::stdout().flush();
             }
         }
@@ -659,7 +662,7 @@ pub(crate) async fn run(
             (demo.url.clone(), Secret::value("demo-key"), Some(demo))
         }
     };
-    println!("API: {base_url}");
+    say!("API: {base_url}");
     let config = EndpointConfig::new(base_url)
         .name("chat")
         .path("chat/completions")
@@ -718,7 +721,7 @@ pub(crate) async fn run(
             let outcome = if fired(&stop) {
                 Err(Failure::not_started())
             } else {
-                print!("request 0: ");
+                say_part!("request 0: ");
                 let _ = std::io::stdout().flush();
                 counts.sending();
                 let answer = ask(&provider.api, &provider.model, 0, true, true).await;
@@ -728,7 +731,7 @@ pub(crate) async fn run(
                     Failure::of_call(&failed, fired(&stop))
                 });
                 match (&outcome, events) {
-                    (Ok(a), _) => println!(
+                    (Ok(a), _) => say!(
                         "  ({} tokens, {} characters, in {})",
                         a.tokens,
                         a.text.chars().count(),
@@ -736,10 +739,10 @@ pub(crate) async fn run(
                     ),
                     // Its first tokens are on the line: the failure goes on a line of its own.
                     (Err(_), Some(n)) if n > 0 => {
-                        println!();
-                        println!("request 0: {}", ending(&outcome, events));
+                        say!();
+                        say!("request 0: {}", ending(&outcome, events));
                     }
-                    (Err(_), _) => println!("{}", ending(&outcome, events)),
+                    (Err(_), _) => say!("{}", ending(&outcome, events)),
                 }
                 outcome
             };
@@ -755,7 +758,9 @@ pub(crate) async fn run(
             }
             first = Some(outcome);
         }
-        let progress = (!stream).then(|| tokio::spawn(progress_line(total, counts.clone())));
+        // The line rewritten in place is for a terminal; piped, only its last state prints.
+        let live = !stream && std::io::IsTerminal::is_terminal(&std::io::stdout());
+        let progress = live.then(|| tokio::spawn(progress_line(total, counts.clone())));
         let skip = u64::from(first.is_some());
         let calls: Vec<_> = (skip..total)
             .map(|i| {
@@ -828,7 +833,9 @@ pub(crate) async fn run(
             progress.abort();
             let _ = progress.await;
             // The last count, not the last tick's.
-            println!("\r{}", counts.progress(total));
+            say!("\r{}", counts.progress(total));
+        } else if !stream {
+            say!("{}", counts.progress(total));
         }
         for (i, answer) in answers {
             let line = match &answer {
@@ -865,29 +872,29 @@ pub(crate) async fn run(
 
     let mut report = steps.take();
     report.retain(|step| step.operation == Operation::Close);
-    println!("\nclose report (every step as it finished):\n{report}");
+    say!("\nclose report (every step as it finished):\n{report}");
     let closed: Vec<String> = report.iter().map(ToString::to_string).collect();
     let failures = std::mem::take(&mut *failures.lock().unwrap_or_else(|p| p.into_inner()));
     let counted = failures.counted();
     // Sent: handed to the endpoint, and not refused or stopped before an attempt.
     let sent = ok + failed;
     if not_sent == 0 {
-        print!("\nrequests: {sent} sent, {ok} answered, {failed} failed");
+        say_part!("\nrequests: {sent} sent, {ok} answered, {failed} failed");
     } else {
-        print!("\nrequests: {sent} of {total} sent, {ok} answered, {failed} failed");
+        say_part!("\nrequests: {sent} of {total} sent, {ok} answered, {failed} failed");
     }
     let failed_why = failures.counted_where(|class| class != Class::NotSent);
     if failed_why.is_empty() {
-        println!();
+        say!();
     } else {
-        println!(" ({})", counted_line(&failed_why));
+        say!(" ({})", counted_line(&failed_why));
     }
     if not_sent > 0 {
         let why = failures.counted_where(|class| class == Class::NotSent);
-        println!("not sent: {not_sent} ({})", counted_line(&why));
+        say!("not sent: {not_sent} ({})", counted_line(&why));
     }
     if let Some(first) = &failures.first {
-        println!("first failure: {first}");
+        say!("first failure: {first}");
     }
     let cut_mid_answer = failures.count_where(|class| class == Class::CutMidAnswer);
     let by_stop = failures.count_where(|class| class != Class::Failed);
@@ -910,7 +917,7 @@ pub(crate) async fn run(
                 0 => "the stop, before the first request,".to_owned(),
                 n => format!("the {} answer", nth(n)),
             };
-            println!(
+            say!(
                 "--stop-after {after}: {by} closed the jobs and the endpoint at {}, with {} call(s) in flight; {how}",
                 secs(stop.at),
                 stop.in_flight,
@@ -921,26 +928,24 @@ pub(crate) async fn run(
                 1 => "1 more answer completed before the close took effect".to_owned(),
                 n => format!("{n} more answers completed before the close took effect"),
             };
-            println!(
+            say!(
                 "--stop-after {after}: {more}; {} stream(s) were cut ({cut_mid_answer} mid-answer); {not_sent} request(s) never sent",
                 stats.streams_cut,
             );
         }
-        (None, Some(after)) => println!(
+        (None, Some(after)) => say!(
             "--stop-after {after}: not reached ({ok} answered); the endpoint closed with the provider"
         ),
         _ => {}
     }
     match open_after_close {
         Some(0) => {
-            println!(
-                "connections: every connection to the API was released (0 open at the server)"
-            );
+            say!("connections: every connection to the API was released (0 open at the server)");
         }
-        Some(open) => println!("connections: {open} still open at the API after the close"),
+        Some(open) => say!("connections: {open} still open at the API after the close"),
         None => {}
     }
-    println!("attempts: {} ({})", stats.attempts, retries_line(&stats));
+    say!("attempts: {} ({})", stats.attempts, retries_line(&stats));
     // The rate of what really went out: the requests the endpoint sent, over the time
     // from the first to the last (a stop ends that time early).
     let window = counts.sending_window().unwrap_or_default();
@@ -951,28 +956,28 @@ pub(crate) async fn run(
     };
     if sent > 1 && !window.is_zero() {
         let achieved = sent as f64 / window.as_secs_f64();
-        print!(
+        say_part!(
             "rate: {achieved:.1} requests/s achieved against {} configured: {sent} requests sent in {}, from the first to the last{when}",
             options.rate,
             secs(window),
         );
         if achieved > f64::from(options.rate) {
-            print!(" (above it: the limiter lets bursts of up to {burst} through)");
+            say_part!(" (above it: the limiter lets bursts of up to {burst} through)");
         }
     } else {
-        print!(
+        say_part!(
             "rate: {sent} request(s) sent{when}, too few to measure a rate against {} configured",
             options.rate,
         );
     }
     if stats.retries_throttled > 0 {
-        println!(" (each 429 paused every caller for its Retry-After)");
+        say!(" (each 429 paused every caller for its Retry-After)");
     } else {
-        println!();
+        say!();
     }
-    println!("time: {} in all, the close included", secs(elapsed));
+    say!("time: {} in all, the close included", secs(elapsed));
     let lines = tokio::fs::read_to_string(&log_path).await?.lines().count();
-    println!(
+    say!(
         "log: {lines} lines in {}, none lost in a buffer",
         log_path.display()
     );
@@ -1041,7 +1046,7 @@ async fn progress_line(total: u64, counts: Arc<Counts>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
-        print!("\r{}", counts.progress(total));
+        say_part!("\r{}", counts.progress(total));
         let _ = std::io::stdout().flush();
     }
 }
