@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -181,7 +181,7 @@ impl AsyncExecutorBuilder {
             inner: Arc::new(Exec {
                 max_concurrency: self.max_concurrency,
                 shutdown_timeout: self.shutdown_timeout,
-                permits: Arc::new(Semaphore::new(permits)),
+                permits: Semaphore::new(permits),
                 tracker: TaskTracker::new(),
                 abort: CancellationToken::new(),
                 waiters: Waiters::default(),
@@ -234,7 +234,9 @@ impl std::error::Error for ExecutorError {}
 struct Exec {
     max_concurrency: usize,
     shutdown_timeout: Duration,
-    permits: Arc<Semaphore>,
+    /// The slots: a task's slot is a [`Slot`], which holds this state and gives the
+    /// permit back when dropped (one reference count a task, not two).
+    permits: Semaphore,
     tracker: TaskTracker,
     /// Fired when the shutdown deadline passes: running tasks and slot waiters stop.
     abort: CancellationToken,
@@ -381,22 +383,25 @@ impl AsyncExecutor {
         // caller or this caller sees `closing`.
         let waiting = exec.waiters.enter();
         exec.check_open()?;
-        let permit = match exec.permits.clone().try_acquire_owned() {
+        let permit = match exec.permits.try_acquire() {
             Ok(permit) => permit,
             Err(TryAcquireError::Closed) => return Err(ResourceError::closed("AsyncExecutor")),
+            // The shutdown deadline closes the permits: that ends this wait too, so it
+            // needs no watch on the abort token.
             Err(TryAcquireError::NoPermits) => {
-                let acquired = exec
-                    .unless_aborted(exec.permits.clone().acquire_owned())
-                    .await;
-                match acquired {
-                    Some(Ok(permit)) => permit,
-                    // Aborted at the deadline, or the shutdown closed the permits then.
-                    Some(Err(_)) | None => {
+                match exec.permits.acquire().await {
+                    Ok(permit) => permit,
+                    Err(_) => {
                         exec.count_stopped_waiter();
                         return Err(ResourceError::closed("AsyncExecutor"));
                     }
                 }
             }
+        };
+        // From here the slot gives its permit back when dropped, on every path.
+        permit.forget();
+        let slot = Slot {
+            exec: self.inner.clone(),
         };
         if exec.aborting.load(Ordering::Acquire) {
             exec.count_stopped_waiter();
@@ -416,39 +421,42 @@ impl AsyncExecutor {
         };
         Ok(Reserved {
             executor: self,
-            permit,
+            slot,
             _waiting: waiting,
             #[cfg(feature = "redis")]
             lease,
         })
     }
 
-    fn start<F>(&self, permit: OwnedSemaphorePermit, fut: F) -> TaskHandle<F::Output>
+    fn start<F>(&self, slot: Slot, fut: F) -> TaskHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        // One reference count for the task; cloning the abort token instead would take
-        // the token's lock for every task.
-        let exec = self.inner.clone();
-        let id = exec.id();
+        let id = self.inner.id();
         let tracker = &self.inner.tracker;
+        // The slot is the task's one reference to the executor's state (cloning the
+        // abort token instead would take the token's lock for every task); dropped
+        // after the task's future, it gives the permit back.
         let handle = tracker.spawn(RUNNING_IN.scope(id, async move {
-            let _permit = permit;
+            let slot = slot;
+            let exec = &*slot.exec;
             let aborted = &exec.aborted;
             if exec.aborting.load(Ordering::Acquire) {
                 aborted.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
             let mut fut = pin!(fut);
-            let mut cancelled = pin!(exec.abort.cancelled());
-            // The task's own future first: one that finishes without waiting never
-            // registers with the abort token (that registration is the costly part).
+            let mut cancelled = None;
+            // The task's own future first, and the abort's wait made (and boxed) only
+            // once the task waits: a task that finishes at its first poll never touches
+            // the token, and the task's own allocation has no room for the wait.
             poll_fn(|cx| {
                 if let Poll::Ready(output) = fut.as_mut().poll(cx) {
                     return Poll::Ready(Some(output));
                 }
-                if cancelled.as_mut().poll(cx).is_ready() {
+                let wait = cancelled.get_or_insert_with(|| Box::pin(exec.abort.cancelled()));
+                if wait.as_mut().poll(cx).is_ready() {
                     aborted.fetch_add(1, Ordering::Relaxed);
                     return Poll::Ready(None);
                 }
@@ -591,10 +599,21 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// A slot of the executor: a permit of its semaphore, given back when dropped.
+struct Slot {
+    exec: Arc<Exec>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.exec.permits.add_permits(1);
+    }
+}
+
 /// A slot held for a task that is not started yet.
 pub(crate) struct Reserved<'a> {
     executor: &'a AsyncExecutor,
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
     _waiting: Waiting<'a>,
     /// The fleet permit, moved into the task and released when it ends.
     #[cfg(feature = "redis")]
@@ -631,13 +650,13 @@ impl Reserved<'_> {
         // `_waiting` leaves the count only once the task is tracked.
         #[cfg(feature = "redis")]
         if let Some(lease) = self.lease {
-            return self.executor.start(self.permit, async move {
+            return self.executor.start(self.slot, async move {
                 // Dropped with the task's future, however it ends.
                 let _lease = lease;
                 fut.await
             });
         }
-        self.executor.start(self.permit, fut)
+        self.executor.start(self.slot, fut)
     }
 }
 
@@ -655,14 +674,19 @@ impl Exec {
     /// Runs `fut` until the shutdown deadline aborts the waiting; `None` then.
     async fn unless_aborted<F: Future>(&self, fut: F) -> Option<F::Output> {
         let mut fut = pin!(fut);
-        let mut aborted = pin!(self.abort.cancelled());
-        // The wait first: one that ends at once never registers with the abort token.
-        // Past the deadline the permits are closed, so the wait ends then too.
+        let mut aborted = pin!(None);
+        // The wait first, and the abort's wait made only once it waits: one that ends
+        // at once never touches the abort token.
         poll_fn(|cx| {
             if let Poll::Ready(output) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Some(output));
             }
-            if aborted.as_mut().poll(cx).is_ready() {
+            if aborted.is_none() {
+                aborted.set(Some(self.abort.cancelled()));
+            }
+            if let Some(wait) = aborted.as_mut().as_pin_mut()
+                && wait.poll(cx).is_ready()
+            {
                 return Poll::Ready(None);
             }
             Poll::Pending
