@@ -388,15 +388,13 @@ impl AsyncExecutor {
             Err(TryAcquireError::Closed) => return Err(ResourceError::closed("AsyncExecutor")),
             // The shutdown deadline closes the permits: that ends this wait too, so it
             // needs no watch on the abort token.
-            Err(TryAcquireError::NoPermits) => {
-                match exec.permits.acquire().await {
-                    Ok(permit) => permit,
-                    Err(_) => {
-                        exec.count_stopped_waiter();
-                        return Err(ResourceError::closed("AsyncExecutor"));
-                    }
+            Err(TryAcquireError::NoPermits) => match exec.permits.acquire().await {
+                Ok(permit) => permit,
+                Err(_) => {
+                    exec.count_stopped_waiter();
+                    return Err(ResourceError::closed("AsyncExecutor"));
                 }
-            }
+            },
         };
         // From here the slot gives its permit back when dropped, on every path.
         permit.forget();
