@@ -614,9 +614,13 @@ fn a_rate_of_zero_a_zero_period_or_a_burst_of_zero_are_refused_when_built() {
 /// A runtime that wakes timers late (a busy one) must not let lateness stack up into a
 /// burst: one task loops `acquire`, another arrives with `try_acquire` between clock
 /// steps, and the clock moves `lateness` at a time, so every wake-up is up to that
-/// late. In every window `w`, at most `burst + 1 + floor(w × rate)` are admitted.
+/// late. A call is counted as on time up to 2 ms (two timer ticks) after its token's
+/// due time, two tokens at 1000/s: in every window `w`, at most
+/// `burst + 2 + floor(w × rate)` are admitted.
 #[tokio::test(start_paused = true)]
-async fn late_wake_ups_never_admit_more_than_one_token_over_the_schedule() {
+async fn late_wake_ups_never_admit_more_than_the_grace_over_the_schedule() {
+    // ceil(2 ms / 1 ms).
+    let owed = 2;
     let rate = 1000;
     for burst in [1_u32, 10] {
         for lateness_us in [1500_u64, 2300, 3700, 5000, 7000] {
@@ -651,23 +655,76 @@ async fn late_wake_ups_never_admit_more_than_one_token_over_the_schedule() {
                 for j in i..at.len() {
                     let w = at[j] - at[i];
                     let count = (j - i + 1) as u64;
-                    let bound = window_bound(rate, SECOND, burst, w) + 1;
+                    let bound = window_bound(rate, SECOND, burst, w) + owed;
                     assert!(
                         count <= bound,
                         "burst {burst}, wake-ups up to {lateness:?} late: {count} admitted within {w:?}, more than {bound}"
                     );
                 }
             }
-            // The lateness is not made up beyond a tick a wake-up: the rate stays below
-            // the configured one, never above it.
+            // The lateness is not made up beyond the grace: over the whole run, the
+            // schedule is never more than the grace ahead of the configured rate.
             let span = at[at.len() - 1] - at[0];
             assert!(
-                (at.len() as u64) <= window_bound(rate, SECOND, burst, span) + 1,
+                (at.len() as u64) <= window_bound(rate, SECOND, burst, span) + owed,
                 "{} admitted in {span:?}",
                 at.len()
             );
         }
     }
+}
+
+/// A call up to 2 ms after its token's due time is counted as on time: the schedule
+/// goes on from the due time, so the lateness is made up (two tokens at once after a
+/// call 1.9 ms late, at 1000/s). A call later than that finds the limiter idle: the
+/// schedule starts again from it, and a burst stays `burst` tokens.
+#[tokio::test(start_paused = true)]
+async fn a_call_within_the_grace_keeps_the_schedule_and_a_later_one_finds_it_idle() {
+    // `advance`, not `sleep`: a timer would round its instant up to the next tick.
+    let start = Instant::now();
+    let at = |us: u64| async move {
+        let target = start + Duration::from_micros(us);
+        tokio::time::advance(target - Instant::now()).await;
+    };
+    let limiter = RateLimiter::builder(1_000, SECOND)
+        .burst(1)
+        .build()
+        .unwrap();
+    assert!(limiter.try_acquire(1).unwrap());
+    // Due at 1 ms, called at 1.5 ms: on time, so the next is due at 2 ms, not 2.5 ms.
+    at(1_500).await;
+    assert!(limiter.try_acquire(1).unwrap());
+    assert!(!limiter.try_acquire(1).unwrap());
+    at(2_000).await;
+    assert!(limiter.try_acquire(1).unwrap());
+    // Due at 3 ms, called at 4.9 ms: within the grace, the 3 ms and 4 ms tokens are
+    // both there; the 5 ms one is not.
+    at(4_900).await;
+    assert!(limiter.try_acquire(1).unwrap());
+    assert!(limiter.try_acquire(1).unwrap());
+    assert!(!limiter.try_acquire(1).unwrap());
+    // Due at 5 ms, called at 7.1 ms: past the grace, the limiter was idle. One token
+    // (the burst), and the next is due 1 ms after this call.
+    at(7_100).await;
+    assert!(limiter.try_acquire(1).unwrap());
+    assert!(!limiter.try_acquire(1).unwrap());
+    at(8_000).await;
+    assert!(!limiter.try_acquire(1).unwrap());
+    at(8_100).await;
+    assert!(limiter.try_acquire(1).unwrap());
+
+    // At 100/s a token is 10 ms: a call 2 ms late still keeps the schedule, but never
+    // makes two tokens at once.
+    let slow = RateLimiter::builder(100, SECOND).burst(1).build().unwrap();
+    assert!(slow.try_acquire(1).unwrap());
+    at(20_100).await;
+    assert!(slow.try_acquire(1).unwrap());
+    assert!(!slow.try_acquire(1).unwrap());
+    at(28_000).await;
+    assert!(!slow.try_acquire(1).unwrap());
+    at(28_100).await;
+    assert!(slow.try_acquire(1).unwrap());
+    assert!(!slow.try_acquire(1).unwrap());
 }
 
 /// The timer fires a whole tick late for a deadline between ticks; a limiter created

@@ -35,8 +35,11 @@ pub(super) struct Limiter {
     narrow: Narrow,
     /// Where scaled times count from.
     epoch: Instant,
-    /// The token interval is a whole number of timer ticks.
-    whole_ticks: bool,
+    /// How late, scaled, a call may come after the schedule's due time and still be
+    /// counted as on time, so that the schedule goes on from that time rather than
+    /// from the call: [`GRACE`] when a token's interval is a whole number of timer
+    /// ticks, zero otherwise.
+    grace: u128,
     burst: u32,
     rate: u32,
     period: Duration,
@@ -71,17 +74,22 @@ impl Limiter {
         // burst past it) in these units; otherwise two do.
         let century_ns: u128 = 100 * 365 * 24 * 3600 * 1_000_000_000;
         let narrow = scale * century_ns + token * u128::from(burst) < u128::from(u64::MAX);
+        let whole_ticks = period_ns.is_multiple_of(u128::from(rate) * TIMER_TICK.as_nanos());
+        let grace = if whole_ticks {
+            GRACE.as_nanos() * scale
+        } else {
+            0
+        };
         Limiter {
             token,
             scale,
             narrow: Narrow {
                 token: u64::try_from(token).unwrap_or(u64::MAX),
                 scale: u64::try_from(scale).unwrap_or(u64::MAX),
+                grace: u64::try_from(grace).unwrap_or(u64::MAX),
             },
             epoch: Instant::now(),
-            whole_ticks: period
-                .as_nanos()
-                .is_multiple_of(u128::from(rate) * TIMER_TICK.as_nanos()),
+            grace,
             burst,
             rate,
             period,
@@ -139,7 +147,12 @@ impl Limiter {
                 let step = self.narrow.token * u64::from(n);
                 let mut current = tat.load(Ordering::Acquire);
                 loop {
-                    let base = current.max(now_s);
+                    // As `base`, in 64 bits.
+                    let base = if current.saturating_add(self.narrow.grace) >= now_s {
+                        current
+                    } else {
+                        now_s
+                    };
                     if base.saturating_sub(ahead) > now_s {
                         break false;
                     }
@@ -156,7 +169,7 @@ impl Limiter {
             }
             Tat::Wide(_) => {
                 let now_s = self.scaled(now);
-                self.take(now_s, now_s, n).is_ok()
+                self.take(now_s, n).is_ok()
             }
         })
     }
@@ -175,7 +188,7 @@ impl Limiter {
             return Ok(false);
         }
         let now = Instant::now();
-        let taken = self.take_if_ready(&mut state, now, n, None).is_none();
+        let taken = self.take_if_ready(&mut state, now, n).is_none();
         self.refresh(&mut state, now);
         Ok(taken)
     }
@@ -192,7 +205,7 @@ impl Limiter {
                 return Err(ResourceError::closed("RateLimiter"));
             }
             let now = Instant::now();
-            if state.queue.is_empty() && self.take_if_ready(&mut state, now, n, None).is_none() {
+            if state.queue.is_empty() && self.take_if_ready(&mut state, now, n).is_none() {
                 self.refresh(&mut state, now);
                 return Ok(());
             }
@@ -218,8 +231,7 @@ impl Limiter {
                     return Poll::Pending;
                 }
                 let now = Instant::now();
-                let slept_until = sleep.as_ref().as_pin_ref().map(|timer| timer.deadline());
-                let Some(later) = self.take_if_ready(&mut state, now, n, slept_until) else {
+                let Some(later) = self.take_if_ready(&mut state, now, n) else {
                     state.queue.remove(&id);
                     wake_head(&mut state);
                     self.refresh(&mut state, now);
@@ -333,16 +345,41 @@ impl Limiter {
         self.epoch + Duration::from_nanos(ns)
     }
 
-    /// Takes `n` tokens by compare-and-swap if the schedule admits them at `now_s`,
-    /// counting from `floor` (now, or for a late head, a little before); otherwise the
-    /// scaled time they will be admitted at.
-    fn take(&self, floor: u128, now_s: u128, n: u32) -> Result<(), u128> {
+    /// Where the schedule goes on from at `now_s`: `tat`, or `now_s` when the
+    /// schedule fell behind now by more than the grace.
+    ///
+    /// A timer fires on a 1 ms tick, after the tick its instant falls in, and a
+    /// wake-up adds its own delay (a few hundred microseconds on a busy machine). If
+    /// every waiter's token were counted from its wake-up, a limiter at one token a
+    /// tick would lose most of a tick on every token and run far below its rate. So a
+    /// call that comes within the grace (two ticks) of its token's due time is counted
+    /// as on time: the schedule goes on from the due time, not from the call. A call
+    /// later than that finds the limiter idle, and the schedule starts again from now,
+    /// as for the first call: after an idle spell a burst is still `burst` tokens.
+    ///
+    /// The bound: a schedule counted up to the grace behind now admits at most
+    /// `ceil(grace / T)` tokens ahead of a strict one, so in any window `w` at most
+    /// `burst + ceil(grace / T) + floor(w / T)` tokens are admitted: `+ 2` at one token
+    /// a millisecond, `+ 1` from two milliseconds a token. With no grace (a token's
+    /// interval not a whole number of ticks), `burst + floor(w / T)`.
+    #[inline]
+    fn base(&self, tat: u128, now_s: u128) -> u128 {
+        if tat.saturating_add(self.grace) >= now_s {
+            tat
+        } else {
+            now_s
+        }
+    }
+
+    /// Takes `n` tokens by compare-and-swap if the schedule admits them at `now_s`;
+    /// otherwise the scaled time they will be admitted at.
+    fn take(&self, now_s: u128, n: u32) -> Result<(), u128> {
         // Admitted once `tat + n·T - burst·T <= now`: `tat` is at most `burst - n`
         // tokens ahead of now (`T` is `token` in scaled units).
         let ahead = self.token * u128::from(self.burst - n);
         let mut tat = self.tat.load();
         loop {
-            let base = tat.max(floor);
+            let base = self.base(tat, now_s);
             let ready_s = base.saturating_sub(ahead).max(now_s);
             if ready_s > now_s {
                 return Err(ready_s);
@@ -357,42 +394,19 @@ impl Limiter {
 
     /// Takes `n` tokens if they are admitted at `now`; otherwise the instant they will
     /// be.
-    ///
-    /// `slept_until` is, for the head of the queue, the instant its timer was set for.
-    /// Timers fire on a 1 ms tick, up to a tick after the instant they were set for;
-    /// if the next token were counted from the wake-up, a limiter at 1 ms a token would
-    /// lose most of a tick on every token and run near half its rate. So, when the
-    /// interval is a whole number of ticks, a late head's tokens count from the instant
-    /// it slept until, but never from more than one tick before now: lateness beyond
-    /// a tick is a busy runtime, not the timer, and owing it would let a burst through.
-    /// Since a tick is at most one token's interval, the schedule is never owed more
-    /// than one token: in any window `w`, at most `burst + 1 + floor(w / T)` tokens
-    /// are admitted.
-    fn take_if_ready(
-        &self,
-        state: &mut State,
-        now: Instant,
-        n: u32,
-        slept_until: Option<Instant>,
-    ) -> Option<Later<'_>> {
+    fn take_if_ready(&self, state: &mut State, now: Instant, n: u32) -> Option<Later<'_>> {
         let now_s = self.scaled(now);
-        let floor = match slept_until.filter(|at| self.whole_ticks && *at < now) {
-            Some(at) => self
-                .scaled(at)
-                .max(now_s.saturating_sub(TIMER_TICK.as_nanos() * self.scale)),
-            None => now_s,
-        };
         let paused = state.paused_until.filter(|paused| *paused > now);
         if let Some(paused) = paused {
             let ahead = self.token * u128::from(self.burst - n);
-            let tat = self.tat.load().max(floor);
+            let tat = self.base(self.tat.load(), now_s);
             return Some(Later {
                 limiter: self,
                 ready_s: tat.saturating_sub(ahead).max(now_s),
                 paused: Some(paused),
             });
         }
-        match self.take(floor, now_s, n) {
+        match self.take(now_s, n) {
             Ok(()) => None,
             Err(ready_s) => Some(Later {
                 limiter: self,
@@ -449,6 +463,7 @@ impl Later<'_> {
 struct Narrow {
     token: u64,
     scale: u64,
+    grace: u64,
 }
 
 /// The schedule's word: 64 bits when they are enough (a compare-and-swap on them is
@@ -494,6 +509,11 @@ fn gcd(mut a: u128, mut b: u128) -> u128 {
 
 /// The tick of tokio's timer wheel.
 const TIMER_TICK: Duration = Duration::from_millis(1);
+
+/// How late a call may come after its token's due time and still be counted as on
+/// time (see `Limiter::base`): a tick for the timer's rounding up to its tick, and one
+/// for the wake-up's own delay.
+const GRACE: Duration = Duration::from_millis(2);
 
 fn wake_head(state: &mut State) {
     if let Some(waker) = state.queue.values_mut().next().and_then(Option::take) {

@@ -41,12 +41,17 @@ pub use self::redis::{Fallback, RedisConfig};
 ///   lock: its cost is a read of the clock and that instruction. Waiters queue under a
 ///   lock, and while they do, every call takes it too, so none overtakes them.
 /// - It runs on tokio's clock, so `tokio::time::pause` drives it in tests. Timers fire
-///   on a 1 ms tick, up to a tick late; when a token's interval is a whole number of
-///   ticks, the waiter at the head of the queue is owed the time its wake-up lost, up
-///   to one tick, so the limiter keeps its rate (0.999 of 1000/s at burst 1). The
-///   bound that holds whatever the wake-up lateness: in any window of length `w`, at
-///   most `burst + 1 + floor(w × rate / period)` tokens are admitted (the `+ 1` only
-///   after a late wake-up; `burst + floor(w × rate / period)` otherwise).
+///   on a 1 ms tick, after the tick their instant falls in, and the wake-up adds its
+///   own delay. So when a token's interval `T` is a whole number of ticks, a call up to
+///   2 ms (two ticks) after its token's due time counts as on time: the schedule goes
+///   on from the due time, not from the call, and the limiter keeps its rate (0.999 of
+///   1000/s at burst 1, where a waiter woken late loses a tick on every token
+///   otherwise). A call later than that finds the limiter idle: the schedule starts
+///   again from it, and a burst stays `burst` tokens. The bound that holds whatever
+///   the lateness: in any window of length `w`, at most
+///   `burst + ceil(2 ms / T) + floor(w / T)` tokens are admitted (`+ 2` at one token a
+///   millisecond, `+ 1` from two milliseconds a token; `burst + floor(w / T)` when `T`
+///   is not a whole number of milliseconds).
 /// - Closing it wakes every waiter with an error for which
 ///   [`ResourceError::is_closed`] is true; later calls fail the same way.
 /// - It is configured once, when it is built ([`builder`](Self::builder)): every clone
