@@ -27,6 +27,7 @@
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::sync::Barrier;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use governor::{Quota, RateLimiter as Governor};
@@ -198,6 +199,46 @@ fn main() {
             ROUNDS,
             || one_thread(false, || ours_reject.try_acquire(1).unwrap()),
             || one_thread(false, || leaky_reject.try_acquire(1)),
+        ),
+    );
+    // The floors. A pass cannot cost less than a clock read and one compare-and-swap
+    // on the schedule's word: the peer here is exactly that, the minimal GCRA step
+    // (read the clock, count it from an epoch, load, compare, swap). A reject on two
+    // threads cannot cost less than each thread's clock read.
+    let epoch = tokio::time::Instant::now();
+    let word = AtomicU64::new(0);
+    let clock_and_cas = || {
+        let now = tokio::time::Instant::now();
+        let ns = now.saturating_duration_since(epoch).as_nanos() as u64;
+        let current = word.load(Ordering::Acquire);
+        word.compare_exchange_weak(
+            current,
+            current.max(ns) + 1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_ok()
+    };
+    results.paired(
+        "try_acquire_pass_1t_vs_clock_and_cas",
+        "clock read + one compare-and-swap",
+        ns,
+        Target::Report,
+        paired(
+            ROUNDS,
+            || one_thread(true, || ours_pass.try_acquire(1).unwrap()),
+            || one_thread(true, clock_and_cas),
+        ),
+    );
+    results.paired(
+        "try_acquire_reject_2t_vs_clock_2t",
+        "tokio::time::Instant::now(), 2 threads",
+        ns,
+        Target::Report,
+        paired(
+            ROUNDS,
+            || two_threads(false, || ours_reject.try_acquire(1).unwrap()),
+            || two_threads(true, clock),
         ),
     );
     let semaphore = Semaphore::new(Semaphore::MAX_PERMITS);

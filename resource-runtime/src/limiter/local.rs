@@ -175,11 +175,19 @@ impl Limiter {
     }
 
     /// Takes `n` tokens now if they are admitted and nobody is waiting.
+    #[inline]
     pub(super) fn try_acquire(&self, n: u32) -> Result<bool, ResourceError> {
         check_burst(n, self.burst)?;
         if let Some(taken) = self.take_fast(n) {
             return Ok(taken);
         }
+        self.try_acquire_locked(n)
+    }
+
+    /// `try_acquire` when the lock decides: someone waits, a pause may hold, or the
+    /// limiter is closed.
+    #[cold]
+    fn try_acquire_locked(&self, n: u32) -> Result<bool, ResourceError> {
         let mut state = self.lock();
         if state.closed {
             return Err(ResourceError::closed("RateLimiter"));

@@ -314,6 +314,7 @@ impl RateLimiter {
     /// # Ok(())
     /// # }
     /// ```
+    #[inline]
     pub fn try_acquire(&self, n: u32) -> Result<bool, ResourceError> {
         match &self.backend {
             Backend::Local(local) => local.try_acquire(n),
@@ -419,14 +420,17 @@ impl RateLimiter {
 }
 
 /// Fails a request for more tokens than the burst: it could never be admitted.
+#[inline]
 fn check_burst(n: u32, burst: u32) -> Result<(), ResourceError> {
     if n > burst {
-        return Err(ResourceError::other(LimiterError::ExceedsBurst {
-            requested: n,
-            burst,
-        }));
+        return Err(exceeds_burst(n, burst));
     }
     Ok(())
+}
+
+#[cold]
+fn exceeds_burst(requested: u32, burst: u32) -> ResourceError {
+    ResourceError::other(LimiterError::ExceedsBurst { requested, burst })
 }
 
 /// The error of a waiter on a runtime without timers.
