@@ -122,10 +122,18 @@ impl<R: AsyncResource + 'static> Guard<R> {
 }
 
 impl<R: AsyncResource + 'static> Drop for Guard<R> {
+    #[inline]
     fn drop(&mut self) {
-        if self.phase == Phase::Closed {
-            return;
+        if self.phase != Phase::Closed {
+            self.close_in_background();
         }
+    }
+}
+
+impl<R: AsyncResource + 'static> Guard<R> {
+    /// Dropped before its close finished: the resource goes to a detached close.
+    #[cold]
+    fn close_in_background(&mut self) {
         let Some(resource) = self.resource.take() else {
             return;
         };

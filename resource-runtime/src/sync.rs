@@ -24,6 +24,7 @@ pub(crate) type Payload = Box<dyn Any + Send + 'static>;
 
 /// Runs `f`, turning a panic into its payload: the one place the crate catches an
 /// unwind.
+#[inline]
 pub(crate) fn caught<T>(f: impl FnOnce() -> T) -> Result<T, Payload> {
     catch_unwind(AssertUnwindSafe(f))
 }
@@ -46,6 +47,7 @@ impl<F> CatchUnwind<F> {
 impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Payload>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let Some(fut) = this.fut.as_mut().as_pin_mut() else {
