@@ -1,6 +1,7 @@
 //! [`AsyncExecutor`]: bounded concurrency with a graceful shutdown, the [`Executor`]
 //! protocol, and [`RateLimitedExecutor`].
 
+use std::cell::Cell;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -280,10 +281,42 @@ const STRAGGLER_GRACE: Duration = Duration::from_millis(100);
 /// The default shutdown deadline.
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
-tokio::task_local! {
-    /// The executor whose task is running (the address of its state), so that a task
-    /// closing its own executor is told instead of waiting for itself.
-    static RUNNING_IN: usize;
+thread_local! {
+    /// The executor whose task this thread is polling (the address of its state; 0 for
+    /// none), so that a task closing its own executor is told instead of waiting for
+    /// itself. A plain cell, set and restored around each poll: a task-local would
+    /// keep the value in every task and move it in and out of its key on every poll.
+    static RUNNING_IN: Cell<usize> = const { Cell::new(0) };
+}
+
+pin_project_lite::pin_project! {
+    /// A task of the executor `id`: each poll runs with `RUNNING_IN` set to `id`.
+    struct InExecutor<F> {
+        id: usize,
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: Future> Future for InExecutor<F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _running = Running(RUNNING_IN.replace(*this.id));
+        this.fut.poll(cx)
+    }
+}
+
+/// Puts the executor that was running back, also when the poll unwinds.
+struct Running(usize);
+
+impl Drop for Running {
+    #[inline]
+    fn drop(&mut self) {
+        RUNNING_IN.set(self.0);
+    }
 }
 
 impl std::fmt::Debug for AsyncExecutor {
@@ -436,7 +469,7 @@ impl AsyncExecutor {
         // The slot is the task's one reference to the executor's state (cloning the
         // abort token instead would take the token's lock for every task); dropped
         // after the task's future, it gives the permit back.
-        let handle = tracker.spawn(RUNNING_IN.scope(id, async move {
+        let fut = async move {
             let slot = slot;
             let exec = &*slot.exec;
             let aborted = &exec.aborted;
@@ -461,7 +494,8 @@ impl AsyncExecutor {
                 Poll::Pending
             })
             .await
-        }));
+        };
+        let handle = tracker.spawn(InExecutor { id, fut });
         TaskHandle { handle }
     }
 
@@ -533,7 +567,7 @@ impl AsyncExecutor {
                 Lifecycle::Closed { .. } => return Ok(()),
             }
         };
-        if RUNNING_IN.try_with(|id| *id == exec.id()).unwrap_or(false) {
+        if RUNNING_IN.with(Cell::get) == exec.id() {
             // Waiting here would wait for this very task. The shutdown still keeps its
             // deadline: it runs as a task of its own, and any later close joins it.
             let runner = self.inner.clone();
