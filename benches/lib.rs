@@ -43,7 +43,7 @@ pub fn paired(
     mut peer: impl FnMut() -> f64,
 ) -> Paired {
     assert!(rounds > 0, "at least one round");
-    let (mut o, mut p, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut o, mut p) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let (a, b) = if round.is_multiple_of(2) {
             let a = ours();
@@ -54,16 +54,28 @@ pub fn paired(
         };
         o.push(a);
         p.push(b);
-        ratios.push(a / b);
     }
-    let ratio = median(&mut ratios);
-    Paired {
-        ours: median(&mut o),
-        peer: median(&mut p),
-        ratio,
-        ratio_min: ratios[0],
-        ratio_max: ratios[ratios.len() - 1],
-        rounds,
+    Paired::from_rounds(&o, &p)
+}
+
+impl Paired {
+    /// Each side's figures of the same rounds, in order (for a bench whose round
+    /// measures several rows at once): the medians and the per-round ratios.
+    pub fn from_rounds(ours: &[f64], peer: &[f64]) -> Paired {
+        assert!(
+            !ours.is_empty() && ours.len() == peer.len(),
+            "one figure a side a round"
+        );
+        let mut ratios: Vec<f64> = ours.iter().zip(peer).map(|(o, p)| o / p).collect();
+        let ratio = median(&mut ratios);
+        Paired {
+            ours: median(&mut ours.to_vec()),
+            peer: median(&mut peer.to_vec()),
+            ratio,
+            ratio_min: ratios[0],
+            ratio_max: ratios[ratios.len() - 1],
+            rounds: ours.len(),
+        }
     }
 }
 

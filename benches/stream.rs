@@ -39,14 +39,13 @@
 //!   connections falls to 0). Paired rounds too; no target. After each, the bench
 //!   checks, untimed, that the server holds no connection within 5 s.
 //!
-//! The results are printed as a table and written to
-//! `target/bench-results/stream.json`: row -> {ours, peer, ratio_median, ratio_min,
-//! ratio_max}. Under `cargo test --benches` (no `--bench` argument) the bench runs one
-//! short round of each and writes nothing.
+//! Each row is printed and written to `target/bench-results/stream.json` with
+//! `resource_benches::Results`, its target with it, for the `summary` bench. Under
+//! `cargo test --benches` (no `--bench` argument) the bench runs one short round of
+//! each and writes nothing.
 
 use std::convert::Infallible;
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -59,6 +58,7 @@ use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use reqwest::Url;
+use resource_benches::{Paired, Results, Target, median, selected};
 use resource_runtime::{
     AsyncResource,
     http::{Endpoint, EndpointConfig, EventStream},
@@ -103,55 +103,31 @@ fn runtime() -> Runtime {
         .expect("a multi-thread runtime")
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut values = values.to_vec();
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len().is_multiple_of(2) {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
-}
-
 /// The figures of one row over the paired rounds.
 #[derive(Debug)]
 struct Row {
     name: &'static str,
     unit: &'static str,
+    target: Target,
     ours: Vec<f64>,
     peer: Vec<f64>,
 }
 
 impl Row {
-    fn new(name: &'static str, unit: &'static str) -> Self {
+    fn new(name: &'static str, unit: &'static str, target: Target) -> Self {
         Row {
             name,
             unit,
+            target,
             ours: Vec::new(),
             peer: Vec::new(),
         }
     }
-
-    fn ratios(&self) -> Vec<f64> {
-        self.ours
-            .iter()
-            .zip(&self.peer)
-            .map(|(o, p)| o / p)
-            .collect()
-    }
-
-    /// ratio_median, ratio_min, ratio_max.
-    fn spread(&self) -> (f64, f64, f64) {
-        let ratios = self.ratios();
-        let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        (median(&ratios), min, max)
-    }
 }
 
 /// Runs `ours` and `peer` in `rounds` interleaved rounds, alternating which goes
-/// first; each returns one figure per row for its round.
+/// first; each returns one figure per row for its round (a round measures several
+/// rows at once, so this is `resource_benches::paired` over a row each).
 fn paired(
     rounds: usize,
     rows: &mut [Row],
@@ -456,10 +432,14 @@ where
         }))
         .expect("a round that completes");
     let micros = |d: Duration| d.as_secs_f64() * 1e6;
-    let firsts: Vec<f64> = timings.iter().map(|t| micros(t.first)).collect();
-    let heads: Vec<f64> = timings.iter().map(|t| micros(t.head)).collect();
+    let mut firsts: Vec<f64> = timings.iter().map(|t| micros(t.first)).collect();
+    let mut heads: Vec<f64> = timings.iter().map(|t| micros(t.head)).collect();
     let total: f64 = timings.iter().map(|t| t.total.as_secs_f64()).sum();
-    vec![median(&firsts), (n * EVENTS) as f64 / total, median(&heads)]
+    vec![
+        median(&mut firsts),
+        (n * EVENTS) as f64 / total,
+        median(&mut heads),
+    ]
 }
 
 fn streams(rt: &Runtime, server: &Server, plan: &Plan) -> (Vec<Row>, f64, f64) {
@@ -489,9 +469,9 @@ fn streams(rt: &Runtime, server: &Server, plan: &Plan) -> (Vec<Row>, f64, f64) {
     round(rt, 5, peer());
 
     let mut rows = vec![
-        Row::new("time_to_first_event_us", "µs"),
-        Row::new("events_per_second", "events/s"),
-        Row::new("time_to_head_us", "µs"),
+        Row::new("time_to_first_event_us", "µs", Target::AtMost(1.05)),
+        Row::new("events_per_second", "events/s", Target::AtLeast(0.95)),
+        Row::new("time_to_head_us", "µs", Target::Report),
     ];
     let n = plan.streams_per_round;
     let (mut ours_accepted, mut peer_accepted) = (0, 0);
@@ -578,8 +558,12 @@ async fn drop_plain(server: &Server) -> (Duration, Duration) {
 
 fn close(rt: &Runtime, server: &Server, plan: &Plan) -> Vec<Row> {
     let mut rows = vec![
-        Row::new("close_64_streams_us", "µs"),
-        Row::new("close_64_streams_until_server_closed_us", "µs"),
+        Row::new("close_64_streams_us", "µs", Target::Report),
+        Row::new(
+            "close_64_streams_until_server_closed_us",
+            "µs",
+            Target::Report,
+        ),
     ];
     let figures = |(took, emptied): (Duration, Duration)| {
         vec![took.as_secs_f64() * 1e6, emptied.as_secs_f64() * 1e6]
@@ -596,83 +580,31 @@ fn close(rt: &Runtime, server: &Server, plan: &Plan) -> Vec<Row> {
     rows
 }
 
-fn results_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let benches = Path::new(env!("CARGO_MANIFEST_DIR"));
-            benches.parent().unwrap_or(benches).join("target")
-        })
-        .join("bench-results")
-}
-
-fn print(rows: &[Row], plan: &Plan) {
-    println!(
-        "stream: {} rounds of {} streams of {EVENTS} events per side, {} rounds of closing \
-         {OPEN} open streams; interleaved, ratio = ours / peer per round",
-        plan.stream_rounds, plan.streams_per_round, plan.close_rounds
-    );
-    println!(
-        "{:<42} {:>14} {:>14} {:>8} {:>17}",
-        "row (medians of rounds)", "endpoint", "reqwest+esrc", "ratio", "ratio min–max"
-    );
-    for row in rows {
-        let (ratio, min, max) = row.spread();
-        let (ours, peer) = (median(&row.ours), median(&row.peer));
-        let figure = |v: f64| {
-            if row.unit == "events/s" {
-                format!("{:.0}k ev/s", v / 1e3)
-            } else {
-                format!("{v:.1} {}", row.unit)
-            }
-        };
-        println!(
-            "{:<42} {:>14} {:>14} {ratio:>8.3} {:>17}",
-            row.name,
-            figure(ours),
-            figure(peer),
-            format!("{min:.3}–{max:.3}")
-        );
-    }
-}
-
-fn write_json(rows: &[Row]) {
-    let mut object = serde_json::Map::new();
-    for row in rows {
-        let (ratio, min, max) = row.spread();
-        object.insert(
-            row.name.to_owned(),
-            json!({
-                "ours": median(&row.ours),
-                "peer": median(&row.peer),
-                "ratio_median": ratio,
-                "ratio_min": min,
-                "ratio_max": max,
-            }),
-        );
-    }
-    let dir = results_dir();
-    std::fs::create_dir_all(&dir).expect("the results directory");
-    let path = dir.join("stream.json");
-    let text = serde_json::to_string_pretty(&Value::Object(object)).expect("JSON");
-    std::fs::write(&path, text + "\n").expect("the results file");
-    println!("written: {}", path.display());
-}
-
 fn main() {
     // `cargo test --benches` runs every bench binary once: a smoke run there.
-    let full = std::env::args().any(|a| a == "--bench");
+    let full = selected("stream");
     let plan = if full { &FULL } else { &SMOKE };
     let rt = runtime();
     let server = Server::start(&rt);
     let (mut rows, ours_conns, peer_conns) = streams(&rt, &server, plan);
     rows.extend(close(&rt, &server, plan));
-    print(&rows, plan);
     println!(
-        "new connections per stream: endpoint {ours_conns:.2}, reqwest {peer_conns:.2}; \
-         throughput ratio is ours / peer events per second (higher is better)"
+        "stream: {} rounds of {} streams of {EVENTS} events per side, {} rounds of closing \
+         {OPEN} open streams; new connections per stream: endpoint {ours_conns:.2}, \
+         reqwest {peer_conns:.2}",
+        plan.stream_rounds, plan.streams_per_round, plan.close_rounds
     );
+    let mut results = Results::new("stream");
+    for row in &rows {
+        results.paired(
+            row.name,
+            "reqwest bytes_stream() + eventsource-stream",
+            row.unit,
+            row.target,
+            Paired::from_rounds(&row.ours, &row.peer),
+        );
+    }
     if full {
-        write_json(&rows);
+        results.write();
     }
 }
