@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
 use crate::AsyncResource;
@@ -290,22 +290,50 @@ thread_local! {
 }
 
 pin_project_lite::pin_project! {
-    /// A task of the executor `id`: each poll runs with `RUNNING_IN` set to `id`.
-    struct InExecutor<F> {
-        id: usize,
+    /// A task of the executor: its future, run until it ends or the shutdown deadline
+    /// aborts it, in the slot it holds. Each poll runs with `RUNNING_IN` set to its
+    /// executor. A hand-written future rather than an `async` block, so that the task
+    /// holds what it needs and no copies of references to it.
+    struct Task<F> {
         #[pin]
         fut: F,
+        // The wait on the abort token, made (and boxed) only once the future waits:
+        // a task that finishes at its first poll never touches the token, and the
+        // task's own allocation has no room for the wait.
+        aborted: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+        started: bool,
+        // Dropped after the future (fields drop in order): gives the permit back.
+        slot: Slot,
     }
 }
 
-impl<F: Future> Future for InExecutor<F> {
-    type Output = F::Output;
+impl<F: Future> Future for Task<F> {
+    type Output = Option<F::Output>;
 
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _running = Running(RUNNING_IN.replace(*this.id));
-        this.fut.poll(cx)
+        let exec = &*this.slot.exec;
+        if !*this.started {
+            *this.started = true;
+            // Aborted before it started: it never runs.
+            if exec.aborting.load(Ordering::Acquire) {
+                exec.aborted.fetch_add(1, Ordering::Relaxed);
+                return Poll::Ready(None);
+            }
+        }
+        let _running = Running(RUNNING_IN.replace(exec.id()));
+        // The task's own future first.
+        if let Poll::Ready(output) = this.fut.poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        let wait = this
+            .aborted
+            .get_or_insert_with(|| Box::pin(exec.abort.clone().cancelled_owned()));
+        if wait.as_mut().poll(cx).is_ready() {
+            exec.aborted.fetch_add(1, Ordering::Relaxed);
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 }
 
@@ -464,38 +492,13 @@ impl AsyncExecutor {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let id = self.inner.id();
-        let tracker = &self.inner.tracker;
-        // The slot is the task's one reference to the executor's state (cloning the
-        // abort token instead would take the token's lock for every task); dropped
-        // after the task's future, it gives the permit back.
-        let fut = async move {
-            let slot = slot;
-            let exec = &*slot.exec;
-            let aborted = &exec.aborted;
-            if exec.aborting.load(Ordering::Acquire) {
-                aborted.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-            let mut fut = pin!(fut);
-            let mut cancelled = None;
-            // The task's own future first, and the abort's wait made (and boxed) only
-            // once the task waits: a task that finishes at its first poll never touches
-            // the token, and the task's own allocation has no room for the wait.
-            poll_fn(|cx| {
-                if let Poll::Ready(output) = fut.as_mut().poll(cx) {
-                    return Poll::Ready(Some(output));
-                }
-                let wait = cancelled.get_or_insert_with(|| Box::pin(exec.abort.cancelled()));
-                if wait.as_mut().poll(cx).is_ready() {
-                    aborted.fetch_add(1, Ordering::Relaxed);
-                    return Poll::Ready(None);
-                }
-                Poll::Pending
-            })
-            .await
-        };
-        let handle = tracker.spawn(InExecutor { id, fut });
+        // The slot is the task's one reference to the executor's state.
+        let handle = self.inner.tracker.spawn(Task {
+            fut,
+            aborted: None,
+            started: false,
+            slot,
+        });
         TaskHandle { handle }
     }
 
