@@ -701,7 +701,7 @@ impl Exec {
         crate::sync::lock(&self.lifecycle)
     }
 
-    /// Names this executor for the task-local check.
+    /// Names this executor for the check that a task is closing its own executor.
     fn id(&self) -> usize {
         std::ptr::from_ref(self) as usize
     }

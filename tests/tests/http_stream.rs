@@ -283,7 +283,34 @@ async fn a_server_that_stops_sending_ends_the_stream_at_the_idle_timeout() {
     assert_eq!(event(&mut stream).await.data(), "first");
     assert!(error(&mut stream).await.is_timeout());
     assert_released(&server).await;
+
+    // The silence counts from the caller's first wait, not from the answer's head: a
+    // caller busy for longer than the timeout before it reads is not told off for it.
+    server.push(Reply::sse([
+        Sse::Pause(Duration::from_millis(500)),
+        Sse::Text("data: late\n\n".to_owned()),
+    ]));
+    let mut stream = endpoint.stream_with(&json!({}), &options).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(event(&mut stream).await.data(), "late");
+    assert!(next(&mut stream).await.is_none());
+    drop(stream);
+
+    // A timeout too long for the clock means no idle limit, and no panic once events
+    // have reset the timer.
+    server.push(Reply::sse([
+        Sse::Text("data: one\n\n".to_owned()),
+        Sse::Pause(Duration::from_millis(50)),
+        Sse::Text("data: two\n\n".to_owned()),
+    ]));
+    let unbounded = CallOptions::new().stream_idle_timeout(Duration::MAX);
+    let mut stream = endpoint.stream_with(&json!({}), &unbounded).await.unwrap();
+    assert_eq!(event(&mut stream).await.data(), "one");
+    assert_eq!(event(&mut stream).await.data(), "two");
+    assert!(next(&mut stream).await.is_none());
+    // Ended streams gave their connections back to the pool: the close releases them.
     endpoint.close().await.unwrap();
+    assert_released(&server).await;
 }
 
 #[tokio::test]

@@ -211,8 +211,9 @@ async fn settling_from_usage_keeps_the_token_quota_within_one_call() {
 }
 
 /// A stream whose events report a usage settles when it ends: `estimate` taken, what
-/// the events said charged. Real clock; the quota refills a token a day.
-async fn stream_settles(events: Vec<Sse>, estimate: u32, expected_use: u32) {
+/// the events said charged. The caller reads at most `read` events, then drops the
+/// stream. Real clock; the quota refills a token a day.
+async fn stream_settles(events: Vec<Sse>, estimate: u32, expected_use: u32, read: usize) {
     let server = TestServer::start().await;
     server.push(Reply::sse(events));
     let day = Duration::from_secs(86_400);
@@ -225,18 +226,18 @@ async fn stream_settles(events: Vec<Sse>, estimate: u32, expected_use: u32) {
         .await
         .unwrap();
     let mut seen = 0;
-    while let Some(event) = tokio::time::timeout(HANG, stream.next())
-        .await
-        .expect("the stream hung")
+    while seen < read
+        && let Some(event) = tokio::time::timeout(HANG, stream.next())
+            .await
+            .expect("the stream hung")
     {
         event.unwrap();
         seen += 1;
     }
     assert!(seen >= 2);
     drop(stream);
-    // The reader settles as it ends; the stream has ended when the server sees its
-    // connection closed or idle, so wait for the settle itself: the estimate given
-    // back (or the debt charged) shows in what a try takes.
+    // The stream settles as it lets go of its connection; wait for the settle itself:
+    // the estimate given back (or the debt charged) shows in what a try takes.
     let left = 1_000 - expected_use;
     let settled = tokio::time::timeout(HANG, async {
         loop {
@@ -274,6 +275,34 @@ async fn an_openai_stream_settles_from_its_final_usage_chunk() {
         ],
         500,
         12,
+        usize::MAX,
+    )
+    .await;
+}
+
+/// A caller that stops reading at the answer's last words, as soon as it has them,
+/// still settles the usage that came in the same chunk after them.
+#[tokio::test]
+async fn a_stream_dropped_after_its_last_words_settles_the_usage_sent_with_them() {
+    let chunk = |text: &str| {
+        format!(
+            "data: {}\n\n",
+            json!({"choices": [{"delta": {"content": text}}], "usage": null})
+        )
+    };
+    let usage = format!(
+        "data: {}\n\n",
+        json!({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}})
+    );
+    stream_settles(
+        vec![
+            Sse::Text(chunk("Hel")),
+            // One chunk on the wire: the last words, the usage, the end.
+            Sse::Text(format!("{}{usage}data: [DONE]\n\n", chunk("lo"))),
+        ],
+        500,
+        12,
+        2,
     )
     .await;
 }
@@ -299,6 +328,7 @@ async fn an_anthropic_stream_settles_from_its_start_and_delta_usage() {
         ],
         100,
         740,
+        usize::MAX,
     )
     .await;
 }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use super::usage::{self, Settle};
+use super::usage::Settle;
 use super::{CallError, CallErrorKind, CallOptions, Endpoint, Method, ResponseMeta};
 use crate::AsyncResource;
 use crate::error::ResourceError;
@@ -364,10 +364,8 @@ pub struct EventStream {
     /// Fires after `idle` without a byte from the server; `None` on a runtime without
     /// timers.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Bytes came since the timer was last set.
+    /// Bytes came (or the stream began) since the timer was last set.
     fresh: bool,
-    /// The stream settles tokens: an event that mentions `usage` is read for them.
-    settles: bool,
     ended: bool,
 }
 
@@ -429,19 +427,7 @@ impl EventStream {
                     self.end();
                     return Poll::Ready(None);
                 }
-                Some(Ok(event)) => {
-                    if self.settles && usage::mentions_usage(event.data().as_bytes()) {
-                        let mut held = lock(&self.open.held);
-                        if let Some(tokens) = held
-                            .connection
-                            .as_mut()
-                            .and_then(|connection| connection.tokens.as_mut())
-                        {
-                            tokens.read(event.data().as_bytes());
-                        }
-                    }
-                    return Poll::Ready(Some(Ok(event)));
-                }
+                Some(Ok(event)) => return Poll::Ready(Some(Ok(event))),
                 Some(Err(format)) => {
                     let error = self.error(CallErrorKind::Stream).detail(format.to_string());
                     return self.fail(error);
@@ -451,16 +437,29 @@ impl EventStream {
             // Nothing parsed is left: read the connection.
             let mut held = lock(&self.open.held);
             let Some(connection) = held.connection.as_mut() else {
-                // Cut since the check above: the next turn says so.
+                // Only a cut (since the check above) or the stream's end lets go of the
+                // connection: the next turn says which.
+                if !self.open.cut.load(Ordering::Acquire) {
+                    self.ended = true;
+                }
                 continue;
             };
             match Pin::new(&mut connection.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    drop(held);
                     if let Ok(bytes) = frame.into_data() {
+                        let before = self.parsed.len();
                         self.parser.feed(&bytes, &mut self.parsed);
                         self.fresh = true;
+                        // Usage is read as events are parsed, not as they are handed
+                        // over: a caller that stops at the answer's last words still
+                        // settles the usage that came in the same chunks.
+                        if let Some(tokens) = connection.tokens.as_mut() {
+                            for event in self.parsed.iter().skip(before).flatten() {
+                                tokens.read(event.data().as_bytes());
+                            }
+                        }
                     }
+                    drop(held);
                 }
                 // The end: an event not ended by a blank line is dropped.
                 Poll::Ready(None) => {
@@ -495,9 +494,11 @@ impl EventStream {
         };
         if self.fresh {
             self.fresh = false;
-            timer
-                .as_mut()
-                .reset(tokio::time::Instant::now() + self.idle);
+            // An idle timeout too long for the clock (`Duration::MAX` for "none")
+            // leaves the timer where it was, as far off as the clock goes.
+            if let Some(deadline) = tokio::time::Instant::now().checked_add(self.idle) {
+                timer.as_mut().reset(deadline);
+            }
         }
         if timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
@@ -627,7 +628,6 @@ impl Endpoint {
             inner.counters.streams_cut.fetch_add(1, Ordering::Relaxed);
         }
         Ok(EventStream {
-            settles: inner.token_limiter.is_some(),
             open,
             id,
             endpoint: self.clone(),
@@ -640,7 +640,8 @@ impl Endpoint {
             // Without a timer (a runtime built without one) the silence is not
             // bounded; everything else works.
             timer: crate::step::try_sleep(idle).map(Box::pin),
-            fresh: false,
+            // The silence is counted from the caller's first wait, not from here.
+            fresh: true,
             ended: false,
         })
     }

@@ -128,12 +128,6 @@ impl Drop for Settle {
     }
 }
 
-/// Whether `json` may carry a `usage` object: the one test an event's data gets when
-/// no token limiter waits for it.
-pub(crate) fn mentions_usage(json: &[u8]) -> bool {
-    contains(json, b"\"usage\"")
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
