@@ -614,15 +614,15 @@ fn a_rate_of_zero_a_zero_period_or_a_burst_of_zero_are_refused_when_built() {
 /// A runtime that wakes timers late (a busy one) must not let lateness stack up into a
 /// burst: one task loops `acquire`, another arrives with `try_acquire` between clock
 /// steps, and the clock moves `lateness` at a time, so every wake-up is up to that
-/// late. A call is counted as on time up to 2 ms (two timer ticks) after its token's
-/// due time, two tokens at 1000/s: in every window `w`, at most
-/// `burst + 2 + floor(w × rate)` are admitted.
+/// late. A call is counted as on time up to a grace `g = max(0, 2 ms − (burst − 1)·T)`
+/// after its token's due time: in every window `w`, at most `burst + floor((w + g) × rate)`
+/// are admitted, two more than the strict bound at burst 1 and none more at burst 10.
 #[tokio::test(start_paused = true)]
 async fn late_wake_ups_never_admit_more_than_the_grace_over_the_schedule() {
-    // ceil(2 ms / 1 ms).
-    let owed = 2;
     let rate = 1000;
     for burst in [1_u32, 10] {
+        // floor((w + g) / T) - floor(w / T), at most: g is 2 ms at burst 1, 0 at 10.
+        let owed = if burst == 1 { 2 } else { 0 };
         for lateness_us in [1500_u64, 2300, 3700, 5000, 7000] {
             let lateness = Duration::from_micros(lateness_us);
             let limiter = RateLimiter::builder(rate, SECOND)
@@ -725,6 +725,29 @@ async fn a_call_within_the_grace_keeps_the_schedule_and_a_later_one_finds_it_idl
     at(28_100).await;
     assert!(slow.try_acquire(1).unwrap());
     assert!(!slow.try_acquire(1).unwrap());
+
+    // A new limiter is idle: its first calls get the burst, not the burst and the
+    // grace, however soon after it was built.
+    let fresh = RateLimiter::builder(1_000, SECOND)
+        .burst(1)
+        .build()
+        .unwrap();
+    tokio::time::advance(Duration::from_micros(1_900)).await;
+    assert!(fresh.try_acquire(1).unwrap());
+    assert!(!fresh.try_acquire(1).unwrap());
+    // A burst of 10 absorbs lateness by itself: no grace, so a call 12 ms after the
+    // burst was spent finds the limiter idle and gets 10 tokens, not 12.
+    let ten = RateLimiter::builder(1_000, SECOND)
+        .burst(10)
+        .build()
+        .unwrap();
+    assert!(ten.try_acquire(10).unwrap());
+    tokio::time::advance(ms(12)).await;
+    let mut taken = 0;
+    while ten.try_acquire(1).unwrap() {
+        taken += 1;
+    }
+    assert_eq!(taken, 10);
 }
 
 /// The timer fires a whole tick late for a deadline between ticks; a limiter created

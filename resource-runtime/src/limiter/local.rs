@@ -35,10 +35,10 @@ pub(super) struct Limiter {
     narrow: Narrow,
     /// Where scaled times count from.
     epoch: Instant,
-    /// How late, scaled, a call may come after the schedule's due time and still be
-    /// counted as on time, so that the schedule goes on from that time rather than
-    /// from the call: [`GRACE`] when a token's interval is a whole number of timer
-    /// ticks, zero otherwise.
+    /// How far, scaled, the schedule may fall behind now and still go on from where it
+    /// is rather than from now: [`GRACE`] less what the burst absorbs itself
+    /// (`(burst - 1)` tokens), when a token's interval is a whole number of timer
+    /// ticks; zero otherwise.
     grace: u128,
     burst: u32,
     rate: u32,
@@ -75,11 +75,14 @@ impl Limiter {
         let century_ns: u128 = 100 * 365 * 24 * 3600 * 1_000_000_000;
         let narrow = scale * century_ns + token * u128::from(burst) < u128::from(u64::MAX);
         let whole_ticks = period_ns.is_multiple_of(u128::from(rate) * TIMER_TICK.as_nanos());
+        // A burst of more than one token absorbs `(burst - 1)` tokens of lateness by
+        // itself: only the rest of the grace is needed.
         let grace = if whole_ticks {
-            GRACE.as_nanos() * scale
+            (GRACE.as_nanos() * scale).saturating_sub(token * u128::from(burst - 1))
         } else {
             0
         };
+        let now = Instant::now();
         Limiter {
             token,
             scale,
@@ -88,7 +91,9 @@ impl Limiter {
                 scale: u64::try_from(scale).unwrap_or(u64::MAX),
                 grace: u64::try_from(grace).unwrap_or(u64::MAX),
             },
-            epoch: Instant::now(),
+            // Set back past the grace, so that the empty schedule (0) is idle from the
+            // start: the first calls get the burst, not the burst and the grace.
+            epoch: now.checked_sub(GRACE + TIMER_TICK).unwrap_or(now),
             grace,
             burst,
             rate,
@@ -359,17 +364,22 @@ impl Limiter {
     /// A timer fires on a 1 ms tick, after the tick its instant falls in, and a
     /// wake-up adds its own delay (a few hundred microseconds on a busy machine). If
     /// every waiter's token were counted from its wake-up, a limiter at one token a
-    /// tick would lose most of a tick on every token and run far below its rate. So a
-    /// call that comes within the grace (two ticks) of its token's due time is counted
-    /// as on time: the schedule goes on from the due time, not from the call. A call
-    /// later than that finds the limiter idle, and the schedule starts again from now,
-    /// as for the first call: after an idle spell a burst is still `burst` tokens.
+    /// tick and a burst of 1 would lose most of a tick on every token and run far
+    /// below its rate. So a call that comes within the grace `g` of its token's due
+    /// time is counted as on time: the schedule goes on from the due time, not from
+    /// the call. `g` is two ticks less what the burst absorbs by itself,
+    /// `max(0, 2 ms − (burst − 1)·T)`: 2 ms at a burst of 1, 1 ms at a burst of 2 and
+    /// one token a millisecond, none from there on. A call later than that finds the
+    /// limiter idle, and the schedule starts again from now, as for the first call
+    /// (the empty schedule is idle from the start): after an idle spell a burst is
+    /// still `burst` tokens.
     ///
-    /// The bound: a schedule counted up to the grace behind now admits at most
-    /// `ceil(grace / T)` tokens ahead of a strict one, so in any window `w` at most
-    /// `burst + ceil(grace / T) + floor(w / T)` tokens are admitted: `+ 2` at one token
-    /// a millisecond, `+ 1` from two milliseconds a token. With no grace (a token's
-    /// interval not a whole number of ticks), `burst + floor(w / T)`.
+    /// The bound: a schedule counted up to `g` behind now is at most `g` ahead of a
+    /// strict one, so in any window `w` at most `burst + floor((w + g) / T)` tokens are
+    /// admitted: `burst + 2 + floor(w / T)` at one token a millisecond and a burst of
+    /// 1, `+ 1` at a burst of 2 or from two milliseconds a token, and the strict
+    /// `burst + floor(w / T)` when `g` is zero (a larger burst, or a token's interval
+    /// that is not a whole number of ticks).
     #[inline]
     fn base(&self, tat: u128, now_s: u128) -> u128 {
         if tat.saturating_add(self.grace) >= now_s {

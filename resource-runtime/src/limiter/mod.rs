@@ -43,15 +43,16 @@ pub use self::redis::{Fallback, RedisConfig};
 /// - It runs on tokio's clock, so `tokio::time::pause` drives it in tests. Timers fire
 ///   on a 1 ms tick, after the tick their instant falls in, and the wake-up adds its
 ///   own delay. So when a token's interval `T` is a whole number of ticks, a call up to
-///   2 ms (two ticks) after its token's due time counts as on time: the schedule goes
-///   on from the due time, not from the call, and the limiter keeps its rate (0.999 of
+///   a grace `g` after its token's due time counts as on time: the schedule goes on
+///   from the due time, not from the call, and the limiter keeps its rate (0.999 of
 ///   1000/s at burst 1, where a waiter woken late loses a tick on every token
-///   otherwise). A call later than that finds the limiter idle: the schedule starts
-///   again from it, and a burst stays `burst` tokens. The bound that holds whatever
-///   the lateness: in any window of length `w`, at most
-///   `burst + ceil(2 ms / T) + floor(w / T)` tokens are admitted (`+ 2` at one token a
-///   millisecond, `+ 1` from two milliseconds a token; `burst + floor(w / T)` when `T`
-///   is not a whole number of milliseconds).
+///   otherwise). `g` is 2 ms (two ticks) less what the burst absorbs by itself:
+///   `max(0, 2 ms − (burst − 1)·T)`. A call later than that finds the limiter idle:
+///   the schedule starts again from it, and a burst stays `burst` tokens. The bound
+///   that holds whatever the lateness: in any window of length `w`, at most
+///   `burst + floor((w + g) / T)` tokens are admitted (`+ 2` over the strict
+///   `burst + floor(w / T)` at 1000/s and a burst of 1, `+ 1` at a burst of 2 or from
+///   2 ms a token, nothing more with a larger burst).
 /// - Closing it wakes every waiter with an error for which
 ///   [`ResourceError::is_closed`] is true; later calls fail the same way.
 /// - It is configured once, when it is built ([`builder`](Self::builder)): every clone
