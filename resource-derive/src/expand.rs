@@ -3,7 +3,7 @@
 //! calls them in the right order.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{quote, quote_spanned};
+use quote::{format_ident, quote, quote_spanned};
 use syn::{DeriveInput, Ident, LitStr, Member, Path};
 
 use crate::ast::{Data, Field, Input, Step};
@@ -144,6 +144,9 @@ fn bind(variant: Option<&Ident>, slots: &[Slot<'_, '_>]) -> TokenStream {
     }
 }
 
+/// A field's own deadline: a type of its own only when it has one, so that the steps
+/// of untimed fields carry no timer (fields of one type share at most two
+/// instantiations of the runtime's step).
 fn deadline(krate: &Path, millis: Option<u64>) -> TokenStream {
     match millis {
         Some(ms) => {
@@ -186,25 +189,65 @@ fn maybe_boxed(krate: &Path, slot: &Slot<'_, '_>, fut: TokenStream) -> TokenStre
     }
 }
 
-fn enter_future(krate: &Path, slot: &Slot<'_, '_>) -> Option<TokenStream> {
+/// The call of a runtime step helper for one field: through the field's own impl,
+/// `receiver.method(args.., __private::resource(field))`, generic over the field's type
+/// alone so that fields of one type share every instantiation (`method_boxed` when the
+/// future must be boxed), or, for a user function, `method_with(args.., move ||
+/// future)`.
+fn step_call(
+    krate: &Path,
+    slot: &Slot<'_, '_>,
+    custom: Option<&Path>,
+    receiver: &Ident,
+    method: &str,
+    args: TokenStream,
+) -> TokenStream {
     let binding = &slot.binding;
-    let fut = match slot.field.enter_step() {
-        Step::Trait => quote!(#krate::AsyncResource::enter(#binding)),
-        Step::Custom(path) => user_call(krate, path, quote!(#binding)),
-        Step::Nothing => return None,
-    };
-    let fut = maybe_boxed(krate, slot, fut);
-    Some(quote!(move || #fut))
+    match custom {
+        None => {
+            let method = if slot.recursive {
+                format_ident!("{method}_boxed")
+            } else {
+                format_ident!("{method}")
+            };
+            quote!(#receiver.#method(#args #krate::__private::resource(#binding)))
+        }
+        Some(path) => {
+            let fut = maybe_boxed(krate, slot, user_call(krate, path, quote!(#binding)));
+            let method = format_ident!("{method}_with");
+            quote!(#receiver.#method(#args move || #fut))
+        }
+    }
 }
 
-fn close_future(krate: &Path, slot: &Slot<'_, '_>) -> TokenStream {
-    let binding = &slot.binding;
-    let fut = match slot.field.close_step() {
-        Step::Custom(path) => user_call(krate, path, quote!(#binding)),
-        Step::Trait | Step::Nothing => quote!(#krate::AsyncResource::close(#binding)),
+/// A field's enter step, or `None` when it has nothing to enter.
+fn enter_call(
+    krate: &Path,
+    slot: &Slot<'_, '_>,
+    receiver: &Ident,
+    args: TokenStream,
+) -> Option<TokenStream> {
+    let custom = match slot.field.enter_step() {
+        Step::Trait => None,
+        Step::Custom(path) => Some(path),
+        Step::Nothing => return None,
     };
-    let fut = maybe_boxed(krate, slot, fut);
-    quote!(move || #fut)
+    Some(step_call(krate, slot, custom, receiver, "field", args))
+}
+
+/// A field's close step through `receiver.method`.
+fn close_call(
+    krate: &Path,
+    slot: &Slot<'_, '_>,
+    receiver: &Ident,
+    method: &str,
+    args: TokenStream,
+) -> TokenStream {
+    let custom = match slot.field.close_step() {
+        Step::Custom(path) => Some(path),
+        Step::Trait | Step::Nothing => None,
+    };
+    step_call(krate, slot, custom, receiver, method, args)
 }
 
 /// A hook method's future, spanned at the method name.
@@ -236,8 +279,8 @@ fn enter_fields(krate: &Path, variant: Option<&Ident>, slots: &[Slot<'_, '_>]) -
     let bind = bind(variant, slots);
     let steps = slots.iter().map(|slot| {
         let label = &slot.label;
-        match enter_future(krate, slot) {
-            Some(fut) => quote!(#l_enter.field(#label, #fut).await),
+        match enter_call(krate, slot, &l_enter, quote!(#label,)) {
+            Some(call) => quote!(#call.await),
             None => quote!(#l_enter.pass()),
         }
     });
@@ -257,10 +300,16 @@ fn rollback_fields(krate: &Path, variant: Option<&Ident>, slots: &[Slot<'_, '_>]
     let steps = slots.iter().enumerate().rev().map(|(index, slot)| {
         let label = &slot.label;
         let deadline = deadline(krate, slot.field.attrs.timeout.map(|t| t.millis));
-        let fut = close_future(krate, slot);
+        let call = close_call(
+            krate,
+            slot,
+            &l_enter,
+            "rollback",
+            quote!(#label, #deadline,),
+        );
         quote! {
             if #l_enter.needs_rollback(#index) {
-                #l_enter.rollback(#label, #deadline, #fut).await;
+                #call.await;
             }
         }
     });
@@ -337,56 +386,13 @@ fn close_plan(concurrent: bool, variant: Option<&Ident>, slots: &[Slot<'_, '_>])
     }
 }
 
-/// Awaits `futures` (of output `()`) concurrently: each is pinned on the stack, and
-/// every poll polls the unfinished ones, starting one further along each time so that
-/// none is always polled last. Written out rather than through a runtime's `join!`,
-/// whose expansion needs prelude names, such as `Default`, in scope.
-fn join(futures: impl Iterator<Item = TokenStream>) -> TokenStream {
-    let l_cx = local("__cx");
-    let l_done = local("__done");
-    let l_first = local("__first");
-    let l_pending = local("__pending");
-    let l_at = local("__at");
-    let (pins, arms): (Vec<TokenStream>, Vec<TokenStream>) = futures
-        .enumerate()
-        .map(|(index, fut)| {
-            let member = local(&format!("__member{index}"));
-            let pin = quote!(let mut #member = ::core::pin::pin!(#fut););
-            let arm = quote! {
-                #index => ::core::future::Future::poll(
-                    ::core::pin::Pin::as_mut(&mut #member),
-                    #l_cx,
-                )
-                .is_ready()
-            };
-            (pin, arm)
-        })
-        .unzip();
-    let count = pins.len();
+/// Awaits `futures` (of output `()`) concurrently through the runtime's `join`, one
+/// function for every group: each future is pinned in a temporary that lives to the end
+/// of the statement, and seen as a `dyn Future`.
+fn join(krate: &Path, futures: impl Iterator<Item = TokenStream>) -> TokenStream {
+    let pins = futures.map(|fut| quote!(::core::pin::pin!(#fut)));
     quote! {
-        #(#pins)*
-        let mut #l_done = [false; #count];
-        let mut #l_first = 0usize;
-        ::core::future::poll_fn(move |#l_cx| {
-            let mut #l_pending = false;
-            for #l_at in #l_first..#l_first + #count {
-                let #l_at = #l_at % #count;
-                if !#l_done[#l_at] {
-                    #l_done[#l_at] = match #l_at {
-                        #(#arms,)*
-                        _ => true,
-                    };
-                    #l_pending |= !#l_done[#l_at];
-                }
-            }
-            #l_first = (#l_first + 1) % #count;
-            if #l_pending {
-                ::core::task::Poll::Pending
-            } else {
-                ::core::task::Poll::Ready(())
-            }
-        })
-        .await;
+        #krate::__private::join(&mut [#(#pins),*]).await;
     }
 }
 
@@ -399,7 +405,6 @@ fn close_fields(
 ) -> TokenStream {
     let l_closer = local("__closer");
     let l_group = local("__group");
-    let l_outcome = local("__outcome");
     if slots.is_empty() {
         return quote!();
     }
@@ -410,19 +415,18 @@ fn close_fields(
             CloseStep::Single(slot) => {
                 let label = &slot.label;
                 let deadline = deadline(krate, slot.field.attrs.timeout.map(|t| t.millis));
-                let fut = close_future(krate, slot);
-                quote! {
-                    let #l_outcome = #l_closer.field(#label, #deadline, #fut).await;
-                    #l_closer.record(#l_outcome);
-                }
+                let call = close_call(krate, slot, &l_closer, "field", quote!(#label, #deadline,));
+                quote!(#call.await;)
             }
             CloseStep::Group(members) => {
                 let labels = members.iter().map(|s| &s.label);
-                let join = join(members.iter().enumerate().map(|(index, s)| {
-                    let deadline = deadline(krate, s.field.attrs.timeout.map(|t| t.millis));
-                    let fut = close_future(krate, s);
-                    quote!(#l_group.field(#index, #deadline, #fut))
-                }));
+                let join = join(
+                    krate,
+                    members.iter().enumerate().map(|(index, s)| {
+                        let deadline = deadline(krate, s.field.attrs.timeout.map(|t| t.millis));
+                        close_call(krate, s, &l_group, "field", quote!(#index, #deadline,))
+                    }),
+                );
                 quote! {
                     {
                         let #l_group = #l_closer.group(&[#(#labels),*]);
@@ -566,18 +570,19 @@ pub(crate) fn generate(input: &Input<'_>) -> TokenStream {
                 }
             }
         });
-        let plan = each_variant(input, |v, s| close_plan(concurrent, v, s));
         let fields = each_variant(input, |v, s| close_fields(&krate, concurrent, v, s));
         let run = match attrs.timeout {
             None => quote! {
                 {
                     let #l_closer = &mut #l_closer;
-                    #plan
                     #before_close
                     #fields
                 }
             },
             Some(timeout) => {
+                // Only a whole-close deadline reads the plan: it names the fields it
+                // never reached.
+                let plan = each_variant(input, |v, s| close_plan(concurrent, v, s));
                 let ms = timeout.millis;
                 let l_deadline = local("__deadline");
                 let l_outcome = local("__outcome");

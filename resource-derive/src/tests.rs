@@ -276,9 +276,33 @@ impl Walk {
             .collect()
     }
 
-    /// The steps run through `receiver.method(label, [deadline,] future)`.
+    /// Every step `receiver.method(...)`, `receiver.method_boxed(...)` and
+    /// `receiver.method_with(...)`, with its place in the walk.
+    fn step_calls(&self, receiver: &str, method: &str) -> Vec<(usize, &ExprMethodCall)> {
+        let family = [
+            method.to_owned(),
+            format!("{method}_boxed"),
+            format!("{method}_with"),
+        ];
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(at, node)| match node {
+                Node::MethodCall(call)
+                    if family.iter().any(|m| call.method == m)
+                        && ident_of(&call.receiver).as_deref() == Some(receiver) =>
+                {
+                    Some((at, call))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The steps run through `receiver.method(label, [deadline,] field)` and its
+    /// `_boxed` and `_with` (a `move ||` closure for the field) forms.
     fn steps(&self, receiver: &str, method: &str) -> Vec<Step> {
-        self.method_calls(receiver, method)
+        self.step_calls(receiver, method)
             .into_iter()
             .map(|(_, call)| parse_step(call))
             .collect()
@@ -286,7 +310,7 @@ impl Walk {
 
     /// The place in the walk of the step `receiver.method(label, ...)`.
     fn at(&self, receiver: &str, method: &str, label: &str) -> usize {
-        self.method_calls(receiver, method)
+        self.step_calls(receiver, method)
             .into_iter()
             .find(|(_, call)| call.args.first().map(label_of).as_deref() == Some(label))
             .unwrap_or_else(|| panic!("no `{receiver}.{method}({label:?}, ...)`"))
@@ -372,24 +396,43 @@ impl Walk {
             .collect()
     }
 
-    /// The futures of a join, pinned as `let mut name = ::core::pin::pin!(__group.field(...));`.
-    fn pinned(&self) -> Vec<(String, Step)> {
-        self.locals()
-            .filter_map(|(_, local)| {
-                let Expr::Macro(mac) = &*local.init.as_ref()?.expr else {
-                    return None;
+    /// The members of each `__private::join(&mut [::core::pin::pin!(__group.field(...)),
+    /// ...])`, in order.
+    fn joins(&self) -> Vec<Vec<Step>> {
+        self.nodes
+            .iter()
+            .filter_map(|node| match node {
+                Node::Call(call)
+                    if callee(call).is_some_and(|c| c.ends_with("::__private::join")) =>
+                {
+                    Some(call)
+                }
+                _ => None,
+            })
+            .map(|call| {
+                let Expr::Reference(members) = only_arg(&call.args) else {
+                    panic!("not `&mut [...]`: {}", call.to_token_stream());
                 };
-                assert_eq!(path_text(&mac.mac.path), "::core::pin::pin");
-                let Pat::Ident(name) = &local.pat else {
-                    panic!("a pinned future bound to a pattern");
+                assert!(members.mutability.is_some(), "{}", call.to_token_stream());
+                let Expr::Array(members) = &*members.expr else {
+                    panic!("not an array: {}", call.to_token_stream());
                 };
-                assert!(name.mutability.is_some(), "pinned in a `let mut`");
-                let Ok(Expr::MethodCall(call)) = mac.mac.parse_body::<Expr>() else {
-                    panic!("not a method call: {}", mac.to_token_stream());
-                };
-                assert_eq!(ident_of(&call.receiver).as_deref(), Some("__group"));
-                assert_eq!(call.method, "field");
-                Some((name.ident.to_string(), parse_step(&call)))
+                members
+                    .elems
+                    .iter()
+                    .map(|member| {
+                        let Expr::Macro(mac) = member else {
+                            panic!("not pinned: {}", member.to_token_stream());
+                        };
+                        assert_eq!(path_text(&mac.mac.path), "::core::pin::pin");
+                        let Ok(Expr::MethodCall(step)) = mac.mac.parse_body::<Expr>() else {
+                            panic!("not a method call: {}", mac.to_token_stream());
+                        };
+                        assert_eq!(ident_of(&step.receiver).as_deref(), Some("__group"));
+                        assert!(step.method.to_string().starts_with("field"));
+                        parse_step(&step)
+                    })
+                    .collect()
             })
             .collect()
     }
@@ -593,8 +636,9 @@ fn deadline(expr: &Expr) -> Deadline {
     }
 }
 
-/// The future a step's `move ||` closure makes: which function it calls with which
-/// binding, and whether it is boxed.
+/// What a step runs: the field's own `enter` or `close` (`via_trait`, the field passed
+/// to a step helper generic over its type), or the future a `move ||` closure makes
+/// (`via_user`); which binding, and whether the future is boxed.
 #[derive(Debug, PartialEq)]
 struct Fut {
     callee: String,
@@ -755,17 +799,47 @@ fn timed(label: &str, deadline: Deadline, fut: Fut) -> Step {
     }
 }
 
+/// `receiver.method(label, [deadline,] field)`, the field entered (`__enter.field`)
+/// or closed through its own impl; `method_boxed(...)` with the future boxed;
+/// `method_with(label, [deadline,] move || future)` for a user function; or a hook.
 fn parse_step(call: &ExprMethodCall) -> Step {
     let args: Vec<&Expr> = call.args.iter().collect();
-    let (label, deadline, fut) = match args[..] {
-        [label, fut] => (label, None, fut),
-        [label, limit, fut] => (label, Some(deadline(limit)), fut),
+    let (label, deadline, last) = match args[..] {
+        [label, last] => (label, None, last),
+        [label, limit, last] => (label, Some(deadline(limit)), last),
         _ => panic!("not a step: {}", call.to_token_stream()),
+    };
+    let method = call.method.to_string();
+    let fut = if method == "hook" || method.ends_with("_with") {
+        future(last)
+    } else {
+        // `__private::resource(binding)`.
+        let binding = match peel(last) {
+            Expr::Call(wrap)
+                if callee(wrap).is_some_and(|c| c.ends_with("::__private::resource")) =>
+            {
+                ident_of(only_arg(&wrap.args))
+            }
+            _ => None,
+        }
+        .unwrap_or_else(|| panic!("not a field: {}", call.to_token_stream()));
+        let op = if ident_of(&call.receiver).as_deref() == Some("__enter")
+            && method.starts_with("field")
+        {
+            "enter"
+        } else {
+            "close"
+        };
+        let fut = via_trait(op, &binding);
+        match method.strip_suffix("_boxed") {
+            Some(_) => fut.boxed(),
+            None => fut,
+        }
     };
     Step {
         label: label_of(label),
         deadline,
-        fut: future(fut),
+        fut,
     }
 }
 
@@ -988,17 +1062,11 @@ fn group_joins_its_fields_in_one_step() {
         "{out}"
     );
     assert_eq!(
-        close.pinned(),
-        [
-            (
-                "__member0".to_owned(),
-                timed("0", Deadline::Unbounded, via_trait("close", "__field2"))
-            ),
-            (
-                "__member1".to_owned(),
-                timed("1", Deadline::Unbounded, via_trait("close", "__field0"))
-            ),
-        ],
+        close.joins(),
+        [vec![
+            timed("0", Deadline::Unbounded, via_trait("close", "__field2")),
+            timed("1", Deadline::Unbounded, via_trait("close", "__field0")),
+        ]],
         "{out}"
     );
     assert_eq!(
@@ -1010,14 +1078,31 @@ fn group_joins_its_fields_in_one_step() {
         )],
         "{out}"
     );
+    // Without a whole-close deadline nothing reads the plan.
+    assert!(close.method_calls("__closer", "plan").is_empty(), "{out}");
+    // The group stands where its last-declared field (`c`) stands: before `b`.
+    let (group_at, _) = close.method_calls("__closer", "group")[0];
+    assert!(group_at < close.at("__closer", "field", "b"), "{out}");
+
+    // Under a whole-close deadline the plan lists the fields in close order, the
+    // group's members side by side.
+    let out = expand(syn::parse_quote! {
+        #[resource(timeout = "5s")]
+        struct S {
+            #[resource(group = "io")] a: A,
+            #[resource] b: B,
+            #[resource(group = "io")] c: C,
+        }
+    });
+    let close = out.method("close");
     assert_eq!(
         close.label_lists("__closer", "plan"),
         [vec!["c", "a", "b"]],
         "{out}"
     );
-    // The group stands where its last-declared field (`c`) stands: before `b`.
+    let (plan_at, _) = close.method_calls("__closer", "plan")[0];
     let (group_at, _) = close.method_calls("__closer", "group")[0];
-    assert!(group_at < close.at("__closer", "field", "b"), "{out}");
+    assert!(plan_at < group_at, "{out}");
 }
 
 #[test]
@@ -1036,13 +1121,17 @@ fn name_relabels_the_field() {
         "{out}"
     );
     assert_eq!(
-        close.label_lists("__closer", "plan"),
-        [vec!["database"]],
-        "{out}"
-    );
-    assert_eq!(
         out.method("enter").steps("__enter", "field")[0].label,
         "database"
+    );
+    let out = expand(syn::parse_quote! {
+        #[resource(timeout = "1s")]
+        struct S { #[resource(name = "database")] db: A }
+    });
+    assert_eq!(
+        out.method("close").label_lists("__closer", "plan"),
+        [vec!["database"]],
+        "{out}"
     );
     assert!(!out.walk().strings().contains(&"db"), "{out}");
 }
@@ -1105,20 +1194,14 @@ fn concurrent_closes_every_field_in_one_step() {
         "{out}"
     );
     assert_eq!(
-        close.pinned(),
-        [
-            (
-                "__member0".to_owned(),
-                timed("0", Deadline::Unbounded, via_trait("close", "__field1"))
-            ),
-            (
-                "__member1".to_owned(),
-                timed("1", Deadline::Unbounded, via_trait("close", "__field0"))
-            ),
-        ],
+        close.joins(),
+        [vec![
+            timed("0", Deadline::Unbounded, via_trait("close", "__field1")),
+            timed("1", Deadline::Unbounded, via_trait("close", "__field0")),
+        ]],
         "{out}"
     );
-    assert!(close.method_calls("__closer", "field").is_empty(), "{out}");
+    assert!(close.step_calls("__closer", "field").is_empty(), "{out}");
 }
 
 #[test]
@@ -1260,8 +1343,11 @@ fn crate_path_replaces_every_runtime_path() {
         1,
         "{out}"
     );
-    // `a` and `b` each closed once in a rollback and once in the close.
-    assert_eq!(walk.calls("my::rt::AsyncResource::close").len(), 4, "{out}");
+    // `a` and `b` each closed once in a rollback and once in the close, `b` in a join.
+    assert_eq!(walk.step_calls("__enter", "rollback").len(), 2, "{out}");
+    assert_eq!(walk.step_calls("__closer", "field").len(), 1, "{out}");
+    assert_eq!(walk.step_calls("__group", "field").len(), 1, "{out}");
+    assert_eq!(walk.calls("my::rt::__private::join").len(), 1, "{out}");
     assert_eq!(
         walk.calls("my::rt::__private::Probe::new").len(),
         1,
@@ -1401,7 +1487,7 @@ fn all_steps(out: &Expansion) -> Vec<Step> {
     let mut steps = enter.steps("__enter", "field");
     steps.extend(enter.steps("__enter", "rollback"));
     steps.extend(close.steps("__closer", "field"));
-    steps.extend(close.pinned().into_iter().map(|(_, s)| s));
+    steps.extend(close.joins().into_iter().flatten());
     steps
 }
 
@@ -1432,8 +1518,9 @@ fn a_field_of_another_type_with_the_same_name_gets_its_bound_and_no_box() {
         walk.calls(&format!("{RT}::__private::boxed")).is_empty(),
         "{out}"
     );
-    assert_eq!(walk.calls(&format!("{RT}::AsyncResource::enter")).len(), 1);
-    assert_eq!(walk.calls(&format!("{RT}::AsyncResource::close")).len(), 2);
+    assert_eq!(walk.step_calls("__enter", "field").len(), 1, "{out}");
+    assert_eq!(walk.step_calls("__enter", "rollback").len(), 1, "{out}");
+    assert_eq!(walk.step_calls("__closer", "field").len(), 1, "{out}");
 
     // The same through a leading `::`, a longer path, and nested in another type.
     let out = expand(syn::parse_quote! {
@@ -1487,9 +1574,31 @@ fn a_field_naming_the_type_itself_gets_no_bound_and_a_box() {
     for s in &steps {
         assert_eq!(s.fut.boxed, s.label != "leaf", "{s:?}");
     }
+    // Through the `_boxed` steps, which box the field's own future.
+    let walk = out.walk();
+    assert!(
+        walk.calls(&format!("{RT}::__private::boxed")).is_empty(),
+        "{out}"
+    );
+    let boxed_steps = walk
+        .nodes
+        .iter()
+        .filter(|n| matches!(n, Node::MethodCall(c) if c.method.to_string().ends_with("_boxed")))
+        .count();
+    assert_eq!(boxed_steps, 9, "{out}");
+
+    // A user function's future for such a field is boxed around the user's call.
+    let out = expand(syn::parse_quote! {
+        struct Node { #[resource(close = shut)] kids: Vec<Node> }
+    });
     assert_eq!(
-        out.walk().calls(&format!("{RT}::__private::boxed")).len(),
-        9
+        out.method("close").steps("__closer", "field"),
+        [timed(
+            "kids",
+            Deadline::Unbounded,
+            via_user("shut", "__field0").boxed()
+        )],
+        "{out}"
     );
 }
 
@@ -1513,11 +1622,13 @@ fn a_group_is_joined_without_a_macro_that_needs_the_prelude() {
             // Its body is walked too, so no macro hides in it.
             assert!(mac.parse_body::<Expr>().is_ok(), "{out}");
         }
-        // The members of each join are pinned as `__member0`, `__member1`, ...
-        let members = walk.pinned();
-        assert!(!members.is_empty(), "{out}");
-        for (name, member) in members {
-            assert_eq!(name, format!("__member{}", member.label), "{out}");
+        // Each join closes its members by their index in the group, in order.
+        let joins = walk.joins();
+        assert!(!joins.is_empty(), "{out}");
+        for members in joins {
+            for (index, member) in members.iter().enumerate() {
+                assert_eq!(member.label, index.to_string(), "{out}");
+            }
         }
     }
 }
@@ -1576,67 +1687,21 @@ fn large_groups_are_joined_in_one_step_and_capped() {
         struct Wide { #(#fields),* }
     });
     let close = out.method("close");
-    // 40 members: one join, with one pinned future and one poll arm each.
-    assert_eq!(close.calls("::core::future::poll_fn").len(), 1, "{out}");
-    let members = close.pinned();
+    // 40 members: one join of the runtime, with one pinned future each.
+    let joins = close.joins();
+    let [members] = &joins[..] else {
+        panic!("one join in {out}");
+    };
     assert_eq!(members.len(), 40, "{out}");
-    for (index, (name, member)) in members.iter().enumerate() {
-        assert_eq!(*name, format!("__member{index}"));
+    for (index, member) in members.iter().enumerate() {
         assert_eq!(member.label, index.to_string());
         assert_eq!(
             member.fut,
             via_trait("close", &format!("__field{}", 39 - index))
         );
     }
-    let (_, done) = close.local("__done");
-    let Expr::Repeat(done) = done else {
-        panic!("`[false; n]` in {out}");
-    };
-    assert!(
-        matches!(lit_of(&done.expr), Some(Lit::Bool(b)) if !b.value),
-        "{out}"
-    );
-    assert_eq!(int_of(&done.len), Some(40), "{out}");
-    // `index => ::core::future::Future::poll(::core::pin::Pin::as_mut(&mut __memberN), __cx).is_ready()`
-    let polls: Vec<&ExprMatch> = close
-        .matches()
-        .into_iter()
-        .filter(|m| ident_of(&m.expr).as_deref() == Some("__at"))
-        .collect();
-    let [polls] = polls[..] else {
-        panic!("one `match __at` in {out}");
-    };
-    let (last, arms) = polls.arms.split_last().expect("arms");
-    assert_eq!(arms.len(), 40, "{out}");
-    for (index, arm) in arms.iter().enumerate() {
-        let Pat::Lit(pat) = &arm.pat else {
-            panic!("not an index: {}", arm.to_token_stream());
-        };
-        assert_eq!(int_of(&Expr::Lit(pat.clone())), Some(index as u64));
-        let Expr::MethodCall(ready) = &*arm.body else {
-            panic!("not `.is_ready()`: {}", arm.to_token_stream());
-        };
-        assert_eq!(ready.method, "is_ready");
-        let Expr::Call(poll) = &*ready.receiver else {
-            panic!("not a poll: {}", arm.to_token_stream());
-        };
-        assert!(calls_path(poll, "::core::future::Future::poll"));
-        let [Expr::Call(pinned), cx] = &poll.args.iter().collect::<Vec<_>>()[..] else {
-            panic!("{}", arm.to_token_stream());
-        };
-        assert!(calls_path(pinned, "::core::pin::Pin::as_mut"));
-        let Expr::Reference(member) = only_arg(&pinned.args) else {
-            panic!("{}", arm.to_token_stream());
-        };
-        assert!(member.mutability.is_some());
-        assert_eq!(ident_of(&member.expr), Some(format!("__member{index}")));
-        assert_eq!(ident_of(cx).as_deref(), Some("__cx"));
-    }
-    assert!(matches!(last.pat, Pat::Wild(_)), "{out}");
-    assert!(
-        matches!(lit_of(&last.body), Some(Lit::Bool(b)) if b.value),
-        "{out}"
-    );
+    assert!(close.calls("::core::future::poll_fn").is_empty(), "{out}");
+    assert!(close.matches().is_empty(), "{out}");
 
     let fields: Vec<syn::Field> = (0..129)
         .map(|i| {

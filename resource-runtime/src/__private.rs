@@ -7,15 +7,16 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-pub use crate::step::{Deadline, DeadlineOutcome, NoDeadline, Step, Timed, within_deadline};
+pub use crate::step::{Deadline, DeadlineOutcome, NoDeadline, Timed, within_deadline};
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tracing::Instrument;
 
+use crate::AsyncResource;
 use crate::error::{BoxError, Operation, ResourceError};
-use crate::step::{Label, catch_panic, tracing_on};
+use crate::step::{Label, Step, catch_panic, tracing_on};
 use crate::sync::{get_mut, lock};
 
 /// The future of a user function the derive calls: `close = path`, `enter = path`,
@@ -163,6 +164,39 @@ impl<T: ?Sized> std::fmt::Debug for Probe<T> {
     }
 }
 
+/// A resource field as the step helpers see it: its enter and close. The expansion
+/// passes every field through [`resource`], whose bound is where a field type that is
+/// not an `AsyncResource` is reported, once; the helpers, generic over this trait,
+/// add no error of their own.
+pub trait Resource: Send {
+    /// The field's enter.
+    fn enter(self) -> impl Future<Output = Result<(), ResourceError>> + Send;
+    /// The field's close.
+    fn close(self) -> impl Future<Output = Result<(), ResourceError>> + Send;
+}
+
+/// A resource field for a step helper (see [`Resource`]): one type per field type, so
+/// that the fields of one type, in any number of structs, share every instantiation of
+/// the helpers.
+#[inline]
+pub fn resource<T: AsyncResource>(field: &mut T) -> impl Resource {
+    FieldRef(field)
+}
+
+struct FieldRef<'a, T>(&'a mut T);
+
+impl<T: AsyncResource> Resource for FieldRef<'_, T> {
+    #[inline]
+    fn enter(self) -> impl Future<Output = Result<(), ResourceError>> + Send {
+        AsyncResource::enter(self.0)
+    }
+
+    #[inline]
+    fn close(self) -> impl Future<Output = Result<(), ResourceError>> + Send {
+        AsyncResource::close(self.0)
+    }
+}
+
 /// Collects the failures of a close, step by step, and knows which fields are still to
 /// be closed, so that a whole-close deadline can name every field it cut or never
 /// reached.
@@ -171,7 +205,8 @@ pub struct Closer {
     ty: &'static str,
     /// Whether steps build spans: decided once for the whole close.
     trace: bool,
-    /// Field labels in close order, a group's members side by side.
+    /// Field labels in close order, a group's members side by side: declared only by
+    /// a close under a whole-close deadline, the one reader of `next` and `current`.
     plan: &'static [&'static str],
     /// Index in `plan` of the next field to start.
     next: usize,
@@ -212,33 +247,81 @@ impl Closer {
         }
     }
 
-    /// Declares the fields this close will close, in order.
+    /// Declares the fields this close will close, in order: the expansion calls it
+    /// only under a whole-close deadline, which names the fields it never reached.
     pub fn plan(&mut self, plan: &'static [&'static str]) {
         self.plan = plan;
         self.next = 0;
     }
 
-    /// Starts closing one field: `make` makes its close future, `deadline` is its own. The
-    /// expansion awaits the step and hands its outcome to [`record`](Self::record).
+    /// Starts the step of one field; its outcome is kept when it ends.
     #[inline]
-    pub fn field<M, F, D>(&mut self, label: &'static str, deadline: D, make: M) -> Step<F, D>
+    fn start<M, F, D>(
+        &mut self,
+        label: &'static str,
+        deadline: D,
+        make: M,
+    ) -> Recorded<F, D, Closing<'_>>
     where
         M: FnOnce() -> F,
     {
         self.next += 1;
         self.current = Current::Field(label);
-        Step::new(
+        let step = Step::new(
             self.trace.then_some(self.ty),
             Operation::Close,
             Label::Static(label),
             deadline,
             make,
-        )
+        );
+        Recorded::new(step, Closing(self))
+    }
+
+    /// Closes one field through its own close, within its `deadline` if it has one,
+    /// and keeps its failure; the close future is made inside the step's panic guard.
+    /// Generic over the field's type alone: every field of one type, in any number of
+    /// structs, shares this code.
+    #[inline]
+    pub fn field<R: Resource, D: Deadline>(
+        &mut self,
+        label: &'static str,
+        deadline: D,
+        field: R,
+    ) -> impl Future<Output = ()> {
+        self.start(label, deadline, move || field.close())
+    }
+
+    /// [`field`](Self::field) for a field whose type contains the type being closed:
+    /// its close future is boxed, so that the enclosing future does not contain itself.
+    #[inline]
+    pub fn field_boxed<'f, R: Resource + 'f, D: Deadline>(
+        &mut self,
+        label: &'static str,
+        deadline: D,
+        field: R,
+    ) -> impl Future<Output = ()> {
+        self.start(label, deadline, move || boxed::<'f, _>(field.close()))
+    }
+
+    /// Closes one field with the future `make` makes: a user's close function.
+    #[inline]
+    pub fn field_with<M, F, D>(
+        &mut self,
+        label: &'static str,
+        deadline: D,
+        make: M,
+    ) -> impl Future<Output = ()>
+    where
+        M: FnOnce() -> F,
+        F: Future<Output = Result<(), ResourceError>>,
+        D: Deadline,
+    {
+        self.start(label, deadline, make)
     }
 
     /// Keeps the failure of a finished step.
     #[inline]
-    pub fn record(&mut self, outcome: Result<(), ResourceError>) {
+    fn record(&mut self, outcome: Result<(), ResourceError>) {
         if let Err(e) = outcome {
             ResourceError::push(&mut self.error, e);
         }
@@ -256,8 +339,9 @@ impl Closer {
     }
 
     /// Starts a step of fields that close concurrently; `members` are their labels, and
-    /// each is closed with [`Group::field`] and its index in `members`. The expansion
-    /// calls [`end_group`](Self::end_group) once they have all finished.
+    /// each is closed with [`Group::field`] and its index in `members`, the futures
+    /// awaited together by [`join`]. The expansion calls [`end_group`](Self::end_group)
+    /// once they have all finished.
     pub fn group(&mut self, members: &'static [&'static str]) -> Group<'_> {
         self.next += members.len();
         self.current = Current::Group(members);
@@ -347,10 +431,10 @@ pub struct Group<'c> {
     state: &'c Mutex<GroupState>,
 }
 
-impl Group<'_> {
-    /// Closes the member at `index` of the group.
+impl<'c> Group<'c> {
+    /// Starts the step of the member at `index` of the group.
     #[inline]
-    pub fn field<M, F, D>(&self, index: usize, deadline: D, make: M) -> GroupField<'_, F, D>
+    fn start<M, F, D>(&self, index: usize, deadline: D, make: M) -> Recorded<F, D, Member<'c>>
     where
         M: FnOnce() -> F,
     {
@@ -366,70 +450,215 @@ impl Group<'_> {
             state: self.state,
             index,
         };
-        Recorded::new(step, member, group_done)
+        Recorded::new(step, member)
+    }
+
+    /// Closes the member at `index` of the group through its own close: like
+    /// [`Closer::field`], generic over the field's type alone.
+    #[inline]
+    pub fn field<R: Resource, D: Deadline>(
+        &self,
+        index: usize,
+        deadline: D,
+        field: R,
+    ) -> impl Future<Output = ()> + use<'c, R, D> {
+        self.start(index, deadline, move || field.close())
+    }
+
+    /// [`field`](Self::field) with the close future boxed (see [`Closer::field_boxed`]).
+    #[inline]
+    pub fn field_boxed<'f, R: Resource + 'f, D: Deadline>(
+        &self,
+        index: usize,
+        deadline: D,
+        field: R,
+    ) -> impl Future<Output = ()> + use<'c, 'f, R, D> {
+        self.start(index, deadline, move || boxed::<'f, _>(field.close()))
+    }
+
+    /// Closes the member at `index` with the future `make` makes: a user's close
+    /// function.
+    #[inline]
+    pub fn field_with<M, F, D>(
+        &self,
+        index: usize,
+        deadline: D,
+        make: M,
+    ) -> impl Future<Output = ()> + use<'c, M, F, D>
+    where
+        M: FnOnce() -> F,
+        F: Future<Output = Result<(), ResourceError>>,
+        D: Deadline,
+    {
+        self.start(index, deadline, make)
     }
 }
 
-/// A member of a group closing: its step, then its outcome recorded in the group.
-pub type GroupField<'g, F, D> = Recorded<F, D, Member<'g>, ()>;
+/// Awaits the futures of a group's members concurrently: every poll polls the
+/// unfinished ones, starting one further along each time so that none is always
+/// polled last. One function for every group of every type; a group has at most 128
+/// members.
+pub fn join<'a, 'f>(
+    members: &'a mut [Pin<&'f mut (dyn Future<Output = ()> + Send + 'f)>],
+) -> Join<'a, 'f> {
+    Join {
+        members,
+        done: 0,
+        first: 0,
+    }
+}
+
+/// The future of [`join`].
+pub struct Join<'a, 'f> {
+    members: &'a mut [Pin<&'f mut (dyn Future<Output = ()> + Send + 'f)>],
+    /// Bit `i` is set once member `i` has finished.
+    done: u128,
+    /// The member the next poll starts with.
+    first: usize,
+}
+
+impl std::fmt::Debug for Join<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Join")
+            .field("members", &self.members.len())
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl Future for Join<'_, '_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let count = this.members.len().min(128);
+        let mut pending = false;
+        for at in this.first..this.first + count {
+            let at = at % count;
+            let bit = 1u128 << at;
+            if this.done & bit == 0 {
+                if this.members[at].as_mut().poll(cx).is_ready() {
+                    this.done |= bit;
+                } else {
+                    pending = true;
+                }
+            }
+        }
+        if pending {
+            this.first = (this.first + 1) % count;
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+}
 
 /// Where a group member records its end.
 #[derive(Debug)]
-pub struct Member<'g> {
+struct Member<'g> {
     state: &'g Mutex<GroupState>,
     index: usize,
 }
 
+/// What a field's step hands its outcome to when it ends.
+trait Record {
+    type Output;
+    fn record(self, outcome: Result<(), ResourceError>) -> Self::Output;
+}
+
+/// A field of a close: its failure is kept.
+struct Closing<'c>(&'c mut Closer);
+
+impl Record for Closing<'_> {
+    type Output = ();
+
+    #[inline]
+    fn record(self, outcome: Result<(), ResourceError>) {
+        self.0.record(outcome);
+    }
+}
+
+impl Record for Member<'_> {
+    type Output = ();
+
+    /// Records a group member's end, the same code for every member.
+    fn record(self, outcome: Result<(), ResourceError>) {
+        let mut state = lock(self.state);
+        if self.index < 128 {
+            state.done |= 1 << self.index;
+        }
+        if let Err(e) = outcome {
+            ResourceError::push(&mut state.error, e);
+        }
+    }
+}
+
+/// A field entering: counted, or the failure kept; `false` when entering must stop.
+struct Entering<'e>(&'e mut Enterer);
+
+impl Record for Entering<'_> {
+    type Output = bool;
+
+    #[inline]
+    fn record(self, outcome: Result<(), ResourceError>) -> bool {
+        self.0.entered(outcome)
+    }
+}
+
+/// An entered field closing to roll back a failed enter: its failure kept as a
+/// rollback failure.
+struct RollingBack<'e>(&'e mut Enterer);
+
+impl Record for RollingBack<'_> {
+    type Output = ();
+
+    #[inline]
+    fn record(self, outcome: Result<(), ResourceError>) {
+        if let Err(e) = outcome {
+            ResourceError::push(&mut self.0.error, e.in_rollback());
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// A step, then its outcome handed to `record` with the context it needs: the one
-    /// future of a field's enter, rollback and group member. Generic over the step's
-    /// future and deadline (and the few kinds of context), not over the closure that
-    /// made the step, so every field of one type shares its compiled code.
-    pub struct Recorded<F, D, C, O> {
+    /// A step, then its outcome handed to its context: the one future of a field's
+    /// enter, close, rollback and group member. Generic over the step's future (and the
+    /// few kinds of context), not over the closure that made it or the field's
+    /// deadline, so every field of one type shares its compiled code.
+    struct Recorded<F, D, C> {
         #[pin]
         step: Step<F, D>,
         // Taken when the step ends.
         context: Option<C>,
-        record: fn(C, Result<(), ResourceError>) -> O,
     }
 }
 
-impl<F, D, C, O> Recorded<F, D, C, O> {
-    fn new(step: Step<F, D>, context: C, record: fn(C, Result<(), ResourceError>) -> O) -> Self {
+impl<F, D, C> Recorded<F, D, C> {
+    #[inline]
+    fn new(step: Step<F, D>, context: C) -> Self {
         Recorded {
             step,
             context: Some(context),
-            record,
         }
     }
 }
 
-impl<F, D, C, O> Future for Recorded<F, D, C, O>
+impl<F, D, C> Future for Recorded<F, D, C>
 where
     F: Future<Output = Result<(), ResourceError>>,
     D: Deadline,
+    C: Record,
 {
-    type Output = O;
+    type Output = C::Output;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<O> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let this = self.project();
         let outcome = std::task::ready!(this.step.poll(cx));
         match this.context.take() {
-            Some(context) => Poll::Ready((this.record)(context, outcome)),
+            Some(context) => Poll::Ready(context.record(outcome)),
             // Polled again after it ended: the outcome was recorded already.
             None => Poll::Pending,
         }
-    }
-}
-
-/// Records a group member's end, the same code for every member.
-fn group_done(member: Member<'_>, outcome: Result<(), ResourceError>) {
-    let mut state = lock(member.state);
-    if member.index < 128 {
-        state.done |= 1 << member.index;
-    }
-    if let Err(e) = outcome {
-        ResourceError::push(&mut state.error, e);
     }
 }
 
@@ -475,9 +704,9 @@ impl Enterer {
         }
     }
 
-    /// Enters one field; `false` when it failed and entering must stop.
+    /// Starts the enter step of one field.
     #[inline]
-    pub fn field<M, F>(&mut self, label: &'static str, make: M) -> EnterField<'_, F>
+    fn start<M, F>(&mut self, label: &'static str, make: M) -> Recorded<F, NoDeadline, Entering<'_>>
     where
         M: FnOnce() -> F,
     {
@@ -488,7 +717,39 @@ impl Enterer {
             NoDeadline,
             make,
         );
-        Recorded::new(step, self, Enterer::entered)
+        Recorded::new(step, Entering(self))
+    }
+
+    /// Enters one field through its own enter; `false` when it failed and entering
+    /// must stop. Generic over the field's type alone.
+    #[inline]
+    pub fn field<R: Resource>(
+        &mut self,
+        label: &'static str,
+        field: R,
+    ) -> impl Future<Output = bool> {
+        self.start(label, move || field.enter())
+    }
+
+    /// [`field`](Self::field) with the enter future boxed (see
+    /// [`Closer::field_boxed`]).
+    #[inline]
+    pub fn field_boxed<'f, R: Resource + 'f>(
+        &mut self,
+        label: &'static str,
+        field: R,
+    ) -> impl Future<Output = bool> {
+        self.start(label, move || boxed::<'f, _>(field.enter()))
+    }
+
+    /// Enters one field with the future `make` makes: a user's enter function.
+    #[inline]
+    pub fn field_with<M, F>(&mut self, label: &'static str, make: M) -> impl Future<Output = bool>
+    where
+        M: FnOnce() -> F,
+        F: Future<Output = Result<(), ResourceError>>,
+    {
+        self.start(label, make)
     }
 
     fn entered(&mut self, outcome: Result<(), ResourceError>) -> bool {
@@ -529,20 +790,20 @@ impl Enterer {
 
     /// Whether the field at `index` (counting resource fields in declaration order)
     /// needs a rollback close: it was entered before the failure, or it is the field
-    /// whose enter panicked (see the enter rule on [`AsyncResource`](crate::AsyncResource)).
+    /// whose enter panicked (see the enter rule on [`AsyncResource`]).
     pub fn needs_rollback(&self, index: usize) -> bool {
         self.error.is_some()
             && (index < self.entered || (self.failed_panicked && index == self.entered))
     }
 
-    /// Closes one entered field to roll back the failed enter.
+    /// Starts the rollback close of one entered field.
     #[inline]
-    pub fn rollback<M, F, D>(
+    fn start_rollback<M, F, D>(
         &mut self,
         label: &'static str,
         deadline: D,
         make: M,
-    ) -> Rollback<'_, F, D>
+    ) -> Recorded<F, D, RollingBack<'_>>
     where
         M: FnOnce() -> F,
     {
@@ -553,13 +814,47 @@ impl Enterer {
             deadline,
             make,
         );
-        Recorded::new(step, self, Enterer::rolled_back)
+        Recorded::new(step, RollingBack(self))
     }
 
-    fn rolled_back(&mut self, outcome: Result<(), ResourceError>) {
-        if let Err(e) = outcome {
-            ResourceError::push(&mut self.error, e.in_rollback());
-        }
+    /// Closes one entered field through its own close to roll back the failed enter.
+    #[inline]
+    pub fn rollback<R: Resource, D: Deadline>(
+        &mut self,
+        label: &'static str,
+        deadline: D,
+        field: R,
+    ) -> impl Future<Output = ()> {
+        self.start_rollback(label, deadline, move || field.close())
+    }
+
+    /// [`rollback`](Self::rollback) with the close future boxed (see
+    /// [`Closer::field_boxed`]).
+    #[inline]
+    pub fn rollback_boxed<'f, R: Resource + 'f, D: Deadline>(
+        &mut self,
+        label: &'static str,
+        deadline: D,
+        field: R,
+    ) -> impl Future<Output = ()> {
+        self.start_rollback(label, deadline, move || boxed::<'f, _>(field.close()))
+    }
+
+    /// Rolls back one entered field with the future `make` makes: a user's close
+    /// function.
+    #[inline]
+    pub fn rollback_with<M, F, D>(
+        &mut self,
+        label: &'static str,
+        deadline: D,
+        make: M,
+    ) -> impl Future<Output = ()>
+    where
+        M: FnOnce() -> F,
+        F: Future<Output = Result<(), ResourceError>>,
+        D: Deadline,
+    {
+        self.start_rollback(label, deadline, make)
     }
 
     /// The outcome of the whole enter.
@@ -570,9 +865,3 @@ impl Enterer {
         }
     }
 }
-
-/// One field entering: its step, then its outcome recorded.
-pub type EnterField<'e, F> = Recorded<F, NoDeadline, &'e mut Enterer, bool>;
-
-/// One entered field closing to roll back a failed enter.
-pub type Rollback<'e, F, D> = Recorded<F, D, &'e mut Enterer, ()>;
