@@ -216,9 +216,10 @@ impl CallOptions {
     }
 
     /// How long a streamed answer ([`Endpoint::stream_with`](super::Endpoint::stream_with))
-    /// may send nothing before it ends with a timeout error, in place of
+    /// may send nothing while its caller waits for the next event before it ends with
+    /// a timeout error, in place of
     /// [`EndpointConfig::stream_idle_timeout`](super::EndpointConfig::stream_idle_timeout).
-    /// Zero is refused.
+    /// Zero is refused; `Duration::MAX` puts no limit on the silence.
     #[must_use]
     pub fn stream_idle_timeout(mut self, timeout: Duration) -> Self {
         if timeout.is_zero() {

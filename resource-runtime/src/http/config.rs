@@ -368,7 +368,8 @@ impl EndpointConfig {
         self
     }
 
-    /// How long a streamed answer may send nothing before it ends with an error.
+    /// How long a streamed answer may send nothing while its caller waits for the next
+    /// event before it ends with an error. `Duration::MAX` puts no limit on the silence.
     #[must_use]
     pub fn stream_idle_timeout(mut self, timeout: Duration) -> Self {
         self.stream_idle_timeout = timeout;
