@@ -182,7 +182,7 @@ impl AsyncExecutorBuilder {
             inner: Arc::new(Exec {
                 max_concurrency: self.max_concurrency,
                 shutdown_timeout: self.shutdown_timeout,
-                permits: Semaphore::new(permits),
+                permits: OwnLine(Semaphore::new(permits)),
                 tracker: TaskTracker::new(),
                 abort: CancellationToken::new(),
                 waiters: Waiters::default(),
@@ -236,8 +236,9 @@ struct Exec {
     max_concurrency: usize,
     shutdown_timeout: Duration,
     /// The slots: a task's slot is a [`Slot`], which holds this state and gives the
-    /// permit back when dropped (one reference count a task, not two).
-    permits: Semaphore,
+    /// permit back when dropped (one reference count a task, not two). On a cache line
+    /// of its own, since every task's start and end writes it.
+    permits: OwnLine<Semaphore>,
     tracker: TaskTracker,
     /// Fired when the shutdown deadline passes: running tasks and slot waiters stop.
     abort: CancellationToken,
@@ -581,10 +582,29 @@ impl AsyncExecutor {
     }
 }
 
+/// A value on cache lines of its own: what one thread writes often does not share a
+/// line with what the others read or write.
+#[derive(Debug)]
+#[repr(align(128))]
+struct OwnLine<T>(T);
+
+impl<T> std::ops::Deref for OwnLine<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// The callers waiting for a slot: a count, and the shutdown's wait for it to reach
 /// zero. A plain counter rather than a `TaskTracker` token: a token clones the
 /// tracker's `Arc` for every task submitted, which the executor's hot path pays.
+///
+/// On a cache line of its own: the caller that submits writes the count twice a task,
+/// while the tasks ending on other threads write the semaphore beside it, and sharing
+/// a line made each of those writes move it between cores.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 struct Waiters {
     count: AtomicUsize,
     /// Set once the shutdown waits for the count to reach zero.
