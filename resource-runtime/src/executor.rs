@@ -185,7 +185,7 @@ impl AsyncExecutorBuilder {
                 permits: OwnLine(Semaphore::new(permits)),
                 tracker: TaskTracker::new(),
                 abort: CancellationToken::new(),
-                waiters: Waiters::default(),
+                waiters: OwnLine(Waiters::default()),
                 aborted: AtomicUsize::new(0),
                 lifecycle: Mutex::new(Lifecycle::Open),
                 closing: AtomicBool::new(false),
@@ -242,9 +242,9 @@ struct Exec {
     tracker: TaskTracker,
     /// Fired when the shutdown deadline passes: running tasks and slot waiters stop.
     abort: CancellationToken,
-    /// Callers waiting for a slot, one token each; closed once the shutdown starts, so
-    /// that waiting for it to empty can end.
-    waiters: Waiters,
+    /// Callers waiting for a slot, counted; closed once the shutdown starts, so that
+    /// waiting for the count to reach zero can end.
+    waiters: OwnLine<Waiters>,
     /// Tasks and waiters stopped by the deadline.
     aborted: AtomicUsize,
     lifecycle: Mutex<Lifecycle>,
@@ -600,11 +600,10 @@ impl<T> std::ops::Deref for OwnLine<T> {
 /// zero. A plain counter rather than a `TaskTracker` token: a token clones the
 /// tracker's `Arc` for every task submitted, which the executor's hot path pays.
 ///
-/// On a cache line of its own: the caller that submits writes the count twice a task,
-/// while the tasks ending on other threads write the semaphore beside it, and sharing
-/// a line made each of those writes move it between cores.
+/// Kept on a cache line of its own (`OwnLine`): the caller that submits writes the
+/// count twice a task, while the tasks ending on other threads write the semaphore,
+/// and sharing a line made each of those writes move it between cores.
 #[derive(Debug, Default)]
-#[repr(align(128))]
 struct Waiters {
     count: AtomicUsize,
     /// Set once the shutdown waits for the count to reach zero.
