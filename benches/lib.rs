@@ -37,25 +37,31 @@ pub struct Paired {
 /// better, or a rate, as long as both are the same kind) in `rounds` interleaved
 /// rounds, alternating which goes first, and returns each side's median and the
 /// median, minimum and maximum of the per-round ratios ours / peer.
-pub fn paired(
-    rounds: usize,
-    mut ours: impl FnMut() -> f64,
-    mut peer: impl FnMut() -> f64,
-) -> Paired {
-    assert!(rounds > 0, "at least one round");
-    let (mut o, mut p) = (Vec::new(), Vec::new());
-    for round in 0..rounds {
-        let (a, b) = if round.is_multiple_of(2) {
-            let a = ours();
-            (a, peer())
-        } else {
-            let b = peer();
-            (ours(), b)
-        };
-        o.push(a);
-        p.push(b);
-    }
+pub fn paired(rounds: usize, ours: impl FnMut() -> f64, peer: impl FnMut() -> f64) -> Paired {
+    let (o, p): (Vec<f64>, Vec<f64>) = interleaved(rounds, ours, peer).into_iter().unzip();
     Paired::from_rounds(&o, &p)
+}
+
+/// Runs `ours` and `peer` in `rounds` interleaved rounds, alternating which goes first,
+/// and returns each round's pair (ours, peer): the order of [`paired`], for a bench
+/// whose round measures several figures at once.
+pub fn interleaved<T>(
+    rounds: usize,
+    mut ours: impl FnMut() -> T,
+    mut peer: impl FnMut() -> T,
+) -> Vec<(T, T)> {
+    assert!(rounds > 0, "at least one round");
+    (0..rounds)
+        .map(|round| {
+            if round.is_multiple_of(2) {
+                let a = ours();
+                (a, peer())
+            } else {
+                let b = peer();
+                (ours(), b)
+            }
+        })
+        .collect()
 }
 
 impl Paired {

@@ -58,7 +58,7 @@ use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use reqwest::Url;
-use resource_benches::{Paired, Results, Target, median, selected};
+use resource_benches::{Paired, Results, Target, interleaved, median, selected};
 use resource_runtime::{
     AsyncResource,
     http::{Endpoint, EndpointConfig, EventStream},
@@ -125,23 +125,16 @@ impl Row {
     }
 }
 
-/// Runs `ours` and `peer` in `rounds` interleaved rounds, alternating which goes
-/// first; each returns one figure per row for its round (a round measures several
-/// rows at once, so this is `resource_benches::paired` over a row each).
+/// Runs `ours` and `peer` in `rounds` interleaved rounds (`resource_benches::interleaved`);
+/// each returns one figure per row for its round, since a round measures several rows
+/// at once.
 fn paired(
     rounds: usize,
     rows: &mut [Row],
-    mut ours: impl FnMut() -> Vec<f64>,
-    mut peer: impl FnMut() -> Vec<f64>,
+    ours: impl FnMut() -> Vec<f64>,
+    peer: impl FnMut() -> Vec<f64>,
 ) {
-    for round in 0..rounds {
-        let (o, p) = if round.is_multiple_of(2) {
-            let o = ours();
-            (o, peer())
-        } else {
-            let p = peer();
-            (ours(), p)
-        };
+    for (o, p) in interleaved(rounds, ours, peer) {
         for (row, (o, p)) in rows.iter_mut().zip(o.into_iter().zip(p)) {
             row.ours.push(o);
             row.peer.push(p);
