@@ -85,11 +85,16 @@ fn fields_label() -> syn::Lifetime {
     }
 }
 
-/// One field as the expansion sees it: where it is bound, how it is labelled.
+/// One field as the expansion sees it: how a step reaches it, how it is labelled.
 struct Slot<'f, 'a> {
     field: &'f Field<'a>,
-    /// The local the field is bound to in a destructuring pattern.
+    /// In a variant, the local the field is bound to in a destructuring pattern.
     binding: Ident,
+    /// What the binding is bound to: `&mut self.member` in a struct, bound for the
+    /// field's step alone; in a variant, the binding itself, bound once for all steps.
+    access: TokenStream,
+    /// The field is bound by a destructuring pattern (in a variant).
+    bound: bool,
     /// The label in error paths, `Variant.field` in an enum.
     label: LitStr,
     /// The field's type contains the type itself.
@@ -112,9 +117,20 @@ fn slots<'f, 'a>(
                 &format!("__field{i}"),
                 field.ty_span().resolved_at(Span::mixed_site()),
             );
+            // Reached through `self` in a struct, at the derive: a value captured
+            // through `self` is reported there.
+            let access = match variant {
+                Some(_) => quote!(#binding),
+                None => {
+                    let member = &field.member;
+                    quote!(&mut self.#member)
+                }
+            };
             Slot {
                 field,
                 binding,
+                access,
+                bound: variant.is_some(),
                 label: LitStr::new(&field_label(variant, field), field.span()),
                 recursive: field.attrs.boxed.is_some() || bound::mentions_self(field.ty, ident),
             }
@@ -133,15 +149,16 @@ fn field_label(variant: Option<&Ident>, field: &Field<'_>) -> String {
 /// `let ... else` that leaves the variant's labelled block when another one is active.
 fn bind(variant: Option<&Ident>, slots: &[Slot<'_, '_>]) -> TokenStream {
     let l_fields = fields_label();
+    // A struct's steps reach their fields through `self` (see `Slot::access`).
+    let Some(v) = variant else {
+        return quote!();
+    };
     let members = slots.iter().map(|s| {
         let member: &Member = &s.field.member;
         let binding = &s.binding;
         quote!(#member: #binding)
     });
-    match variant {
-        Some(v) => quote!(let Self::#v { #(#members,)* .. } = &mut *self else { break #l_fields };),
-        None => quote!(let Self { #(#members,)* .. } = &mut *self;),
-    }
+    quote!(let Self::#v { #(#members,)* .. } = &mut *self else { break #l_fields };)
 }
 
 /// A field's own deadline: a type of its own only when it has one, so that the steps
@@ -203,7 +220,7 @@ fn step_call(
     args: TokenStream,
 ) -> TokenStream {
     let binding = &slot.binding;
-    match custom {
+    let call = match custom {
         None => {
             let method = if slot.recursive {
                 format_ident!("{method}_boxed")
@@ -217,6 +234,16 @@ fn step_call(
             let method = format_ident!("{method}_with");
             quote!(#receiver.#method(#args move || #fut))
         }
+    };
+    if slot.bound {
+        call
+    } else {
+        // A struct's field is bound for its step alone, so that the close's future
+        // holds no reference a field across its awaits, and a closure takes the field,
+        // not `self`, which the other steps use. The binding is spanned at the field's
+        // type, where a field that is not a resource is reported.
+        let access = &slot.access;
+        quote!({ let #binding = #access; #call })
     }
 }
 
@@ -363,13 +390,11 @@ fn close_order<'s, 'f, 'a>(
 }
 
 /// Tells the closer which fields the close will close, in order, so that a whole-close
-/// deadline can name the ones it never reached.
+/// deadline can name the ones it never reached, and the hook it cut: emitted even with
+/// no field to close, since the closer tracks its steps only once it has a plan.
 fn close_plan(concurrent: bool, variant: Option<&Ident>, slots: &[Slot<'_, '_>]) -> TokenStream {
     let l_fields = fields_label();
     let l_closer = local("__closer");
-    if slots.is_empty() {
-        return quote!();
-    }
     let labels = close_order(concurrent, slots)
         .into_iter()
         .flat_map(|step| match step {

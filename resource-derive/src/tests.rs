@@ -304,8 +304,32 @@ impl Walk {
     fn steps(&self, receiver: &str, method: &str) -> Vec<Step> {
         self.step_calls(receiver, method)
             .into_iter()
-            .map(|(_, call)| parse_step(call))
+            .map(|(_, call)| self.resolved(parse_step(call)))
             .collect()
+    }
+
+    /// A step with the field its binding is bound to: a struct's step binds
+    /// `let __fieldN = &mut self.member;` just before it, read here as `self.member`.
+    /// A variant's binding, bound by a destructuring, stays as it is.
+    fn resolved(&self, mut step: Step) -> Step {
+        let bound: Vec<String> = self
+            .locals()
+            .filter(|(_, local)| bound_name(&local.pat).as_deref() == Some(&*step.fut.arg))
+            .filter_map(|(_, local)| match &*local.init.as_ref()?.expr {
+                // Not `__this = &mut *self` of a hook.
+                Expr::Reference(_) => field_of(&local.init.as_ref()?.expr),
+                _ => None,
+            })
+            .collect();
+        if let Some(first) = bound.first() {
+            assert!(
+                bound.iter().all(|b| b == first),
+                "`{}` is bound to {bound:?}",
+                step.fut.arg
+            );
+            step.fut.arg = first.clone();
+        }
+        step
     }
 
     /// The place in the walk of the step `receiver.method(label, ...)`.
@@ -425,12 +449,23 @@ impl Walk {
                             panic!("not pinned: {}", member.to_token_stream());
                         };
                         assert_eq!(path_text(&mac.mac.path), "::core::pin::pin");
-                        let Ok(Expr::MethodCall(step)) = mac.mac.parse_body::<Expr>() else {
+                        let body = mac.mac.parse_body::<Expr>();
+                        // `{ let __fieldN = &mut self.member; __group.field(...) }` in a
+                        // struct, the call alone in a variant.
+                        let step = match &body {
+                            Ok(Expr::Block(block)) => match block.block.stmts.last() {
+                                Some(Stmt::Expr(Expr::MethodCall(step), None)) => Some(step),
+                                _ => None,
+                            },
+                            Ok(Expr::MethodCall(step)) => Some(step),
+                            _ => None,
+                        };
+                        let Some(step) = step else {
                             panic!("not a method call: {}", mac.to_token_stream());
                         };
                         assert_eq!(ident_of(&step.receiver).as_deref(), Some("__group"));
                         assert!(step.method.to_string().starts_with("field"));
-                        parse_step(&step)
+                        self.resolved(parse_step(step))
                     })
                     .collect()
             })
@@ -531,6 +566,23 @@ fn ident_of(expr: &Expr) -> Option<String> {
     match peel(expr) {
         Expr::Path(p) if p.qself.is_none() => p.path.get_ident().map(Ident::to_string),
         _ => None,
+    }
+}
+
+/// What a step takes its field by: a variant's binding (`__field0`), or a struct's
+/// `&mut self.member`, as `self.member`.
+fn field_of(expr: &Expr) -> Option<String> {
+    match peel(expr) {
+        Expr::Reference(r) if r.mutability.is_some() => match peel(&r.expr) {
+            Expr::Field(f) if ident_of(&f.base).as_deref() == Some("self") => {
+                Some(match &f.member {
+                    Member::Named(ident) => format!("self.{ident}"),
+                    Member::Unnamed(index) => format!("self.{}", index.index),
+                })
+            }
+            _ => None,
+        },
+        other => ident_of(other),
     }
 }
 
@@ -818,7 +870,7 @@ fn parse_step(call: &ExprMethodCall) -> Step {
             Expr::Call(wrap)
                 if callee(wrap).is_some_and(|c| c.ends_with("::__private::resource")) =>
             {
-                ident_of(only_arg(&wrap.args))
+                field_of(only_arg(&wrap.args))
             }
             _ => None,
         }
@@ -945,7 +997,7 @@ fn bare_resource_marks_a_field_for_enter_and_close() {
     let close = out.method("close");
     assert_eq!(
         enter.steps("__enter", "field"),
-        [step("a", via_trait("enter", "__field0"))],
+        [step("a", via_trait("enter", "self.a"))],
         "{out}"
     );
     assert_eq!(
@@ -953,7 +1005,7 @@ fn bare_resource_marks_a_field_for_enter_and_close() {
         [timed(
             "a",
             Deadline::Unbounded,
-            via_trait("close", "__field0")
+            via_trait("close", "self.a")
         )],
         "{out}"
     );
@@ -962,17 +1014,15 @@ fn bare_resource_marks_a_field_for_enter_and_close() {
         [timed(
             "a",
             Deadline::Unbounded,
-            via_trait("close", "__field0")
+            via_trait("close", "self.a")
         )],
         "{out}"
     );
     // An unmarked field is not bound, so it is neither entered nor closed.
-    let bindings = out.walk().bindings();
-    assert!(!bindings.is_empty(), "{out}");
-    for found in bindings {
-        assert_eq!(found, binding("Self", &[("a", "__field0")], None), "{out}");
-    }
-    assert!(!mentions_ident(out.tokens.clone(), "__field1"), "{out}");
+    // A struct's steps take their field through `self`: no destructuring, and the
+    // unmarked field is never named.
+    assert!(out.walk().bindings().is_empty(), "{out}");
+    assert!(!mentions_ident(out.tokens.clone(), "b"), "{out}");
     assert_eq!(out.trait_path(), format!("{RT}::AsyncResource"));
     assert!(
         out.trait_impl()
@@ -994,10 +1044,14 @@ fn close_path_calls_the_function_with_the_field() {
         [timed(
             "a",
             Deadline::Unbounded,
-            via_user("sdk::shutdown", "__field0")
+            via_user("sdk::shutdown", "self.a")
         )],
         "{out}"
     );
+    // The closure takes the field, bound just before it, and not `self`, which the
+    // other steps still need.
+    let (_, field) = close.local("__field0");
+    assert_eq!(field_of(field).as_deref(), Some("self.a"), "{out}");
     assert!(
         out.walk()
             .calls(&format!("{RT}::AsyncResource::close"))
@@ -1017,7 +1071,7 @@ fn enter_path_calls_the_function_with_the_field() {
     });
     assert_eq!(
         out.method("enter").steps("__enter", "field"),
-        [step("a", via_user("connect", "__field0"))],
+        [step("a", via_user("connect", "self.a"))],
         "{out}"
     );
     assert_eq!(
@@ -1025,7 +1079,7 @@ fn enter_path_calls_the_function_with_the_field() {
         [timed(
             "a",
             Deadline::Unbounded,
-            via_user("disconnect", "__field0")
+            via_user("disconnect", "self.a")
         )],
         "{out}"
     );
@@ -1039,8 +1093,8 @@ fn field_timeout_becomes_the_step_deadline() {
     assert_eq!(
         out.method("close").steps("__closer", "field"),
         [
-            timed("b", Deadline::Millis(250), via_trait("close", "__field1")),
-            timed("a", Deadline::Millis(2000), via_trait("close", "__field0")),
+            timed("b", Deadline::Millis(250), via_trait("close", "self.b")),
+            timed("a", Deadline::Millis(2000), via_trait("close", "self.a")),
         ],
         "{out}"
     );
@@ -1064,8 +1118,8 @@ fn group_joins_its_fields_in_one_step() {
     assert_eq!(
         close.joins(),
         [vec![
-            timed("0", Deadline::Unbounded, via_trait("close", "__field2")),
-            timed("1", Deadline::Unbounded, via_trait("close", "__field0")),
+            timed("0", Deadline::Unbounded, via_trait("close", "self.c")),
+            timed("1", Deadline::Unbounded, via_trait("close", "self.a")),
         ]],
         "{out}"
     );
@@ -1074,7 +1128,7 @@ fn group_joins_its_fields_in_one_step() {
         [timed(
             "b",
             Deadline::Unbounded,
-            via_trait("close", "__field1")
+            via_trait("close", "self.b")
         )],
         "{out}"
     );
@@ -1116,7 +1170,7 @@ fn name_relabels_the_field() {
         [timed(
             "database",
             Deadline::Unbounded,
-            via_trait("close", "__field0")
+            via_trait("close", "self.db")
         )],
         "{out}"
     );
@@ -1141,12 +1195,16 @@ fn skip_is_never_touched_and_not_checked() {
     let out = expand(syn::parse_quote! {
         struct S { #[resource(skip)] a: A, #[resource] b: B }
     });
-    let bindings = out.walk().bindings();
-    assert!(!bindings.is_empty(), "{out}");
-    for found in bindings {
-        assert_eq!(found, binding("Self", &[("b", "__field1")], None), "{out}");
-    }
-    assert!(!mentions_ident(out.tokens.clone(), "__field0"), "{out}");
+    assert!(out.walk().bindings().is_empty(), "{out}");
+    assert_eq!(
+        all_steps(&out)
+            .into_iter()
+            .map(|s| s.fut.arg)
+            .collect::<Vec<_>>(),
+        ["self.b", "self.b", "self.b"],
+        "{out}"
+    );
+    assert!(!mentions_ident(out.tokens.clone(), "a"), "{out}");
     assert!(out.probe_impl().is_none(), "{out}");
 }
 
@@ -1196,8 +1254,8 @@ fn concurrent_closes_every_field_in_one_step() {
     assert_eq!(
         close.joins(),
         [vec![
-            timed("0", Deadline::Unbounded, via_trait("close", "__field1")),
-            timed("1", Deadline::Unbounded, via_trait("close", "__field0")),
+            timed("0", Deadline::Unbounded, via_trait("close", "self.b")),
+            timed("1", Deadline::Unbounded, via_trait("close", "self.a")),
         ]],
         "{out}"
     );
@@ -1229,7 +1287,7 @@ fn container_timeout_bounds_the_whole_close() {
         [timed(
             "a",
             Deadline::Unbounded,
-            via_trait("close", "__field0")
+            via_trait("close", "self.a")
         )],
         "{out}"
     );
@@ -1385,13 +1443,13 @@ fn enums_close_the_active_variant_with_variant_paths() {
 fn tuple_and_unit_structs() {
     let out =
         expand(syn::parse_quote! { struct T(#[resource] A, #[resource(skip)] B, #[resource] C); });
+    assert!(out.walk().bindings().is_empty(), "{out}");
     assert_eq!(
-        out.method("close").bindings(),
-        [binding(
-            "Self",
-            &[("0", "__field0"), ("2", "__field2")],
-            None
-        )],
+        out.method("close").steps("__closer", "field"),
+        [
+            timed("2", Deadline::Unbounded, via_trait("close", "self.2")),
+            timed("0", Deadline::Unbounded, via_trait("close", "self.0")),
+        ],
         "{out}"
     );
     let out = expand(syn::parse_quote! { struct U; });
@@ -1455,16 +1513,20 @@ fn boxed_and_self_containing_fields_get_boxed_futures() {
     assert_eq!(
         out.method("close").steps("__closer", "field"),
         [
-            timed("plain", Deadline::Unbounded, via_trait("close", "__field2")),
+            timed(
+                "plain",
+                Deadline::Unbounded,
+                via_trait("close", "self.plain")
+            ),
             timed(
                 "kids",
                 Deadline::Unbounded,
-                via_trait("close", "__field1").boxed()
+                via_trait("close", "self.kids").boxed()
             ),
             timed(
                 "peer",
                 Deadline::Unbounded,
-                via_trait("close", "__field0").boxed()
+                via_trait("close", "self.peer").boxed()
             ),
         ],
         "{out}"
@@ -1472,9 +1534,9 @@ fn boxed_and_self_containing_fields_get_boxed_futures() {
     assert_eq!(
         out.method("enter").steps("__enter", "field"),
         [
-            step("peer", via_trait("enter", "__field0").boxed()),
-            step("kids", via_trait("enter", "__field1").boxed()),
-            step("plain", via_trait("enter", "__field2")),
+            step("peer", via_trait("enter", "self.peer").boxed()),
+            step("kids", via_trait("enter", "self.kids").boxed()),
+            step("plain", via_trait("enter", "self.plain")),
         ],
         "{out}"
     );
@@ -1507,9 +1569,17 @@ fn a_field_of_another_type_with_the_same_name_gets_its_bound_and_no_box() {
     assert_eq!(
         all_steps(&out),
         [
-            step("inner", via_trait("enter", "__field0")),
-            timed("inner", Deadline::Unbounded, via_trait("close", "__field0")),
-            timed("inner", Deadline::Unbounded, via_trait("close", "__field0")),
+            step("inner", via_trait("enter", "self.inner")),
+            timed(
+                "inner",
+                Deadline::Unbounded,
+                via_trait("close", "self.inner")
+            ),
+            timed(
+                "inner",
+                Deadline::Unbounded,
+                via_trait("close", "self.inner")
+            ),
         ],
         "{out}"
     );
@@ -1596,7 +1666,7 @@ fn a_field_naming_the_type_itself_gets_no_bound_and_a_box() {
         [timed(
             "kids",
             Deadline::Unbounded,
-            via_user("shut", "__field0").boxed()
+            via_user("shut", "self.kids").boxed()
         )],
         "{out}"
     );
@@ -1697,7 +1767,7 @@ fn large_groups_are_joined_in_one_step_and_capped() {
         assert_eq!(member.label, index.to_string());
         assert_eq!(
             member.fut,
-            via_trait("close", &format!("__field{}", 39 - index))
+            via_trait("close", &format!("self.f{}", 39 - index))
         );
     }
     assert!(close.calls("::core::future::poll_fn").is_empty(), "{out}");

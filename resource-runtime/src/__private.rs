@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::AsyncResource;
 use crate::error::{BoxError, Operation, ResourceError};
-use crate::step::{Label, Step, catch_panic, tracing_on};
+use crate::step::{Call, Label, Make, Step, catch_panic, tracing_on};
 use crate::sync::{get_mut, lock};
 
 /// The future of a user function the derive calls: `close = path`, `enter = path`,
@@ -140,6 +140,21 @@ where
     Box::pin(fut)
 }
 
+/// The boxed close of a field whose type contains the type being closed: one function
+/// a field type, like [`Resource::close`] itself.
+fn close_boxed<'f, R: Resource + 'f>(
+    field: R,
+) -> Pin<Box<dyn Future<Output = Result<(), ResourceError>> + Send + 'f>> {
+    boxed(field.close())
+}
+
+/// The boxed enter of such a field.
+fn enter_boxed<'f, R: Resource + 'f>(
+    field: R,
+) -> Pin<Box<dyn Future<Output = Result<(), ResourceError>> + Send + 'f>> {
+    boxed(field.enter())
+}
+
 /// A type witness for the unmarked-field check: the expansion calls a method on
 /// `&Probe<FieldType>` that resolves to a `#[deprecated]` one only when the field's type
 /// implements `AsyncResource`.
@@ -205,15 +220,23 @@ pub struct Closer {
     ty: &'static str,
     /// Whether steps build spans: decided once for the whole close.
     trace: bool,
-    /// Field labels in close order, a group's members side by side: declared only by
-    /// a close under a whole-close deadline, the one reader of `next` and `current`.
+    /// Where a close under a whole-close deadline is: kept only by such a close, the
+    /// one that reads it, so that every other close carries one null pointer.
+    progress: Option<Box<Progress>>,
+    error: Option<ResourceError>,
+    /// What the members of a running [`Group`] report as they finish, concurrently:
+    /// made by the first group.
+    group: Option<Box<Mutex<GroupState>>>,
+}
+
+/// How far a close under a whole-close deadline has got.
+#[derive(Debug)]
+struct Progress {
+    /// Field labels in close order, a group's members side by side.
     plan: &'static [&'static str],
     /// Index in `plan` of the next field to start.
     next: usize,
     current: Current,
-    error: Option<ResourceError>,
-    /// What the members of a running [`Group`] report as they finish, concurrently.
-    group: Mutex<GroupState>,
 }
 
 #[derive(Debug, Default)]
@@ -239,34 +262,41 @@ impl Closer {
         Closer {
             ty,
             trace: tracing_on(),
-            plan: &[],
-            next: 0,
-            current: Current::Idle,
+            progress: None,
             error: None,
-            group: Mutex::new(GroupState::default()),
+            group: None,
+        }
+    }
+
+    /// Notes the step that starts, under a whole-close deadline: it is `current`, and
+    /// `started` more fields of the plan have started.
+    #[inline]
+    fn starts(&mut self, started: usize, current: Current) {
+        if let Some(progress) = &mut self.progress {
+            progress.next += started;
+            progress.current = current;
         }
     }
 
     /// Declares the fields this close will close, in order: the expansion calls it
     /// only under a whole-close deadline, which names the fields it never reached.
     pub fn plan(&mut self, plan: &'static [&'static str]) {
-        self.plan = plan;
-        self.next = 0;
+        self.progress = Some(Box::new(Progress {
+            plan,
+            next: 0,
+            current: Current::Idle,
+        }));
     }
 
     /// Starts the step of one field; its outcome is kept when it ends.
     #[inline]
-    fn start<M, F, D>(
+    fn start<K: Make<F>, F, D>(
         &mut self,
         label: &'static str,
         deadline: D,
-        make: M,
-    ) -> Recorded<F, D, Closing<'_>>
-    where
-        M: FnOnce() -> F,
-    {
-        self.next += 1;
-        self.current = Current::Field(label);
+        make: K,
+    ) -> Recorded<K, F, D, Closing<'_>> {
+        self.starts(1, Current::Field(label));
         let step = Step::new(
             self.trace.then_some(self.ty),
             Operation::Close,
@@ -288,7 +318,7 @@ impl Closer {
         deadline: D,
         field: R,
     ) -> impl Future<Output = ()> {
-        self.start(label, deadline, move || field.close())
+        self.start(label, deadline, Call(R::close, field))
     }
 
     /// [`field`](Self::field) for a field whose type contains the type being closed:
@@ -300,7 +330,7 @@ impl Closer {
         deadline: D,
         field: R,
     ) -> impl Future<Output = ()> {
-        self.start(label, deadline, move || boxed::<'f, _>(field.close()))
+        self.start(label, deadline, Call(close_boxed::<'f, R>, field))
     }
 
     /// Closes one field with the future `make` makes: a user's close function.
@@ -333,7 +363,7 @@ impl Closer {
         M: FnOnce() -> F,
         F: Future<Output = Result<(), ResourceError>>,
     {
-        self.current = Current::Hook(name);
+        self.starts(0, Current::Hook(name));
         let outcome = run_hook(self.ty, Operation::Close, name, make).await;
         self.record(outcome);
     }
@@ -343,21 +373,23 @@ impl Closer {
     /// awaited together by [`join`]. The expansion calls [`end_group`](Self::end_group)
     /// once they have all finished.
     pub fn group(&mut self, members: &'static [&'static str]) -> Group<'_> {
-        self.next += members.len();
-        self.current = Current::Group(members);
-        *get_mut(&mut self.group) = GroupState::default();
+        self.starts(members.len(), Current::Group(members));
+        let state = self.group.get_or_insert_default();
+        *get_mut(state) = GroupState::default();
         Group {
             ty: self.ty,
             trace: self.trace,
             members,
-            state: &self.group,
+            state,
         }
     }
 
     /// Takes the failures of the finished group, in the order they happened.
     pub fn end_group(&mut self) {
-        let state = get_mut(&mut self.group);
-        if let Some(e) = state.error.take() {
+        let Some(state) = &mut self.group else {
+            return;
+        };
+        if let Some(e) = get_mut(state).error.take() {
             ResourceError::push(&mut self.error, e);
         }
     }
@@ -366,11 +398,15 @@ impl Closer {
     /// out (every unfinished member, for a group), and the fields after it were not
     /// closed.
     pub fn deadline_passed(&mut self, deadline: Duration) {
-        let unreached = self.plan.get(self.next..).unwrap_or(&[]);
+        // Without a plan the closer kept no track: nothing to name but the deadline.
+        let (unreached, current) = match &self.progress {
+            Some(p) => (p.plan.get(p.next..).unwrap_or(&[]), p.current),
+            None => (&[][..], Current::Idle),
+        };
         let timeout =
             |label: &'static str| ResourceError::timeout(deadline).within(&label, Operation::Close);
         let mut cut = Vec::new();
-        match self.current {
+        match current {
             Current::Idle => {}
             Current::Hook(name) => {
                 cut.push(ResourceError::timeout(deadline).in_hook(name, Operation::Close));
@@ -379,7 +415,7 @@ impl Closer {
             Current::Group(members) => {
                 // The members that finished before the deadline have reported already.
                 self.end_group();
-                let done = lock(&self.group).done;
+                let done = self.group.as_deref().map_or(0, |state| lock(state).done);
                 for (i, label) in members.iter().enumerate() {
                     if i >= 128 || done & (1 << i) == 0 {
                         cut.push(timeout(label));
@@ -434,10 +470,12 @@ pub struct Group<'c> {
 impl<'c> Group<'c> {
     /// Starts the step of the member at `index` of the group.
     #[inline]
-    fn start<M, F, D>(&self, index: usize, deadline: D, make: M) -> Recorded<F, D, Member<'c>>
-    where
-        M: FnOnce() -> F,
-    {
+    fn start<K: Make<F>, F, D>(
+        &self,
+        index: usize,
+        deadline: D,
+        make: K,
+    ) -> Recorded<K, F, D, Member<'c>> {
         let label = self.members.get(index).copied().unwrap_or("?");
         let step = Step::new(
             self.trace.then_some(self.ty),
@@ -462,7 +500,7 @@ impl<'c> Group<'c> {
         deadline: D,
         field: R,
     ) -> impl Future<Output = ()> + use<'c, R, D> {
-        self.start(index, deadline, move || field.close())
+        self.start(index, deadline, Call(R::close, field))
     }
 
     /// [`field`](Self::field) with the close future boxed (see [`Closer::field_boxed`]).
@@ -473,7 +511,7 @@ impl<'c> Group<'c> {
         deadline: D,
         field: R,
     ) -> impl Future<Output = ()> + use<'c, 'f, R, D> {
-        self.start(index, deadline, move || boxed::<'f, _>(field.close()))
+        self.start(index, deadline, Call(close_boxed::<'f, R>, field))
     }
 
     /// Closes the member at `index` with the future `make` makes: a user's close
@@ -563,7 +601,7 @@ struct Member<'g> {
 /// What a field's step hands its outcome to when it ends.
 trait Record {
     type Output;
-    fn record(self, outcome: Result<(), ResourceError>) -> Self::Output;
+    fn record(&mut self, outcome: Result<(), ResourceError>) -> Self::Output;
 }
 
 /// A field of a close: its failure is kept.
@@ -573,7 +611,7 @@ impl Record for Closing<'_> {
     type Output = ();
 
     #[inline]
-    fn record(self, outcome: Result<(), ResourceError>) {
+    fn record(&mut self, outcome: Result<(), ResourceError>) {
         self.0.record(outcome);
     }
 }
@@ -582,7 +620,7 @@ impl Record for Member<'_> {
     type Output = ();
 
     /// Records a group member's end, the same code for every member.
-    fn record(self, outcome: Result<(), ResourceError>) {
+    fn record(&mut self, outcome: Result<(), ResourceError>) {
         let mut state = lock(self.state);
         if self.index < 128 {
             state.done |= 1 << self.index;
@@ -600,7 +638,7 @@ impl Record for Entering<'_> {
     type Output = bool;
 
     #[inline]
-    fn record(self, outcome: Result<(), ResourceError>) -> bool {
+    fn record(&mut self, outcome: Result<(), ResourceError>) -> bool {
         self.0.entered(outcome)
     }
 }
@@ -613,7 +651,7 @@ impl Record for RollingBack<'_> {
     type Output = ();
 
     #[inline]
-    fn record(self, outcome: Result<(), ResourceError>) {
+    fn record(&mut self, outcome: Result<(), ResourceError>) {
         if let Err(e) = outcome {
             ResourceError::push(&mut self.0.error, e.in_rollback());
         }
@@ -622,43 +660,39 @@ impl Record for RollingBack<'_> {
 
 pin_project_lite::pin_project! {
     /// A step, then its outcome handed to its context: the one future of a field's
-    /// enter, close, rollback and group member. Generic over the step's future (and the
-    /// few kinds of context), not over the closure that made it or the field's
-    /// deadline, so every field of one type shares its compiled code.
-    struct Recorded<F, D, C> {
+    /// enter, close, rollback and group member. A field's own enter and close are made
+    /// by `Call(R::enter, field)` and `Call(R::close, field)`, so the step is generic
+    /// over the field's type, its deadline and the few kinds of context alone: every
+    /// field of one type shares its compiled code, in any number of structs.
+    struct Recorded<K, F, D, C> {
         #[pin]
-        step: Step<F, D>,
-        // Taken when the step ends.
-        context: Option<C>,
+        step: Step<K, F, D>,
+        context: C,
     }
 }
 
-impl<F, D, C> Recorded<F, D, C> {
+impl<K, F, D, C> Recorded<K, F, D, C> {
     #[inline]
-    fn new(step: Step<F, D>, context: C) -> Self {
-        Recorded {
-            step,
-            context: Some(context),
-        }
+    fn new(step: Step<K, F, D>, context: C) -> Self {
+        Recorded { step, context }
     }
 }
 
-impl<F, D, C> Future for Recorded<F, D, C>
+impl<K, F, D, C> Future for Recorded<K, F, D, C>
 where
+    K: Make<F>,
     F: Future<Output = Result<(), ResourceError>>,
     D: Deadline,
     C: Record,
 {
     type Output = C::Output;
 
+    /// Polled again after it ended (which `.await` and [`join`] never do), the step
+    /// answers that it had ended, and that is recorded as a failure.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let this = self.project();
         let outcome = std::task::ready!(this.step.poll(cx));
-        match this.context.take() {
-            Some(context) => Poll::Ready(context.record(outcome)),
-            // Polled again after it ended: the outcome was recorded already.
-            None => Poll::Pending,
-        }
+        Poll::Ready(this.context.record(outcome))
     }
 }
 
@@ -706,10 +740,11 @@ impl Enterer {
 
     /// Starts the enter step of one field.
     #[inline]
-    fn start<M, F>(&mut self, label: &'static str, make: M) -> Recorded<F, NoDeadline, Entering<'_>>
-    where
-        M: FnOnce() -> F,
-    {
+    fn start<K: Make<F>, F>(
+        &mut self,
+        label: &'static str,
+        make: K,
+    ) -> Recorded<K, F, NoDeadline, Entering<'_>> {
         let step = Step::new(
             self.trace.then_some(self.ty),
             Operation::Enter,
@@ -728,7 +763,7 @@ impl Enterer {
         label: &'static str,
         field: R,
     ) -> impl Future<Output = bool> {
-        self.start(label, move || field.enter())
+        self.start(label, Call(R::enter, field))
     }
 
     /// [`field`](Self::field) with the enter future boxed (see
@@ -739,7 +774,7 @@ impl Enterer {
         label: &'static str,
         field: R,
     ) -> impl Future<Output = bool> {
-        self.start(label, move || boxed::<'f, _>(field.enter()))
+        self.start(label, Call(enter_boxed::<'f, R>, field))
     }
 
     /// Enters one field with the future `make` makes: a user's enter function.
@@ -798,15 +833,12 @@ impl Enterer {
 
     /// Starts the rollback close of one entered field.
     #[inline]
-    fn start_rollback<M, F, D>(
+    fn start_rollback<K: Make<F>, F, D>(
         &mut self,
         label: &'static str,
         deadline: D,
-        make: M,
-    ) -> Recorded<F, D, RollingBack<'_>>
-    where
-        M: FnOnce() -> F,
-    {
+        make: K,
+    ) -> Recorded<K, F, D, RollingBack<'_>> {
         let step = Step::new(
             self.trace.then_some(self.ty),
             Operation::Close,
@@ -825,7 +857,7 @@ impl Enterer {
         deadline: D,
         field: R,
     ) -> impl Future<Output = ()> {
-        self.start_rollback(label, deadline, move || field.close())
+        self.start_rollback(label, deadline, Call(R::close, field))
     }
 
     /// [`rollback`](Self::rollback) with the close future boxed (see
@@ -837,7 +869,7 @@ impl Enterer {
         deadline: D,
         field: R,
     ) -> impl Future<Output = ()> {
-        self.start_rollback(label, deadline, move || boxed::<'f, _>(field.close()))
+        self.start_rollback(label, deadline, Call(close_boxed::<'f, R>, field))
     }
 
     /// Rolls back one entered field with the future `make` makes: a user's close

@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use crate::error::{Operation, ResourceError};
-use crate::step::{Label, NoDeadline, Step, catch_panic, tracing_on};
+use crate::step::{Call, Label, NoDeadline, Step, catch_panic, tracing_on};
 
 /// A value that must be brought up and released with `.await`: the async `Drop` Rust
 /// does not have.
@@ -187,7 +187,7 @@ pub(crate) async fn close_each_rev<R: crate::AsyncResource>(
             Operation::Close,
             Label::Index(index),
             NoDeadline,
-            move || item.close(),
+            Call(R::close, item),
         );
         if let Err(e) = step.await {
             ResourceError::push(&mut error, e);
@@ -210,7 +210,7 @@ pub(crate) async fn enter_each<R: crate::AsyncResource>(
             Operation::Enter,
             Label::Index(index),
             NoDeadline,
-            move || item.enter(),
+            Call(R::enter, item),
         );
         if let Err(e) = step.await {
             failure = Some((index, e));

@@ -13,7 +13,7 @@ use pin_project_lite::pin_project;
 use tracing::level_filters::LevelFilter;
 
 use crate::error::{BoxError, Operation, ResourceError};
-use crate::sync::{CatchUnwind, Payload, caught};
+use crate::sync::{CatchUnwind, caught};
 
 /// The label of a step in a path: a field name, a tuple index, or a position in a `Vec`.
 #[derive(Debug, Clone, Copy)]
@@ -126,21 +126,60 @@ impl Deadline for Timed {
     }
 }
 
+/// How a step makes its future `F`, at its first poll and inside its panic guard.
+pub(crate) trait Make<F> {
+    /// Makes it.
+    fn make(self) -> F;
+}
+
+/// A closure makes the future: the step is then generic over the closure.
+impl<M, F> Make<F> for M
+where
+    M: FnOnce() -> F,
+{
+    #[inline]
+    fn make(self) -> F {
+        self()
+    }
+}
+
+/// A function applied to a value makes the future. With a generic function's item
+/// (`Resource::close` of a field type), the step is generic over the value's type
+/// alone: every step of a field of one type shares its compiled code, whichever
+/// close, group or rollback makes it.
+pub(crate) struct Call<M, A>(pub(crate) M, pub(crate) A);
+
+impl<M, A, F> Make<F> for Call<M, A>
+where
+    M: FnOnce(A) -> F,
+{
+    #[inline]
+    fn make(self) -> F {
+        (self.0)(self.1)
+    }
+}
+
+pin_project! {
+    /// Where a step is: its future still to make, running, or ended.
+    #[project = StateProj]
+    #[project_replace = StateTaken]
+    enum State<K, F> {
+        Make { make: K },
+        Run { #[pin] fut: F },
+        // Ended, or making or polling it panicked.
+        Done,
+    }
+}
+
 pin_project! {
     /// One step: a span named for the operation with the resource type and label, panic
     /// capture on every poll, the deadline, and the label prepended to the path of every
-    /// failure. The step's future is made by `make` when the step is made, inside the
-    /// panic guard, so a close that panics before it returns a future at all is caught
-    /// like any other. Allocates nothing when the step succeeds.
-    ///
-    /// It is generic over the future and the deadline only, not over `make`: every
-    /// field of one type shares one compiled `poll`, however many structs have one.
-    pub struct Step<F, D> {
-        // `None` once making or polling it panicked.
+    /// failure. The step's future is made by `make` at the first poll, inside the same
+    /// panic guard as every poll, so a close that panics before it returns a future at
+    /// all is caught like any other. Allocates nothing when the step succeeds.
+    pub struct Step<K, F, D> {
         #[pin]
-        fut: Option<F>,
-        // The panic of `make`, reported by the first poll.
-        made: Option<Payload>,
+        state: State<K, F>,
         #[pin]
         deadline: D,
         op: Operation,
@@ -148,40 +187,50 @@ pin_project! {
         // Boxed so that a step without a DEBUG subscriber carries one null pointer and
         // drops nothing: the span is the largest part of a step, and the most costly
         // to move and drop.
-        trace: Option<Box<Trace>>,
+        trace: TraceSlot,
     }
 }
 
-impl<F, D> Step<F, D> {
+impl<K: Make<F>, F, D> Step<K, F, D> {
     /// A step; `traced` is the resource type when a subscriber wants DEBUG spans.
     #[inline]
-    pub(crate) fn new<M>(
+    pub(crate) fn new(
         traced: Option<&'static str>,
         op: Operation,
         label: Label,
         deadline: D,
-        make: M,
-    ) -> Self
-    where
-        M: FnOnce() -> F,
-    {
+        make: K,
+    ) -> Self {
         let trace = match traced {
             Some(ty) => step_span(ty, op, label),
             None => None,
         };
-        let (fut, made) = match caught(make) {
-            Ok(fut) => (Some(fut), None),
-            Err(payload) => (None, Some(payload)),
-        };
         Step {
-            fut,
-            made,
+            state: State::Make { make },
             deadline,
             op,
             label,
-            trace,
+            trace: TraceSlot(trace),
         }
     }
+}
+
+/// A step's trace, whose drop is a check inline and the rest out of line.
+struct TraceSlot(Option<Box<Trace>>);
+
+impl Drop for TraceSlot {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(trace) = self.0.take() {
+            drop_trace(trace);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn drop_trace(trace: Box<Trace>) {
+    drop(trace);
 }
 
 /// The span of a step and when it started, kept only while a subscriber wants them.
@@ -218,45 +267,51 @@ fn step_span(ty: &'static str, op: Operation, label: Label) -> Option<Box<Trace>
     }))
 }
 
-impl<F, D> Future for Step<F, D>
+impl<K, F, D> Future for Step<K, F, D>
 where
+    K: Make<F>,
     F: Future<Output = Result<(), ResourceError>>,
     D: Deadline,
 {
     type Output = Result<(), ResourceError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let entered = this.trace.as_ref().map(|t| t.span.enter());
-        let result = if let Some(payload) = this.made.take() {
-            Err(ResourceError::from_panic(payload))
-        } else {
-            let (mut fut, deadline) = (this.fut, this.deadline);
-            let polled = caught(|| {
-                let Some(running) = fut.as_mut().as_pin_mut() else {
-                    // Polled again after it panicked: it stays failed.
-                    return Poll::Ready(Err(ResourceError::other("a step polled after it failed")));
-                };
-                match running.poll(cx) {
-                    Poll::Ready(result) => {
-                        Poll::Ready(with_unenforced(result, deadline.unenforced()))
-                    }
-                    Poll::Pending => deadline
-                        .poll_expired(cx)
-                        .map(|after| Err(ResourceError::timeout(after))),
-                }
-            });
-            match polled {
-                Ok(Poll::Pending) => return Poll::Pending,
-                Ok(Poll::Ready(result)) => result,
-                Err(payload) => {
-                    fut.set(None);
-                    Err(ResourceError::from_panic(payload))
+        let entered = this.trace.0.as_ref().map(|t| t.span.enter());
+        let (mut state, deadline) = (this.state, this.deadline);
+        let polled = caught(|| {
+            if let StateProj::Make { .. } = state.as_mut().project() {
+                // Taken before it runs: a panic in it leaves the step ended.
+                if let StateTaken::Make { make } = state.as_mut().project_replace(State::Done) {
+                    state.set(State::Run { fut: make.make() });
                 }
             }
+            let StateProj::Run { fut } = state.as_mut().project() else {
+                // Polled again after it ended or panicked: it stays failed.
+                return Poll::Ready(Err(ResourceError::other("a step polled after it ended")));
+            };
+            match fut.poll(cx) {
+                Poll::Ready(result) => Poll::Ready(with_unenforced(result, deadline.unenforced())),
+                Poll::Pending => deadline
+                    .poll_expired(cx)
+                    .map(|after| Err(ResourceError::timeout(after))),
+            }
+        });
+        let result = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(result)) => result,
+            Err(payload) => Err(ResourceError::from_panic(payload)),
         };
+        // Ended: the future is dropped now, as a plain `.await` would drop it.
+        state.set(State::Done);
         drop(entered);
-        Poll::Ready(finish(result, this.trace.as_deref(), *this.label, *this.op))
+        match (result, this.trace.0.as_deref()) {
+            // The common end reads nothing more of the step: the label was written as
+            // the step was made, and reading it back at once costs a stalled load.
+            (Ok(()), None) => Poll::Ready(Ok(())),
+            (result, trace) => Poll::Ready(finish(result, trace, this.label, *this.op)),
+        }
     }
 }
 
@@ -278,13 +333,14 @@ fn with_unenforced(
     }
 }
 
-/// The end of every step, the same code for all of them: the span's record, and the
-/// label on a failure's path.
-#[inline]
+/// The end of a step that failed or is traced, the same code for all of them: the
+/// span's record, and the label on a failure's path.
+#[cold]
+#[inline(never)]
 fn finish(
     result: Result<(), ResourceError>,
     trace: Option<&Trace>,
-    label: Label,
+    label: &Label,
     op: Operation,
 ) -> Result<(), ResourceError> {
     if let Some(trace) = trace {
@@ -292,7 +348,7 @@ fn finish(
     }
     match result {
         Ok(()) => Ok(()),
-        Err(e) => Err(e.within(&label, op)),
+        Err(e) => Err(e.within(label, op)),
     }
 }
 
