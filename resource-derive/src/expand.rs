@@ -90,11 +90,9 @@ struct Slot<'f, 'a> {
     field: &'f Field<'a>,
     /// In a variant, the local the field is bound to in a destructuring pattern.
     binding: Ident,
-    /// What the binding is bound to: `&mut self.member` in a struct, bound for the
-    /// field's step alone; in a variant, the binding itself, bound once for all steps.
-    access: TokenStream,
-    /// The field is bound by a destructuring pattern (in a variant).
-    bound: bool,
+    /// In a struct, what the binding is bound to for the field's step alone:
+    /// `&mut self.member`. `None` in a variant, whose destructuring binds it once.
+    access: Option<TokenStream>,
     /// The label in error paths, `Variant.field` in an enum.
     label: LitStr,
     /// The field's type contains the type itself.
@@ -117,20 +115,13 @@ fn slots<'f, 'a>(
                 &format!("__field{i}"),
                 field.ty_span().resolved_at(Span::mixed_site()),
             );
-            // Reached through `self` in a struct, at the derive: a value captured
-            // through `self` is reported there.
-            let access = match variant {
-                Some(_) => quote!(#binding),
-                None => {
-                    let member = &field.member;
-                    quote!(&mut self.#member)
-                }
-            };
+            // `self` at the derive: a value captured through it is reported there.
+            let member = &field.member;
+            let access = variant.is_none().then(|| quote!(&mut self.#member));
             Slot {
                 field,
                 binding,
                 access,
-                bound: variant.is_some(),
                 label: LitStr::new(&field_label(variant, field), field.span()),
                 recursive: field.attrs.boxed.is_some() || bound::mentions_self(field.ty, ident),
             }
@@ -235,15 +226,13 @@ fn step_call(
             quote!(#receiver.#method(#args move || #fut))
         }
     };
-    if slot.bound {
-        call
-    } else {
+    match &slot.access {
+        None => call,
         // A struct's field is bound for its step alone, so that the close's future
         // holds no reference a field across its awaits, and a closure takes the field,
         // not `self`, which the other steps use. The binding is spanned at the field's
         // type, where a field that is not a resource is reported.
-        let access = &slot.access;
-        quote!({ let #binding = #access; #call })
+        Some(access) => quote!({ let #binding = #access; #call }),
     }
 }
 
