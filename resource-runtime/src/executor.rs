@@ -13,7 +13,6 @@ use tokio::sync::{Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tokio_util::task::TaskTracker;
 
 use crate::AsyncResource;
 use crate::error::{ConfigError, ResourceError};
@@ -182,10 +181,12 @@ impl AsyncExecutorBuilder {
             inner: Arc::new(Exec {
                 max_concurrency: self.max_concurrency,
                 shutdown_timeout: self.shutdown_timeout,
-                permits: OwnLine(Semaphore::new(permits)),
-                tracker: TaskTracker::new(),
+                slots: OwnLine(Slots {
+                    permits: Semaphore::new(permits),
+                    tasks: Count::default(),
+                }),
                 abort: CancellationToken::new(),
-                waiters: OwnLine(Waiters::default()),
+                waiters: OwnLine(Count::default()),
                 aborted: AtomicUsize::new(0),
                 lifecycle: Mutex::new(Lifecycle::Open),
                 closing: AtomicBool::new(false),
@@ -235,16 +236,14 @@ impl std::error::Error for ExecutorError {}
 struct Exec {
     max_concurrency: usize,
     shutdown_timeout: Duration,
-    /// The slots: a task's slot is a [`Slot`], which holds this state and gives the
-    /// permit back when dropped (one reference count a task, not two). On a cache line
-    /// of its own, since every task's start and end writes it.
-    permits: OwnLine<Semaphore>,
-    tracker: TaskTracker,
+    /// The slots and the tasks running in them, on cache lines of their own: every
+    /// task's start and end writes both, and nothing else does.
+    slots: OwnLine<Slots>,
     /// Fired when the shutdown deadline passes: running tasks and slot waiters stop.
     abort: CancellationToken,
-    /// Callers waiting for a slot, counted; closed once the shutdown starts, so that
-    /// waiting for the count to reach zero can end.
-    waiters: OwnLine<Waiters>,
+    /// Callers waiting for a slot, counted from before their open check until their
+    /// task is counted in `slots.tasks`.
+    waiters: OwnLine<Count>,
     /// Tasks and waiters stopped by the deadline.
     aborted: AtomicUsize,
     lifecycle: Mutex<Lifecycle>,
@@ -408,7 +407,7 @@ impl AsyncExecutor {
 
     /// How many tasks are running now.
     pub fn in_flight(&self) -> usize {
-        self.inner.tracker.len()
+        self.inner.slots.tasks.len()
     }
 
     /// How many callers are waiting for a slot.
@@ -445,12 +444,12 @@ impl AsyncExecutor {
         // caller or this caller sees `closing`.
         let waiting = exec.waiters.enter();
         exec.check_open()?;
-        let permit = match exec.permits.try_acquire() {
+        let permit = match exec.slots.permits.try_acquire() {
             Ok(permit) => permit,
             Err(TryAcquireError::Closed) => return Err(ResourceError::closed("AsyncExecutor")),
             // The shutdown deadline closes the permits: that ends this wait too, so it
             // needs no watch on the abort token.
-            Err(TryAcquireError::NoPermits) => match exec.permits.acquire().await {
+            Err(TryAcquireError::NoPermits) => match exec.slots.permits.acquire().await {
                 Ok(permit) => permit,
                 Err(_) => {
                     exec.count_stopped_waiter();
@@ -462,6 +461,7 @@ impl AsyncExecutor {
         permit.forget();
         let slot = Slot {
             exec: self.inner.clone(),
+            task: false,
         };
         if exec.aborting.load(Ordering::Acquire) {
             exec.count_stopped_waiter();
@@ -488,13 +488,18 @@ impl AsyncExecutor {
         })
     }
 
-    fn start<F>(&self, slot: Slot, fut: F) -> TaskHandle<F::Output>
+    fn start<F>(&self, mut slot: Slot, fut: F) -> TaskHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        // The slot is the task's one reference to the executor's state.
-        let handle = self.inner.tracker.spawn(Task {
+        // Counted before it is spawned, while its caller is still counted as waiting,
+        // so that a shutdown waiting for both counts never sees neither. The slot is
+        // the task's one reference to the executor's state, and leaves the count when
+        // the task ends.
+        self.inner.slots.tasks.add();
+        slot.task = true;
+        let handle = tokio::spawn(Task {
             fut,
             aborted: None,
             started: false,
@@ -596,33 +601,56 @@ impl<T> std::ops::Deref for OwnLine<T> {
     }
 }
 
-/// The callers waiting for a slot: a count, and the shutdown's wait for it to reach
-/// zero. A plain counter rather than a `TaskTracker` token: a token clones the
-/// tracker's `Arc` for every task submitted, which the executor's hot path pays.
+/// The semaphore of the slots and the count of the tasks running in them, side by side:
+/// a task's start takes a permit and counts the task, its end gives both back, so the
+/// two share one cache line's trips between cores.
+#[derive(Debug)]
+struct Slots {
+    permits: Semaphore,
+    tasks: Count,
+}
+
+/// A count of callers waiting for a slot, or of running tasks, and the shutdown's wait
+/// for it to reach zero. A plain counter rather than a `TaskTracker`: a tracker's token
+/// clones the tracker's `Arc` for every task, which the executor's hot path would pay
+/// on top of the slot's own reference.
 ///
-/// Kept on a cache line of its own (`OwnLine`): the caller that submits writes the
-/// count twice a task, while the tasks ending on other threads write the semaphore,
-/// and sharing a line made each of those writes move it between cores.
+/// The waiters' count is kept on a cache line of its own (`OwnLine`): the caller that
+/// submits writes it twice a task, while the tasks ending on other threads write the
+/// slots, and sharing a line made each of those writes move it between cores.
 #[derive(Debug, Default)]
-struct Waiters {
+struct Count {
     count: AtomicUsize,
     /// Set once the shutdown waits for the count to reach zero.
     closed: AtomicBool,
     empty: tokio::sync::Notify,
 }
 
-impl Waiters {
-    fn enter(&self) -> Waiting<'_> {
+impl Count {
+    fn enter(&self) -> Counted<'_> {
+        self.add();
+        Counted(self)
+    }
+
+    /// One more in the count, which `leave` takes back.
+    fn add(&self) {
         self.count.fetch_add(1, Ordering::SeqCst);
-        Waiting(self)
+    }
+
+    /// One leaves the count; the last one wakes the shutdown's wait, if it waits.
+    fn leave(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 && self.closed.load(Ordering::SeqCst) {
+            self.empty.notify_waiters();
+        }
     }
 
     fn len(&self) -> usize {
         self.count.load(Ordering::SeqCst)
     }
 
-    /// Stops waiting for new callers (nobody new can start waiting once the executor
-    /// is closing) and returns when the count is zero.
+    /// Returns when the count is zero, and from then on every last one to leave wakes
+    /// such a wait. The shutdown calls it once nothing new can be counted: no new
+    /// caller once the executor is closing, no new task once no caller waits.
     async fn wait(&self) {
         self.closed.store(true, Ordering::SeqCst);
         loop {
@@ -640,27 +668,29 @@ impl Waiters {
 }
 
 /// One caller counted as waiting for a slot, until it is dropped.
-struct Waiting<'a>(&'a Waiters);
+struct Counted<'a>(&'a Count);
 
-impl Drop for Waiting<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        let waiters = self.0;
-        if waiters.count.fetch_sub(1, Ordering::SeqCst) == 1
-            && waiters.closed.load(Ordering::SeqCst)
-        {
-            waiters.empty.notify_waiters();
-        }
+        self.0.leave();
     }
 }
 
-/// A slot of the executor: a permit of its semaphore, given back when dropped.
+/// A slot of the executor: a permit of its semaphore, given back when dropped, and once
+/// a task runs in it (`task`), that task's place in the count of running tasks.
 struct Slot {
     exec: Arc<Exec>,
+    task: bool,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.exec.permits.add_permits(1);
+        let slots = &self.exec.slots;
+        // The permit first: once the shutdown sees no task, every permit is back.
+        slots.permits.add_permits(1);
+        if self.task {
+            slots.tasks.leave();
+        }
     }
 }
 
@@ -668,7 +698,7 @@ impl Drop for Slot {
 pub(crate) struct Reserved<'a> {
     executor: &'a AsyncExecutor,
     slot: Slot,
-    _waiting: Waiting<'a>,
+    _waiting: Counted<'a>,
     /// The fleet permit, moved into the task and released when it ends.
     #[cfg(feature = "redis")]
     lease: Option<Lease>,
@@ -775,8 +805,7 @@ impl Exec {
         let drain = async {
             // Callers already waiting for a slot still run.
             self.no_waiters().await;
-            self.tracker.close();
-            self.tracker.wait().await;
+            self.slots.tasks.wait().await;
         };
         let drained = if self.shutdown_timeout.is_zero() {
             DeadlineOutcome::Expired
@@ -816,7 +845,7 @@ impl Exec {
     async fn abort_the_rest(&self) {
         self.aborting.store(true, Ordering::Release);
         self.abort.cancel();
-        self.permits.close();
+        self.slots.permits.close();
         // Callers waiting for a slot wake, count themselves and leave. One whose
         // future nobody polls would hold the close forever, so after a short grace
         // the ones still there are counted here instead, once.
@@ -825,13 +854,12 @@ impl Exec {
             self.aborted
                 .fetch_add(self.waiters.len(), Ordering::Relaxed);
         }
-        self.tracker.close();
-        self.tracker.wait().await;
+        self.slots.tasks.wait().await;
     }
 
     /// Marks the executor closed (once) and returns how many were aborted.
     fn finish_shutdown(&self) -> usize {
-        self.permits.close();
+        self.slots.permits.close();
         let mut lifecycle = self.lifecycle();
         match *lifecycle {
             Lifecycle::Closed { aborted } => aborted,

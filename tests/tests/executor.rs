@@ -648,6 +648,64 @@ async fn close_counts_every_aborted_waiter_on_many_threads() {
     }
 }
 
+/// Submissions racing a close on many threads: every one either fails as closed or
+/// runs its task to the end before the close returns, so no task runs after it and
+/// nothing is left counted. A shutdown that missed a caller between its open check and
+/// its task's start would let that task run after the close returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_racing_submissions_on_many_threads_waits_for_every_task_it_let_in() {
+    let mut total = 0;
+    for round in 0..50 {
+        let exec = AsyncExecutor::new(4).unwrap();
+        let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ran, late) = (counter(), counter());
+        let mut producers = Vec::new();
+        for _ in 0..4 {
+            let (exec, closed, ran, late) =
+                (exec.clone(), closed.clone(), ran.clone(), late.clone());
+            producers.push(tokio::spawn(async move {
+                let mut refused = 0;
+                loop {
+                    let (closed, ran, late) = (closed.clone(), ran.clone(), late.clone());
+                    let task = async move {
+                        tokio::task::yield_now().await;
+                        if closed.load(Ordering::SeqCst) {
+                            late.fetch_add(1, Ordering::SeqCst);
+                        }
+                        ran.fetch_add(1, Ordering::SeqCst);
+                    };
+                    match exec.spawn(task).await {
+                        Ok(handle) => drop(handle),
+                        Err(e) => {
+                            assert!(e.is_closed(), "{e}");
+                            refused += 1;
+                            if refused == 3 {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        // Let the producers get going, then close while they submit.
+        tokio::task::yield_now().await;
+        exec.close().await.unwrap();
+        closed.store(true, Ordering::SeqCst);
+        assert_eq!(exec.in_flight(), 0, "round {round}");
+        assert_eq!(exec.waiting(), 0, "round {round}");
+        for producer in producers {
+            producer.await.unwrap();
+        }
+        assert_eq!(
+            get(&late),
+            0,
+            "round {round}: a task ran after the close returned"
+        );
+        total += get(&ran);
+    }
+    assert!(total > 0, "no task ran: the race was never run");
+}
+
 /// A close cut short on a runtime that then went away: the next close, on another
 /// runtime, finishes the shutdown instead of waiting for a task that no longer exists.
 #[test]
