@@ -200,8 +200,9 @@ fn maybe_boxed(krate: &Path, slot: &Slot<'_, '_>, fut: TokenStream) -> TokenStre
 /// The call of a runtime step helper for one field: through the field's own impl,
 /// `receiver.method(args.., __private::resource(field))`, generic over the field's type
 /// alone so that fields of one type share every instantiation (`method_boxed` when the
-/// future must be boxed), or, for a user function, `method_with(args.., move ||
-/// future)`.
+/// future must be boxed), or, for a user function, `method_fn(args.., |field| future,
+/// field)`: a closure without captures, seen as a function pointer, so that the step is
+/// generic over the field's and the future's types alone and shared as well.
 fn step_call(
     krate: &Path,
     slot: &Slot<'_, '_>,
@@ -222,8 +223,8 @@ fn step_call(
         }
         Some(path) => {
             let fut = maybe_boxed(krate, slot, user_call(krate, path, quote!(#binding)));
-            let method = format_ident!("{method}_with");
-            quote!(#receiver.#method(#args move || #fut))
+            let method = format_ident!("{method}_fn");
+            quote!(#receiver.#method(#args |#binding| #fut, #binding))
         }
     };
     match &slot.access {

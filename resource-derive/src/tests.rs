@@ -277,12 +277,12 @@ impl Walk {
     }
 
     /// Every step `receiver.method(...)`, `receiver.method_boxed(...)` and
-    /// `receiver.method_with(...)`, with its place in the walk.
+    /// `receiver.method_fn(...)`, with its place in the walk.
     fn step_calls(&self, receiver: &str, method: &str) -> Vec<(usize, &ExprMethodCall)> {
         let family = [
             method.to_owned(),
             format!("{method}_boxed"),
-            format!("{method}_with"),
+            format!("{method}_fn"),
         ];
         self.nodes
             .iter()
@@ -300,7 +300,7 @@ impl Walk {
     }
 
     /// The steps run through `receiver.method(label, [deadline,] field)` and its
-    /// `_boxed` and `_with` (a `move ||` closure for the field) forms.
+    /// `_boxed` and `_fn` (a closure of the field, and the field) forms.
     fn steps(&self, receiver: &str, method: &str) -> Vec<Step> {
         self.step_calls(receiver, method)
             .into_iter()
@@ -729,6 +729,7 @@ impl Fut {
     }
 }
 
+/// A hook's `move || future`.
 fn future(expr: &Expr) -> Fut {
     let Expr::Closure(closure) = peel(expr) else {
         panic!("a step takes a closure, found {}", expr.to_token_stream());
@@ -738,6 +739,42 @@ fn future(expr: &Expr) -> Fut {
         "not a `move ||` closure: {}",
         closure.to_token_stream()
     );
+    closure_future(closure)
+}
+
+/// A user function's step: `|binding| future, binding`, a closure without captures that
+/// takes the field it is given. The future's argument is the binding given, which a
+/// struct's step binds just before it.
+fn user_fn(closure: &Expr, field: &Expr) -> Fut {
+    let Expr::Closure(closure) = peel(closure) else {
+        panic!(
+            "a user step takes a closure, found {}",
+            closure.to_token_stream()
+        );
+    };
+    let field = ident_of(field).expect("a user step gives its closure a binding");
+    let param = match closure.inputs.iter().collect::<Vec<_>>()[..] {
+        [Pat::Ident(param)] => param.ident.to_string(),
+        _ => panic!(
+            "not a closure of one binding: {}",
+            closure.to_token_stream()
+        ),
+    };
+    assert!(
+        closure.capture.is_none() && closure.asyncness.is_none() && param == field,
+        "not `|{field}| future`: {}",
+        closure.to_token_stream()
+    );
+    let fut = closure_future(closure);
+    assert_eq!(
+        fut.arg, param,
+        "the closure's future takes its own parameter"
+    );
+    fut
+}
+
+/// The future a step's closure makes.
+fn closure_future(closure: &syn::ExprClosure) -> Fut {
     let (boxed, body) = match peel(&closure.body) {
         Expr::Call(call) if calls_path(call, &format!("{RT}::__private::boxed")) => {
             (true, only_arg(&call.args))
@@ -853,16 +890,29 @@ fn timed(label: &str, deadline: Deadline, fut: Fut) -> Step {
 
 /// `receiver.method(label, [deadline,] field)`, the field entered (`__enter.field`)
 /// or closed through its own impl; `method_boxed(...)` with the future boxed;
-/// `method_with(label, [deadline,] move || future)` for a user function; or a hook.
+/// `method_fn(label, [deadline,] |binding| future, binding)` for a user function; or a
+/// hook.
 fn parse_step(call: &ExprMethodCall) -> Step {
     let args: Vec<&Expr> = call.args.iter().collect();
+    let method = call.method.to_string();
+    if method.ends_with("_fn") {
+        let (label, deadline, closure, field) = match args[..] {
+            [label, closure, field] => (label, None, closure, field),
+            [label, limit, closure, field] => (label, Some(deadline(limit)), closure, field),
+            _ => panic!("not a step: {}", call.to_token_stream()),
+        };
+        return Step {
+            label: label_of(label),
+            deadline,
+            fut: user_fn(closure, field),
+        };
+    }
     let (label, deadline, last) = match args[..] {
         [label, last] => (label, None, last),
         [label, limit, last] => (label, Some(deadline(limit)), last),
         _ => panic!("not a step: {}", call.to_token_stream()),
     };
-    let method = call.method.to_string();
-    let fut = if method == "hook" || method.ends_with("_with") {
+    let fut = if method == "hook" {
         future(last)
     } else {
         // `__private::resource(binding)`.
