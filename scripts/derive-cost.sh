@@ -38,17 +38,16 @@
 # The table is printed and written to target/bench-results/derive_cost.json (row ->
 # {ours, peer, ratio_median, ratio_min, ratio_max, rounds, unit, target, ...}).
 #
-# On this 2-core machine, shared with other builds, one round of 200 structs took
-# about 3 min in debug (derived 95 s, pasted 81 s, hand 14 s) and 5 min in release, so
-# the default is 32 structs: 15 rounds of each in 11 to 15 minutes. The build time grows
-# faster than the number of structs, and the ratio with it (one round of 200 structs:
-# 6.6 in debug, 4.3 in release; 32 structs: about 3 and 2), so the default understates
-# what a large crate pays. The figures also move with the machine's load: the derived
-# crate, the larger one, loses more when the cores are busy.
+# On this 2-core machine, shared with other builds, a round of 200 structs takes about
+# 30 s in debug (the three crates together) and 90 s in release, so the default is 32
+# structs: 15 rounds of each in about 7 minutes. At 200 structs the release ratio is
+# higher than at 32 (1.19 against 1.07 in the last runs), so the default understates
+# what a large crate pays in release. The figures also move with the machine's load:
+# the derived crate, the larger one, loses more when the cores are busy.
 #
 #   scripts/derive-cost.sh              # 32 structs, 15 debug and 15 release rounds
 #   scripts/derive-cost.sh --quick      # 5 rounds of each
-#   scripts/derive-cost.sh --structs 200 --rounds 9 --release-rounds 9   # about 80 min
+#   scripts/derive-cost.sh --structs 200 --rounds 7 --release-rounds 7   # about 30 min
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
