@@ -47,7 +47,8 @@
 #
 #   scripts/derive-cost.sh              # 32 structs, 15 debug and 15 release rounds
 #   scripts/derive-cost.sh --quick      # 5 rounds of each
-#   scripts/derive-cost.sh --structs 200 --rounds 7 --release-rounds 7   # about 30 min
+#   scripts/derive-cost.sh --structs 200 --rounds 7 --release-rounds 7   # about 30 min:
+#       14 of timed rounds, the rest the untimed builds of the three crates and the expansion
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 

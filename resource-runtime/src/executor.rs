@@ -439,7 +439,7 @@ impl AsyncExecutor {
     /// started in it.
     pub(crate) async fn reserve(&self) -> Result<Reserved<'_>, ResourceError> {
         let exec = &*self.inner;
-        // Counted as waiting before the open check and until its task is tracked: a
+        // Counted as waiting before the open check and until its task is counted: a
         // shutdown sets `closing` and then looks at the count, so either it sees this
         // caller or this caller sees `closing`.
         let waiting = exec.waiters.enter();
@@ -650,7 +650,11 @@ impl Count {
 
     /// Returns when the count is zero, and from then on every last one to leave wakes
     /// such a wait. The shutdown calls it once nothing new can be counted: no new
-    /// caller once the executor is closing, no new task once no caller waits.
+    /// caller once the executor is closing, no new task once no caller waits. Past the
+    /// deadline a caller that nobody polls may still wait when the shutdown moves on to
+    /// the tasks: should it start a task later, that task ends at its first poll
+    /// without running its future (`aborting`), as a task that started after the
+    /// deadline always does.
     async fn wait(&self) {
         self.closed.store(true, Ordering::SeqCst);
         loop {
@@ -731,7 +735,7 @@ impl Reserved<'_> {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        // `_waiting` leaves the count only once the task is tracked.
+        // `_waiting` leaves the count only once the task is counted in `slots.tasks`.
         #[cfg(feature = "redis")]
         if let Some(lease) = self.lease {
             return self.executor.start(self.slot, async move {

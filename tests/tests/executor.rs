@@ -649,33 +649,35 @@ async fn close_counts_every_aborted_waiter_on_many_threads() {
 }
 
 /// Submissions racing a close on many threads: every one either fails as closed or
-/// runs its task to the end before the close returns, so no task runs after it and
-/// nothing is left counted. A shutdown that missed a caller between its open check and
-/// its task's start would let that task run after the close returned.
+/// runs its task to the end before the close returns. No task starts or ends after the
+/// close returned, every task let in ran, and nothing is left counted. Each task sleeps
+/// a millisecond, so one the shutdown did not wait for is still running when the close
+/// returns. (The same order without a race, callers waiting for a slot when the close
+/// starts: `close_lets_callers_waiting_for_a_slot_run_before_the_deadline`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_racing_submissions_on_many_threads_waits_for_every_task_it_let_in() {
     let mut total = 0;
     for round in 0..50 {
         let exec = AsyncExecutor::new(4).unwrap();
-        let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (ran, late) = (counter(), counter());
+        let (accepted, started, ran) = (counter(), counter(), counter());
         let mut producers = Vec::new();
         for _ in 0..4 {
-            let (exec, closed, ran, late) =
-                (exec.clone(), closed.clone(), ran.clone(), late.clone());
+            let (exec, accepted, started, ran) =
+                (exec.clone(), accepted.clone(), started.clone(), ran.clone());
             producers.push(tokio::spawn(async move {
                 let mut refused = 0;
                 loop {
-                    let (closed, ran, late) = (closed.clone(), ran.clone(), late.clone());
+                    let (started, ran) = (started.clone(), ran.clone());
                     let task = async move {
-                        tokio::task::yield_now().await;
-                        if closed.load(Ordering::SeqCst) {
-                            late.fetch_add(1, Ordering::SeqCst);
-                        }
+                        started.fetch_add(1, Ordering::SeqCst);
+                        sleep(ms(1)).await;
                         ran.fetch_add(1, Ordering::SeqCst);
                     };
                     match exec.spawn(task).await {
-                        Ok(handle) => drop(handle),
+                        Ok(handle) => {
+                            accepted.fetch_add(1, Ordering::SeqCst);
+                            drop(handle);
+                        }
                         Err(e) => {
                             assert!(e.is_closed(), "{e}");
                             refused += 1;
@@ -690,16 +692,21 @@ async fn a_close_racing_submissions_on_many_threads_waits_for_every_task_it_let_
         // Let the producers get going, then close while they submit.
         tokio::task::yield_now().await;
         exec.close().await.unwrap();
-        closed.store(true, Ordering::SeqCst);
+        let (started_at_close, ran_at_close) = (get(&started), get(&ran));
         assert_eq!(exec.in_flight(), 0, "round {round}");
-        assert_eq!(exec.waiting(), 0, "round {round}");
         for producer in producers {
             producer.await.unwrap();
         }
+        assert_eq!(exec.waiting(), 0, "round {round}");
         assert_eq!(
-            get(&late),
-            0,
-            "round {round}: a task ran after the close returned"
+            (get(&started), get(&ran)),
+            (started_at_close, ran_at_close),
+            "round {round}: a task started or ran on after the close returned"
+        );
+        assert_eq!(
+            get(&ran),
+            get(&accepted),
+            "round {round}: a task let in did not run to its end"
         );
         total += get(&ran);
     }
