@@ -260,6 +260,43 @@ async fn close_past_the_deadline_aborts_running_tasks_and_wakes_limiter_waiters(
 }
 
 /// Generic code written against the protocol alone.
+/// The executor's own close (the limiter stays open) waits for a caller that holds its
+/// slot while it waits for its tokens: that caller is counted as waiting until its task
+/// is counted as running, so the shutdown lets it in and does not return before its
+/// task ran.
+#[tokio::test(start_paused = true)]
+async fn closing_the_executor_waits_for_a_caller_between_its_slot_and_its_task() {
+    let executor = ten_per_second(1);
+    // The burst's one token goes to this call; the next caller waits 100 ms for its own.
+    executor.execute(async {}).await.unwrap();
+    let ran = counter();
+    let caller = {
+        let (executor, ran) = (executor.clone(), ran.clone());
+        tokio::spawn(async move {
+            executor
+                .execute(async move {
+                    sleep(ms(50)).await;
+                    ran.fetch_add(1, Ordering::SeqCst);
+                })
+                .await
+        })
+    };
+    // The caller takes the one slot and waits for its token in it.
+    tokio::task::yield_now().await;
+    assert_eq!(executor.executor().waiting(), 1);
+    let start = Instant::now();
+    executor.executor().close().await.unwrap();
+    assert_eq!(
+        get(&ran),
+        1,
+        "the close returned before the caller's task ran"
+    );
+    // 100 ms for the token, then 50 ms of the task.
+    assert_eq!(start.elapsed(), ms(150));
+    caller.await.unwrap().unwrap();
+    assert!(executor.execute(async {}).await.unwrap_err().is_closed());
+}
+
 async fn run_three<E: Executor>(executor: &E) -> Result<Vec<Instant>, ResourceError> {
     let mut at = Vec::new();
     for _ in 0..3 {
