@@ -32,6 +32,10 @@
 //!   case for the derive, since the plain close of such a field is a few stores. Each
 //!   side reopens and closes one struct over and over (the reopen, 16 stores, is timed
 //!   on both sides). The same three figures, reported.
+//! - `sequential_16_fn_vs_impl`: the same 16 fields closed by `close = close_leaf`, a
+//!   function that awaits the field's own close, against closed through their impl,
+//!   both derived: what a user function's step (a function pointer, its result
+//!   converted) costs over the field's own. Reported.
 //! - `sleep_1ms_x16`: 16 fields whose close sleeps 1 ms, closed as one concurrent
 //!   group against the same 16 closed one after another, on a current-thread tokio
 //!   runtime, `SLOW_CLOSES` closes a side a round. Each side is a rate (closes a
@@ -81,6 +85,12 @@ impl AsyncResource for Leaf {
         self.closes += 1;
         Ok(())
     }
+}
+
+/// `Leaf`'s close as a function of the crate's own, for `close = close_leaf`: the same
+/// work through a user function's step.
+async fn close_leaf(leaf: &mut Leaf) -> Result<(), ResourceError> {
+    leaf.close().await
 }
 
 /// A struct of 16 fields of one type.
@@ -200,6 +210,7 @@ where
 }
 
 sixteen!(#[derive(AsyncResource)] DerivedLeaves, Leaf, #[resource]);
+sixteen!(#[derive(AsyncResource)] DerivedLeafFns, Leaf, #[resource(close = close_leaf)]);
 sixteen!(HandLeaves, Leaf);
 by_hand!(HandLeaves);
 
@@ -390,8 +401,11 @@ fn smoke() {
     reopen_close(&mut hand, &|s: &mut HandLeaves| {
         poll_once(s.close_guarded())
     });
+    let mut fns = DerivedLeafFns::default();
+    reopen_close(&mut fns, &|s: &mut DerivedLeafFns| poll_once(s.close()));
     assert_eq!(leaf_count(&mut derived), 1);
     assert_eq!(leaf_count(&mut hand), 2);
+    assert_eq!(leaf_count(&mut fns), 1);
     token_closes::<DerivedTokens, _>(1, 2, |s| poll_once(s.close()));
     token_closes::<HandTokens, _>(1, 2, |s| poll_once(s.close()));
     token_closes::<HandTokens, _>(1, 2, |s| poll_once(s.close_guarded()));
@@ -464,6 +478,26 @@ fn main() {
     assert_eq!(leaf_count(&mut derived), calls(derived_calls, 2));
     assert_eq!(leaf_count(&mut guarded), calls(guarded_calls, 1));
     assert_eq!(leaf_count(&mut plain), calls(plain_calls, 1));
+
+    let fn_close = |s: &mut DerivedLeafFns| poll_once(s.close());
+    let mut fns = DerivedLeafFns::default();
+    let fn_calls = calibrate(|| reopen_close(&mut fns, &fn_close));
+    let impl_calls = calibrate(|| reopen_close(&mut derived, &derived_close));
+    results.paired(
+        "sequential_16_fn_vs_impl",
+        "the same fields closed through their impl, derived",
+        "ns/close",
+        Target::Report,
+        paired(
+            FAST_ROUNDS,
+            || leaf_closes(SLICES, fn_calls, &mut fns, &fn_close),
+            || leaf_closes(SLICES, impl_calls, &mut derived, &derived_close),
+        ),
+    );
+    assert_eq!(
+        leaf_count(&mut fns),
+        5_000 + (FAST_ROUNDS * SLICES) as u64 * fn_calls
+    );
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
