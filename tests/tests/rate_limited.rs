@@ -6,7 +6,7 @@
 //!
 //! Time is tokio's paused clock: durations are virtual and exact.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use resource_runtime::{
     limiter::RateLimiter,
 };
 use resource_tests::{Gauge, Log, Probe, at_once, counter, get};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep};
 
 fn ms(n: u64) -> Duration {
@@ -65,6 +65,23 @@ async fn start_many(
     starts.sort();
     assert_eq!(starts.len(), n);
     starts
+}
+
+/// Starts a caller whose task sleeps for `work`, then counts one in `done`.
+fn spawn_counted(
+    executor: &RateLimitedExecutor,
+    work: Duration,
+    done: &Arc<AtomicUsize>,
+) -> JoinHandle<Result<(), ResourceError>> {
+    let (executor, done) = (executor.clone(), done.clone());
+    tokio::spawn(async move {
+        executor
+            .execute(async move {
+                sleep(work).await;
+                done.fetch_add(1, Ordering::SeqCst);
+            })
+            .await
+    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -223,17 +240,7 @@ async fn close_past_the_deadline_aborts_running_tasks_and_wakes_limiter_waiters(
             .unwrap(),
     );
     let woke = counter();
-    let running = {
-        let (executor, woke) = (executor.clone(), woke.clone());
-        tokio::spawn(async move {
-            executor
-                .execute(async move {
-                    sleep(HOUR).await;
-                    woke.fetch_add(1, Ordering::SeqCst);
-                })
-                .await
-        })
-    };
+    let running = spawn_counted(&executor, HOUR, &woke);
     sleep(ms(1)).await;
     let waiter = {
         let executor = executor.clone();
@@ -270,17 +277,7 @@ async fn closing_the_executor_waits_for_a_caller_between_its_slot_and_its_task()
     // The burst's one token goes to this call; the next caller waits 100 ms for its own.
     executor.execute(async {}).await.unwrap();
     let ran = counter();
-    let caller = {
-        let (executor, ran) = (executor.clone(), ran.clone());
-        tokio::spawn(async move {
-            executor
-                .execute(async move {
-                    sleep(ms(50)).await;
-                    ran.fetch_add(1, Ordering::SeqCst);
-                })
-                .await
-        })
-    };
+    let caller = spawn_counted(&executor, ms(50), &ran);
     // The caller takes the one slot and waits for its token in it.
     tokio::task::yield_now().await;
     assert_eq!(executor.executor().waiting(), 1);
@@ -355,17 +352,7 @@ async fn a_field_of_a_derived_resource_closes_with_it() {
     // A handle kept elsewhere: one task running, one caller waiting on the limiter.
     let handle = provider.executor.clone();
     let done = counter();
-    let running = {
-        let (handle, done) = (handle.clone(), done.clone());
-        tokio::spawn(async move {
-            handle
-                .execute(async move {
-                    sleep(ms(300)).await;
-                    done.fetch_add(1, Ordering::SeqCst);
-                })
-                .await
-        })
-    };
+    let running = spawn_counted(&handle, ms(300), &done);
     sleep(ms(150)).await; // the running task got the token of 100 ms
     // The next token comes at 200 ms: this caller waits on the limiter.
     let waiter = {
