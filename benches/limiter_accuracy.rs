@@ -18,6 +18,9 @@
 //!
 //! The limiters, configured for `rate` per second with `burst`:
 //! - `resource_runtime`: `RateLimiter::builder(rate, 1 s).burst(burst).build().unwrap()`, `acquire(1)`.
+//! - `resource_runtime_quanta`: the same on the CPU's counter
+//!   (`.clock(LimiterClock::Quanta)`, entered first so that it is calibrated): the
+//!   schedule reads the counter, each waiter sleeps on tokio's timer.
 //! - `governor` 0.10: `RateLimiter::direct(Quota::with_period(1 s / rate).allow_burst(burst))`
 //!   (the default `QuantaClock`), `until_ready()`: no jitter. It sleeps on
 //!   `futures-timer`'s own timer thread, not on tokio's timer.
@@ -34,21 +37,28 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use resource_runtime::limiter::RateLimiter;
+use resource_runtime::limiter::{LimiterClock, RateLimiter};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     ResourceRuntime,
+    ResourceRuntimeQuanta,
     Governor,
     LeakyBucket,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::ResourceRuntime, Kind::Governor, Kind::LeakyBucket];
+    const ALL: [Kind; 4] = [
+        Kind::ResourceRuntime,
+        Kind::ResourceRuntimeQuanta,
+        Kind::Governor,
+        Kind::LeakyBucket,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Kind::ResourceRuntime => "resource_runtime",
+            Kind::ResourceRuntimeQuanta => "resource_runtime_quanta",
             Kind::Governor => "governor",
             Kind::LeakyBucket => "leaky_bucket",
         }
@@ -64,15 +74,22 @@ enum Limiter {
 }
 
 impl Limiter {
-    fn new(kind: Kind, rate: u32, burst: u32) -> Self {
+    async fn new(kind: Kind, rate: u32, burst: u32) -> Self {
         let interval = Duration::from_secs(1) / rate;
+        let ours = |clock| {
+            RateLimiter::builder(rate, Duration::from_secs(1))
+                .burst(burst)
+                .clock(clock)
+                .build()
+                .unwrap()
+        };
         match kind {
-            Kind::ResourceRuntime => Limiter::Ours(
-                RateLimiter::builder(rate, Duration::from_secs(1))
-                    .burst(burst)
-                    .build()
-                    .unwrap(),
-            ),
+            Kind::ResourceRuntime => Limiter::Ours(ours(LimiterClock::Tokio)),
+            Kind::ResourceRuntimeQuanta => {
+                let limiter = ours(LimiterClock::Quanta);
+                limiter.enter().await.expect("a local limiter enters");
+                Limiter::Ours(limiter)
+            }
             Kind::Governor => {
                 let burst = NonZeroU32::new(burst).expect("a burst of at least 1");
                 let quota = governor::Quota::with_period(interval)
@@ -140,7 +157,7 @@ fn jain(counts: &[u64]) -> f64 {
 }
 
 async fn run(kind: Kind, rate: u32, burst: u32, waiters: usize, timing: Timing) -> Row {
-    let limiter = Limiter::new(kind, rate, burst);
+    let limiter = Limiter::new(kind, rate, burst).await;
     let counts: Arc<Vec<AtomicU64>> = Arc::new((0..waiters).map(|_| AtomicU64::new(0)).collect());
     let tasks: Vec<_> = (0..waiters)
         .map(|i| {
@@ -184,7 +201,7 @@ async fn run(kind: Kind, rate: u32, burst: u32, waiters: usize, timing: Timing) 
 
 fn print_row(row: &Row) {
     println!(
-        "{:<17} {:>5} {:>5} {:>7} {:>10.1} {:>8.3} {:>7.3} {:>13}  {}",
+        "{:<23} {:>5} {:>5} {:>7} {:>10.1} {:>8.3} {:>7.3} {:>13}  {}",
         row.kind.name(),
         row.rate,
         row.burst,
@@ -245,7 +262,7 @@ fn main() {
         if as_test { " (test mode)" } else { "" },
     );
     println!(
-        "{:<17} {:>5} {:>5} {:>7} {:>10} {:>8} {:>7} {:>13}  meets",
+        "{:<23} {:>5} {:>5} {:>7} {:>10} {:>8} {:>7} {:>13}  meets",
         "limiter", "rate", "burst", "waiters", "achieved/s", "ratio", "jain", "per waiter"
     );
     let mut rows = Vec::new();
@@ -271,7 +288,7 @@ fn main() {
             .map(|r| format!("{}/s b{} w{}", r.rate, r.burst, r.waiters))
             .collect();
         println!(
-            "  {:<17} {met}/{} met{}",
+            "  {:<23} {met}/{} met{}",
             kind.name(),
             mine.len(),
             if missed.is_empty() {

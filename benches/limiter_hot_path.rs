@@ -19,10 +19,15 @@
 //!   over the calls of both. Against governor 0.10's `RateLimiter::direct` (a
 //!   compare-and-swap loop on one `AtomicU64`, read on `quanta`'s TSC clock), which
 //!   keeps no waiters: ours keeps them in FIFO order, and takes its lock only while
-//!   someone waits.
-//! - report rows: governor on one thread; leaky-bucket 1.1 (fair, the default, which
-//!   locks on every call); tokio's `Semaphore::try_acquire`, not a rate limiter but the
-//!   floor of "one atomic admission decision".
+//!   someone waits. The target rows build ours on the same clock
+//!   (`LimiterClock::Quanta`, calibrated before the rounds start), so that the ratio is
+//!   the limiter's and not the clock's; the rows on tokio's clock, the default, are
+//!   reported beside them.
+//! - report rows: governor on one thread, against ours on either clock; leaky-bucket
+//!   1.1 (fair, the default, which locks on every call); tokio's
+//!   `Semaphore::try_acquire`, not a rate limiter but the floor of "one atomic
+//!   admission decision"; and the counter's calibration, from the first limiter built
+//!   on it to the return of its `enter`.
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
@@ -32,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use governor::{Quota, RateLimiter as Governor};
 use resource_benches::{ROUNDS, Results, Target, ns_per_call, paired, selected};
-use resource_runtime::limiter::RateLimiter;
+use resource_runtime::limiter::{LimiterClock, RateLimiter};
 use tokio::sync::Semaphore;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -42,18 +47,36 @@ const CALLS: u64 = 1_000_000;
 const CALLS_2T: u64 = 500_000;
 
 /// Ours: one token a nanosecond, never runs out.
-fn ours_open() -> RateLimiter {
-    RateLimiter::builder(1_000_000_000, Duration::from_secs(1))
+fn ours_open(clock: LimiterClock) -> RateLimiter {
+    let limiter = RateLimiter::builder(1_000_000_000, Duration::from_secs(1))
         .burst(u32::MAX)
+        .clock(clock)
         .build()
-        .unwrap()
+        .unwrap();
+    on_its_clock(&limiter);
+    limiter
 }
 
 /// Ours: one token an hour, already taken.
-fn ours_drained() -> RateLimiter {
-    let limiter = RateLimiter::builder(1, HOUR).burst(1).build().unwrap();
+fn ours_drained(clock: LimiterClock) -> RateLimiter {
+    let limiter = RateLimiter::builder(1, HOUR)
+        .burst(1)
+        .clock(clock)
+        .build()
+        .unwrap();
+    on_its_clock(&limiter);
     assert!(limiter.try_acquire(1).expect("a valid limiter"));
     limiter
+}
+
+/// Waits until the limiter reads the clock it was built with (the counter's
+/// calibration, once a process), so that no round measures tokio's clock in its place.
+fn on_its_clock(limiter: &RateLimiter) {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime")
+        .block_on(limiter.enter())
+        .expect("a local limiter enters");
 }
 
 type Direct = governor::DefaultDirectRateLimiter;
@@ -124,22 +147,47 @@ fn two_threads(expect: bool, op: impl Fn() -> bool + Sync) -> f64 {
 fn main() {
     if !selected("limiter_hot_path") {
         // `cargo test --benches`: one short pass over every operation.
-        assert!(ours_open().try_acquire(1).unwrap());
-        assert!(!ours_drained().try_acquire(1).unwrap());
+        for clock in [LimiterClock::Tokio, LimiterClock::Quanta] {
+            assert!(ours_open(clock).try_acquire(1).unwrap());
+            assert!(!ours_drained(clock).try_acquire(1).unwrap());
+        }
         return;
     }
     let mut results = Results::new("limiter_hot_path");
+    // The counter's calibration, once a process: from the first limiter built on it
+    // until its `enter` returns (the calibrating thread is done).
+    let start = Instant::now();
+    ours_open(LimiterClock::Quanta);
+    results.figure(
+        "quanta_calibration_ms",
+        "ms, once a process, off the runtime's workers",
+        start.elapsed().as_secs_f64() * 1e3,
+    );
     let clock = || {
         black_box(tokio::time::Instant::now());
         true
     };
     let ns = "ns/call";
 
-    for (case, expect, ours, governor) in [
-        ("pass", true, ours_open(), governor_open()),
-        ("reject", false, ours_drained(), governor_drained()),
+    let (tokio_clock, counter) = (LimiterClock::Tokio, LimiterClock::Quanta);
+    for (case, expect, ours, ours_counter, governor) in [
+        (
+            "pass",
+            true,
+            ours_open(tokio_clock),
+            ours_open(counter),
+            governor_open(),
+        ),
+        (
+            "reject",
+            false,
+            ours_drained(tokio_clock),
+            ours_drained(counter),
+            governor_drained(),
+        ),
     ] {
         let ours_op = || ours.try_acquire(1).expect("a valid limiter");
+        let counter_op = || ours_counter.try_acquire(1).expect("a valid limiter");
         let governor_op = || governor.check().is_ok();
         results.paired(
             &format!("try_acquire_{case}_1t_vs_clock"),
@@ -154,9 +202,20 @@ fn main() {
         );
         results.paired(
             &format!("try_acquire_{case}_2t_vs_governor"),
-            "governor check(), 2 threads",
+            "governor check(), 2 threads (both on quanta's clock)",
             ns,
             Target::AtMost(1.5),
+            paired(
+                ROUNDS,
+                || two_threads(expect, counter_op),
+                || two_threads(expect, governor_op),
+            ),
+        );
+        results.paired(
+            &format!("try_acquire_{case}_2t_tokio_clock_vs_governor"),
+            "governor check(), 2 threads (ours on tokio's clock)",
+            ns,
+            Target::Report,
             paired(
                 ROUNDS,
                 || two_threads(expect, ours_op),
@@ -165,7 +224,18 @@ fn main() {
         );
         results.paired(
             &format!("try_acquire_{case}_1t_vs_governor"),
-            "governor check()",
+            "governor check() (both on quanta's clock)",
+            ns,
+            Target::Report,
+            paired(
+                ROUNDS,
+                || one_thread(expect, counter_op),
+                || one_thread(expect, governor_op),
+            ),
+        );
+        results.paired(
+            &format!("try_acquire_{case}_1t_tokio_clock_vs_governor"),
+            "governor check() (ours on tokio's clock)",
             ns,
             Target::Report,
             paired(
@@ -174,10 +244,21 @@ fn main() {
                 || one_thread(expect, governor_op),
             ),
         );
+        results.paired(
+            &format!("try_acquire_{case}_1t_quanta_vs_clock"),
+            "tokio::time::Instant::now() (ours on quanta's clock)",
+            ns,
+            Target::Report,
+            paired(
+                ROUNDS,
+                || one_thread(expect, counter_op),
+                || one_thread(true, clock),
+            ),
+        );
     }
 
     let (leaky_pass, leaky_reject) = (leaky_open(), leaky_drained());
-    let ours_pass = ours_open();
+    let ours_pass = ours_open(tokio_clock);
     results.paired(
         "try_acquire_pass_1t_vs_leaky_bucket",
         "leaky-bucket try_acquire (fair)",
@@ -189,7 +270,7 @@ fn main() {
             || one_thread(true, || leaky_pass.try_acquire(1)),
         ),
     );
-    let ours_reject = ours_drained();
+    let ours_reject = ours_drained(tokio_clock);
     results.paired(
         "try_acquire_reject_1t_vs_leaky_bucket",
         "leaky-bucket try_acquire (fair)",

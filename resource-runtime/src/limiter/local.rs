@@ -1,9 +1,11 @@
-//! The local backend of [`RateLimiter`](super::RateLimiter): GCRA on tokio's clock, in
-//! this process alone.
+//! The local backend of [`RateLimiter`](super::RateLimiter): GCRA on tokio's clock or
+//! the CPU's counter, in this process alone.
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::pin::pin;
+#[cfg(feature = "quanta")]
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Poll, Waker};
@@ -12,7 +14,9 @@ use std::time::Duration;
 use portable_atomic::AtomicU128;
 use tokio::time::{Instant, Sleep};
 
-use super::{check_burst, no_timer};
+#[cfg(feature = "quanta")]
+use super::clock::counter;
+use super::{LimiterClock, check_burst, no_timer};
 use crate::error::ResourceError;
 
 /// One schedule in this process: what a [`RateLimiter`](super::RateLimiter) built
@@ -33,8 +37,10 @@ pub(super) struct Limiter {
     scale: u128,
     /// `token` and `scale` in 64 bits, for a narrow schedule.
     narrow: Narrow,
-    /// Where scaled times count from.
+    /// Where times count from, on tokio's clock.
     epoch: Instant,
+    /// What the schedule reads the time on.
+    clock: Clock,
     /// How far, scaled, the schedule may fall behind now and still go on from where it
     /// is rather than from now: [`GRACE`] less what the burst absorbs itself
     /// (`(burst - 1)` tokens), when a token's interval is a whole number of timer
@@ -63,7 +69,7 @@ struct State {
 impl Limiter {
     /// A schedule of `rate` tokens per `period` with bursts of `burst`; the caller has
     /// checked that none of them is zero.
-    pub(super) fn new(rate: u32, period: Duration, burst: u32) -> Self {
+    pub(super) fn new(rate: u32, period: Duration, burst: u32, clock: LimiterClock) -> Self {
         let period_ns = period.as_nanos();
         // A token is `period_ns / rate` ns: scaled by `rate / gcd`, it is the whole
         // number `period_ns / gcd` of units.
@@ -94,6 +100,7 @@ impl Limiter {
             // Set back past the grace, so that the empty schedule (0) is idle from the
             // start: the first calls get the burst, not the burst and the grace.
             epoch: now.checked_sub(GRACE + TIMER_TICK).unwrap_or(now),
+            clock: Clock::new(clock),
             grace,
             burst,
             rate,
@@ -130,6 +137,84 @@ impl Limiter {
         (self.rate, self.period)
     }
 
+    /// The clock the schedule reads.
+    pub(super) fn clock(&self) -> LimiterClock {
+        match self.clock {
+            Clock::Tokio => LimiterClock::Tokio,
+            #[cfg(feature = "quanta")]
+            Clock::Counter(_) => LimiterClock::Quanta,
+        }
+    }
+
+    /// Waits until the schedule reads the clock it was built with: for the counter,
+    /// until it is calibrated (off the runtime's workers).
+    pub(super) async fn ready(&self) {
+        match &self.clock {
+            Clock::Tokio => {}
+            #[cfg(feature = "quanta")]
+            Clock::Counter(_) => {
+                counter::ready().await;
+                self.now_ns();
+            }
+        }
+    }
+
+    /// Nanoseconds since the epoch on the schedule's clock.
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        match &self.clock {
+            Clock::Tokio => self.tokio_ns(Instant::now()),
+            #[cfg(feature = "quanta")]
+            Clock::Counter(anchor) => match anchor.get() {
+                Some(anchor) => anchor.ns(),
+                None => self.anchor_ns(anchor),
+            },
+        }
+    }
+
+    /// The present on both clocks: tokio's instant for pauses and sleeps, and the
+    /// schedule's.
+    fn now(&self) -> Now {
+        let at = Instant::now();
+        let ns = match &self.clock {
+            Clock::Tokio => self.tokio_ns(at),
+            #[cfg(feature = "quanta")]
+            Clock::Counter(_) => self.now_ns(),
+        };
+        Now {
+            at,
+            scaled: u128::from(ns) * self.scale,
+        }
+    }
+
+    /// Nanoseconds since the epoch on tokio's clock (saturating after five centuries).
+    #[inline]
+    fn tokio_ns(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch);
+        since
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(since.subsec_nanos()))
+    }
+
+    /// `now_ns` before the schedule is anchored on the counter: anchors it once the
+    /// counter is calibrated, at tokio's present instant, so that the schedule goes on
+    /// from where tokio's clock left it; reads tokio's clock until then.
+    #[cfg(feature = "quanta")]
+    #[cold]
+    fn anchor_ns(&self, anchor: &OnceLock<Anchor>) -> u64 {
+        match counter::get() {
+            Some(clock) => anchor
+                .get_or_init(|| Anchor {
+                    clock,
+                    raw: clock.raw(),
+                    ns: self.tokio_ns(Instant::now()),
+                })
+                .ns(),
+            None => self.tokio_ns(Instant::now()),
+        }
+    }
+
     /// Takes `n` tokens (at most the burst) without a lock when nobody waits, no
     /// pause holds and the limiter is open: `Some(taken)`; `None` when the lock must
     /// decide.
@@ -138,15 +223,10 @@ impl Limiter {
         if self.slow.load(Ordering::Acquire) {
             return None;
         }
-        let now = Instant::now();
+        let ns = self.now_ns();
         Some(match &self.tat {
             // All in 64 bits: the schedule's word holds a century and a burst.
             Tat::Narrow(tat) => {
-                let since = now.saturating_duration_since(self.epoch);
-                let ns = since
-                    .as_secs()
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(u64::from(since.subsec_nanos()));
                 let now_s = ns.saturating_mul(self.narrow.scale);
                 let ahead = self.narrow.token * u64::from(self.burst - n);
                 let step = self.narrow.token * u64::from(n);
@@ -172,10 +252,7 @@ impl Limiter {
                     }
                 }
             }
-            Tat::Wide(_) => {
-                let now_s = self.scaled(now);
-                self.take(now_s, n).is_ok()
-            }
+            Tat::Wide(_) => self.take(u128::from(ns) * self.scale, n).is_ok(),
         })
     }
 
@@ -200,9 +277,9 @@ impl Limiter {
         if !state.queue.is_empty() {
             return Ok(false);
         }
-        let now = Instant::now();
-        let taken = self.take_if_ready(&mut state, now, n).is_none();
-        self.refresh(&mut state, now);
+        let now = self.now();
+        let taken = self.take_if_ready(&mut state, &now, n).is_none();
+        self.refresh(&mut state, now.at);
         Ok(taken)
     }
 
@@ -217,9 +294,9 @@ impl Limiter {
             if state.closed {
                 return Err(ResourceError::closed("RateLimiter"));
             }
-            let now = Instant::now();
-            if state.queue.is_empty() && self.take_if_ready(&mut state, now, n).is_none() {
-                self.refresh(&mut state, now);
+            let now = self.now();
+            if state.queue.is_empty() && self.take_if_ready(&mut state, &now, n).is_none() {
+                self.refresh(&mut state, now.at);
                 return Ok(());
             }
             let id = state.next_id;
@@ -243,11 +320,11 @@ impl Limiter {
                     }
                     return Poll::Pending;
                 }
-                let now = Instant::now();
-                let Some(later) = self.take_if_ready(&mut state, now, n) else {
+                let now = self.now();
+                let Some(later) = self.take_if_ready(&mut state, &now, n) else {
                     state.queue.remove(&id);
                     wake_head(&mut state);
-                    self.refresh(&mut state, now);
+                    self.refresh(&mut state, now.at);
                     return Poll::Ready(Ok(()));
                 };
                 let at = later.at();
@@ -288,7 +365,7 @@ impl Limiter {
         if taken == used || self.status().1 {
             return;
         }
-        let now_s = self.scaled(Instant::now());
+        let now_s = u128::from(self.now_ns()) * self.scale;
         let mut tat = self.tat.load();
         loop {
             let base = tat.max(now_s);
@@ -346,18 +423,6 @@ impl Limiter {
         self.slow.store(slow, Ordering::Release);
     }
 
-    /// `now` in scaled units since the epoch.
-    fn scaled(&self, at: Instant) -> u128 {
-        at.saturating_duration_since(self.epoch).as_nanos() * self.scale
-    }
-
-    /// The first instant at or after a scaled time.
-    fn instant(&self, scaled: u128) -> Instant {
-        let ns = scaled.div_ceil(self.scale);
-        let ns = u64::try_from(ns).unwrap_or(u64::MAX);
-        self.epoch + Duration::from_nanos(ns)
-    }
-
     /// Where the schedule goes on from at `now_s`: `tat`, or `now_s` when the
     /// schedule fell behind now by more than the grace.
     ///
@@ -412,14 +477,15 @@ impl Limiter {
 
     /// Takes `n` tokens if they are admitted at `now`; otherwise the instant they will
     /// be.
-    fn take_if_ready(&self, state: &mut State, now: Instant, n: u32) -> Option<Later<'_>> {
-        let now_s = self.scaled(now);
-        let paused = state.paused_until.filter(|paused| *paused > now);
+    fn take_if_ready(&self, state: &mut State, now: &Now, n: u32) -> Option<Later<'_>> {
+        let now_s = now.scaled;
+        let paused = state.paused_until.filter(|paused| *paused > now.at);
         if let Some(paused) = paused {
             let ahead = self.token * u128::from(self.burst - n);
             let tat = self.base(self.tat.load(), now_s);
             return Some(Later {
                 limiter: self,
+                now: *now,
                 ready_s: tat.saturating_sub(ahead).max(now_s),
                 paused: Some(paused),
             });
@@ -428,6 +494,7 @@ impl Limiter {
             Ok(()) => None,
             Err(ready_s) => Some(Later {
                 limiter: self,
+                now: *now,
                 ready_s,
                 paused: None,
             }),
@@ -465,14 +532,79 @@ impl Drop for Queued<'_> {
 /// conversion divides, and `try_acquire` has no use for it).
 struct Later<'a> {
     limiter: &'a Limiter,
+    /// When the decision was made.
+    now: Now,
+    /// When the schedule admits the tokens, on its clock (at or after `now`).
     ready_s: u128,
     paused: Option<Instant>,
 }
 
 impl Later<'_> {
+    /// The instant on tokio's clock to sleep until: the wait on the schedule's clock,
+    /// rounded up to a whole nanosecond, from tokio's instant of the decision. On
+    /// tokio's clock this is the schedule's own instant; on the counter, a clock that
+    /// drifts from tokio's by a few parts in a million costs that much of one wait,
+    /// never a wake-up that finds its time not come and spins.
     fn at(&self) -> Instant {
-        let ready = self.limiter.instant(self.ready_s);
+        let wait = (self.ready_s - self.now.scaled).div_ceil(self.limiter.scale);
+        let wait = Duration::from_nanos(u64::try_from(wait).unwrap_or(u64::MAX));
+        // Past what `Instant` can hold (a schedule centuries ahead): as far as tokio's
+        // timer reaches, about thirty years.
+        let ready = self
+            .now
+            .at
+            .checked_add(wait)
+            .or_else(|| self.now.at.checked_add(FAR_FUTURE))
+            .unwrap_or(self.now.at);
         self.paused.map_or(ready, |paused| ready.max(paused))
+    }
+}
+
+/// The present, on tokio's clock and on the schedule's.
+#[derive(Clone, Copy)]
+struct Now {
+    at: Instant,
+    /// Scaled units since the epoch on the schedule's clock.
+    scaled: u128,
+}
+
+/// What a schedule reads the time on.
+enum Clock {
+    Tokio,
+    /// The counter, anchored once it is calibrated.
+    #[cfg(feature = "quanta")]
+    Counter(OnceLock<Anchor>),
+}
+
+impl Clock {
+    fn new(clock: LimiterClock) -> Self {
+        match clock {
+            LimiterClock::Tokio => Clock::Tokio,
+            #[cfg(feature = "quanta")]
+            LimiterClock::Quanta => {
+                counter::start();
+                Clock::Counter(OnceLock::new())
+            }
+        }
+    }
+}
+
+/// Where the counter meets tokio's clock for one schedule: its reading `raw` was
+/// taken at `ns` nanoseconds since the epoch.
+#[cfg(feature = "quanta")]
+struct Anchor {
+    clock: &'static quanta::Clock,
+    raw: u64,
+    ns: u64,
+}
+
+#[cfg(feature = "quanta")]
+impl Anchor {
+    /// Nanoseconds since the epoch, read on the counter.
+    #[inline]
+    fn ns(&self) -> u64 {
+        self.ns
+            .saturating_add(self.clock.delta_as_nanos(self.raw, self.clock.raw()))
     }
 }
 
@@ -524,6 +656,9 @@ fn gcd(mut a: u128, mut b: u128) -> u128 {
     }
     a
 }
+
+/// As far ahead as tokio's timer reaches (about thirty years).
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// The tick of tokio's timer wheel.
 const TIMER_TICK: Duration = Duration::from_millis(1);

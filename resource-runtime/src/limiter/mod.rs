@@ -2,6 +2,7 @@
 //! between waiters: on tokio's clock in this process, or (with the `redis` feature) on
 //! a Redis server, shared by every process that names the same key prefix.
 
+mod clock;
 mod local;
 #[cfg(all(feature = "redis", feature = "executor"))]
 pub(crate) mod permits;
@@ -15,6 +16,8 @@ use tokio::time::Instant;
 
 use crate::AsyncResource;
 use crate::error::{ConfigError, ResourceError};
+
+pub use self::clock::LimiterClock;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -40,7 +43,8 @@ pub use self::redis::{Fallback, RedisConfig};
 /// - While nobody waits, a call takes its tokens with one compare-and-swap and no
 ///   lock: its cost is a read of the clock and that instruction. Waiters queue under a
 ///   lock, and while they do, every call takes it too, so none overtakes them.
-/// - It runs on tokio's clock, so `tokio::time::pause` drives it in tests. Timers fire
+/// - It runs on tokio's clock, so `tokio::time::pause` drives it in tests (or, when
+///   built so, on the CPU's counter: see [`LimiterClock`]). Timers fire
 ///   on a 1 ms tick, after the tick their instant falls in, and the wake-up adds its
 ///   own delay. So when a token's interval `T` is a whole number of ticks, a call up to
 ///   a grace `g` after its token's due time counts as on time: the schedule goes on
@@ -137,6 +141,7 @@ impl std::fmt::Debug for RateLimiter {
                     .field("rate", &rate)
                     .field("period", &period)
                     .field("burst", &local.burst())
+                    .field("clock", &local.clock().name())
                     .field("waiting", &waiting)
                     .field("closed", &closed)
                     .finish()
@@ -155,6 +160,7 @@ pub struct RateLimiterBuilder {
     rate: u32,
     period: Duration,
     burst: Option<u32>,
+    clock: LimiterClock,
     #[cfg(feature = "redis")]
     redis: Option<RedisConfig>,
 }
@@ -164,6 +170,27 @@ impl RateLimiterBuilder {
     /// token by `period / rate`.
     pub fn burst(mut self, burst: u32) -> Self {
         self.burst = Some(burst);
+        self
+    }
+
+    /// The clock the schedule reads (default: [`LimiterClock::Tokio`], which
+    /// `tokio::time::pause` drives). With Redis, the schedule is on the server's clock,
+    /// and this is the clock of the local fallback, if it has one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resource_runtime::limiter::{LimiterClock, RateLimiter};
+    ///
+    /// # fn main() -> Result<(), resource_runtime::ResourceError> {
+    /// let limiter = RateLimiter::builder(100, Duration::from_secs(1))
+    ///     .clock(LimiterClock::Tokio)
+    ///     .build()?;
+    /// assert_eq!(limiter.clock(), LimiterClock::Tokio);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn clock(mut self, clock: LimiterClock) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -202,6 +229,7 @@ impl RateLimiterBuilder {
             rate,
             period,
             burst,
+            clock,
             #[cfg(feature = "redis")]
             redis,
         } = self;
@@ -221,13 +249,13 @@ impl RateLimiterBuilder {
         }
         #[cfg(feature = "redis")]
         if let Some(config) = redis {
-            let shared = redis::RedisLimiter::new(rate, period, burst, config)?;
+            let shared = redis::RedisLimiter::new(rate, period, burst, config, clock)?;
             return Ok(RateLimiter {
                 backend: Backend::Redis(Arc::new(shared)),
             });
         }
         Ok(RateLimiter {
-            backend: Backend::Local(Arc::new(local::Limiter::new(rate, period, burst))),
+            backend: Backend::Local(Arc::new(local::Limiter::new(rate, period, burst, clock))),
         })
     }
 }
@@ -257,6 +285,7 @@ impl RateLimiter {
             rate,
             period,
             burst: None,
+            clock: LimiterClock::Tokio,
             #[cfg(feature = "redis")]
             redis: None,
         }
@@ -271,6 +300,16 @@ impl RateLimiter {
         }
     }
 
+    /// The clock the schedule reads, as built: for a limiter in Redis, that of its
+    /// local fallback.
+    pub fn clock(&self) -> LimiterClock {
+        match &self.backend {
+            Backend::Local(local) => local.clock(),
+            #[cfg(feature = "redis")]
+            Backend::Redis(shared) => shared.clock(),
+        }
+    }
+
     /// How many callers of this process are waiting in [`acquire`](Self::acquire).
     pub fn waiting(&self) -> usize {
         match &self.backend {
@@ -282,14 +321,19 @@ impl RateLimiter {
 
     /// Makes the limiter ready for every clone: connects to Redis and loads its
     /// scripts, within the configured connect timeout, for a limiter built with
-    /// `RateLimiterBuilder::redis`; nothing for a local one. Entering an
+    /// `RateLimiterBuilder::redis`; for one on the counter (`LimiterClock::Quanta`), waits until
+    /// the counter is calibrated (once a process, on tokio's blocking pool); nothing
+    /// for any other local one. Entering an
     /// entered limiter does nothing; entering a closed one with a store fails with a
     /// closed error. A failed enter leaves nothing open, and may be tried again.
     ///
     /// The [`AsyncResource::enter`] of the limiter calls it.
     pub async fn enter(&self) -> Result<(), ResourceError> {
         match &self.backend {
-            Backend::Local(_) => Ok(()),
+            Backend::Local(local) => {
+                local.ready().await;
+                Ok(())
+            }
             #[cfg(feature = "redis")]
             Backend::Redis(shared) => Box::pin(shared.enter()).await,
         }

@@ -23,7 +23,7 @@ use ::redis::{Client, ErrorKind, RedisError, Script, ScriptInvocation, ServerErr
 use tokio::time::{Instant, Sleep};
 use tokio_util::task::TaskTracker;
 
-use super::{LimiterError, check_burst, local, no_timer};
+use super::{LimiterClock, LimiterError, check_burst, local, no_timer};
 use crate::error::{ConfigError, ResourceError};
 use crate::sync::CatchUnwind;
 
@@ -228,6 +228,8 @@ pub(super) struct RedisLimiter {
     rate: u32,
     period: Duration,
     burst: u32,
+    /// The clock of the local fallback, as built.
+    clock: LimiterClock,
     period_ns: u128,
     /// A token is `period_ns / denom` microseconds: `denom` is 1000 × rate, so the
     /// schedule keeps whole microseconds and a fraction, exactly.
@@ -284,6 +286,7 @@ impl RedisLimiter {
         period: Duration,
         burst: u32,
         config: RedisConfig,
+        clock: LimiterClock,
     ) -> Result<Self, ResourceError> {
         let RedisConfig {
             url,
@@ -351,7 +354,7 @@ impl RedisLimiter {
                         ),
                     ));
                 };
-                Some((local::Limiter::new(rate, local_period, burst), share))
+                Some((local::Limiter::new(rate, local_period, burst, clock), share))
             }
         };
         let key = format!("{{{prefix}}}:gcra");
@@ -367,6 +370,7 @@ impl RedisLimiter {
             rate,
             period,
             burst,
+            clock,
             period_ns,
             denom,
             acquire_script: Script::new(include_str!("acquire.lua")),
@@ -390,6 +394,10 @@ impl RedisLimiter {
 
     pub(super) fn burst(&self) -> u32 {
         self.burst
+    }
+
+    pub(super) fn clock(&self) -> LimiterClock {
+        self.clock
     }
 
     pub(super) fn waiting(&self) -> usize {
@@ -1214,6 +1222,7 @@ mod tests {
             Duration::from_secs(1),
             2,
             RedisConfig::new("redis://127.0.0.1/", "test"),
+            LimiterClock::Tokio,
         )
         .unwrap();
         // A third of a second: 333333 µs and 1000/3000 of one.
@@ -1226,7 +1235,7 @@ mod tests {
     #[test]
     fn a_configuration_that_cannot_work_is_refused() {
         let build = |config: RedisConfig| {
-            RedisLimiter::new(10, Duration::from_secs(1), 1, config)
+            RedisLimiter::new(10, Duration::from_secs(1), 1, config, LimiterClock::Tokio)
                 .err()
                 .and_then(|e| e.downcast_ref::<ConfigError>().map(|c| c.setting()))
         };
@@ -1256,6 +1265,7 @@ mod tests {
             Duration::from_secs(1),
             1,
             RedisConfig::new("http://:pw@127.0.0.1/", "p"),
+            LimiterClock::Tokio,
         )
         .err()
         .unwrap();
@@ -1265,7 +1275,8 @@ mod tests {
                 1,
                 Duration::from_secs(60 * 60 * 24 * 365 * 40),
                 1,
-                RedisConfig::new(url, "p")
+                RedisConfig::new(url, "p"),
+                LimiterClock::Tokio,
             )
             .err()
             .and_then(|e| e.downcast_ref::<ConfigError>().map(|c| c.setting())),
