@@ -540,3 +540,35 @@ async fn fields_that_are_send_but_not_sync_are_supported() {
         [1, 1, 1]
     );
 }
+
+/// A vendor client the crate knows nothing of, closed by a function of the user's.
+struct VendorSdk {
+    closed: u32,
+}
+
+async fn close_vendor(sdk: &mut VendorSdk) -> std::io::Result<()> {
+    sdk.closed += 1;
+    Ok(())
+}
+
+/// The function takes `&mut VendorSdk`; the fields are a `Box` of it and a reference
+/// to one: the call coerces the field as any call does.
+#[derive(AsyncResource)]
+struct CoercedAtTheCall<'a> {
+    #[resource(close = close_vendor)]
+    boxed: Box<VendorSdk>,
+    #[resource(close = close_vendor)]
+    borrowed: &'a mut VendorSdk,
+}
+
+#[tokio::test]
+async fn a_user_function_gets_its_field_through_the_calls_own_coercions() {
+    let mut outside = VendorSdk { closed: 0 };
+    let mut holder = CoercedAtTheCall {
+        boxed: Box::new(VendorSdk { closed: 0 }),
+        borrowed: &mut outside,
+    };
+    holder.close().await.unwrap();
+    assert_eq!(holder.boxed.closed, 1);
+    assert_eq!(holder.borrowed.closed, 1);
+}
