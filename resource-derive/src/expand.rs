@@ -200,9 +200,11 @@ fn maybe_boxed(krate: &Path, slot: &Slot<'_, '_>, fut: TokenStream) -> TokenStre
 /// The call of a runtime step helper for one field: through the field's own impl,
 /// `receiver.method(args.., __private::resource(field))`, generic over the field's type
 /// alone so that fields of one type share every instantiation (`method_boxed` when the
-/// future must be boxed), or, for a user function, `method_fn(args.., |field| future,
-/// field)`: a closure without captures, seen as a function pointer, so that the step is
-/// generic over the field's and the future's types alone and shared as well.
+/// future must be boxed), or, for a user function, `method_fn(args.., |field, slot|
+/// slot.put(future), field)`: a closure without captures, seen as a function pointer,
+/// so that the step is generic over the field's and the future's types alone and shared
+/// as well. The closure puts the future in the step's slot itself: returned through the
+/// pointer, it would be copied once more after the call.
 fn step_call(
     krate: &Path,
     slot: &Slot<'_, '_>,
@@ -224,7 +226,8 @@ fn step_call(
         Some(path) => {
             let fut = maybe_boxed(krate, slot, user_call(krate, path, quote!(#binding)));
             let method = format_ident!("{method}_fn");
-            quote!(#receiver.#method(#args |#binding| #fut, #binding))
+            let put = Ident::new("__step_slot", Span::mixed_site());
+            quote!(#receiver.#method(#args |#binding, #put| #put.put(#fut), #binding))
         }
     };
     match &slot.access {

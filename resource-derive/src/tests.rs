@@ -742,9 +742,10 @@ fn future(expr: &Expr) -> Fut {
     closure_future(closure)
 }
 
-/// A user function's step: `|binding| future, binding`, a closure without captures that
-/// takes the field it is given. The future's argument is the binding given, which a
-/// struct's step binds just before it.
+/// A user function's step: `|binding, slot| slot.put(future), binding`, a closure
+/// without captures that takes the field it is given and puts the future in the step's
+/// slot. The future's argument is the binding given, which a struct's step binds just
+/// before it.
 fn user_fn(closure: &Expr, field: &Expr) -> Fut {
     let Expr::Closure(closure) = peel(closure) else {
         panic!(
@@ -753,19 +754,27 @@ fn user_fn(closure: &Expr, field: &Expr) -> Fut {
         );
     };
     let field = ident_of(field).expect("a user step gives its closure a binding");
-    let param = match closure.inputs.iter().collect::<Vec<_>>()[..] {
-        [Pat::Ident(param)] => param.ident.to_string(),
+    let (param, slot) = match closure.inputs.iter().collect::<Vec<_>>()[..] {
+        [Pat::Ident(param), Pat::Ident(slot)] => (param.ident.to_string(), slot.ident.to_string()),
         _ => panic!(
-            "not a closure of one binding: {}",
+            "not a closure of a binding and a slot: {}",
             closure.to_token_stream()
         ),
     };
     assert!(
         closure.capture.is_none() && closure.asyncness.is_none() && param == field,
-        "not `|{field}| future`: {}",
+        "not `|{field}, slot| slot.put(future)`: {}",
         closure.to_token_stream()
     );
-    let fut = closure_future(closure);
+    let Expr::MethodCall(put) = peel(&closure.body) else {
+        panic!("not `slot.put(future)`: {}", closure.body.to_token_stream());
+    };
+    assert!(
+        put.method == "put" && ident_of(&put.receiver).as_deref() == Some(slot.as_str()),
+        "the future is not put in the closure's own slot: {}",
+        closure.body.to_token_stream()
+    );
+    let fut = body_future(only_arg(&put.args));
     assert_eq!(
         fut.arg, param,
         "the closure's future takes its own parameter"
@@ -775,7 +784,13 @@ fn user_fn(closure: &Expr, field: &Expr) -> Fut {
 
 /// The future a step's closure makes.
 fn closure_future(closure: &syn::ExprClosure) -> Fut {
-    let (boxed, body) = match peel(&closure.body) {
+    body_future(&closure.body)
+}
+
+/// The future an expression makes: a call of the field's close or enter, or the user
+/// step's block, boxed or not.
+fn body_future(body: &Expr) -> Fut {
+    let (boxed, body) = match peel(body) {
         Expr::Call(call) if calls_path(call, &format!("{RT}::__private::boxed")) => {
             (true, only_arg(&call.args))
         }

@@ -16,7 +16,8 @@ use tracing::Instrument;
 
 use crate::AsyncResource;
 use crate::error::{BoxError, Operation, ResourceError};
-use crate::step::{Call, Label, Make, Step, catch_panic, tracing_on};
+pub use crate::step::Slot;
+use crate::step::{Call, CallInto, Label, Make, Step, catch_panic, tracing_on};
 use crate::sync::{get_mut, lock};
 
 /// The future of a user function the derive calls: `close = path`, `enter = path`,
@@ -334,22 +335,23 @@ impl Closer {
     }
 
     /// Closes one field with a user's close function: `make` applied to the field
-    /// makes the future. A function pointer (the expansion's closure takes no capture),
-    /// so that every field of one type closed by one function, in any number of
-    /// structs, shares this code, as [`field`](Self::field) does.
+    /// makes the future and puts it in the step's [`Slot`]. A function pointer (the
+    /// expansion's closure takes no capture), so that every field of one type closed
+    /// by one function, in any number of structs, shares this code, as
+    /// [`field`](Self::field) does.
     #[inline]
     pub fn field_fn<A, F, D>(
         &mut self,
         label: &'static str,
         deadline: D,
-        make: fn(A) -> F,
+        make: for<'s> fn(A, Slot<'s, A, F>),
         field: A,
     ) -> impl Future<Output = ()>
     where
         F: Future<Output = Result<(), ResourceError>>,
         D: Deadline,
     {
-        self.start(label, deadline, Call(make, field))
+        self.start(label, deadline, CallInto(make, field))
     }
 
     /// Keeps the failure of a finished step.
@@ -524,14 +526,14 @@ impl<'c> Group<'c> {
         &self,
         index: usize,
         deadline: D,
-        make: fn(A) -> F,
+        make: for<'s> fn(A, Slot<'s, A, F>),
         field: A,
     ) -> impl Future<Output = ()> + use<'c, A, F, D>
     where
         F: Future<Output = Result<(), ResourceError>>,
         D: Deadline,
     {
-        self.start(index, deadline, Call(make, field))
+        self.start(index, deadline, CallInto(make, field))
     }
 }
 
@@ -785,13 +787,13 @@ impl Enterer {
     pub fn field_fn<A, F>(
         &mut self,
         label: &'static str,
-        make: fn(A) -> F,
+        make: for<'s> fn(A, Slot<'s, A, F>),
         field: A,
     ) -> impl Future<Output = bool>
     where
         F: Future<Output = Result<(), ResourceError>>,
     {
-        self.start(label, Call(make, field))
+        self.start(label, CallInto(make, field))
     }
 
     fn entered(&mut self, outcome: Result<(), ResourceError>) -> bool {
@@ -886,14 +888,14 @@ impl Enterer {
         &mut self,
         label: &'static str,
         deadline: D,
-        make: fn(A) -> F,
+        make: for<'s> fn(A, Slot<'s, A, F>),
         field: A,
     ) -> impl Future<Output = ()>
     where
         F: Future<Output = Result<(), ResourceError>>,
         D: Deadline,
     {
-        self.start_rollback(label, deadline, Call(make, field))
+        self.start_rollback(label, deadline, CallInto(make, field))
     }
 
     /// The outcome of the whole enter.

@@ -126,10 +126,11 @@ impl Deadline for Timed {
     }
 }
 
-/// How a step makes its future `F`, at its first poll and inside its panic guard.
-pub(crate) trait Make<F> {
-    /// Makes it.
-    fn make(self) -> F;
+/// How a step makes its future `F`, at its first poll and inside its panic guard: into
+/// the step's state, which is ended (`Done`) until it does.
+pub(crate) trait Make<F>: Sized {
+    /// Makes it and puts it in `state`.
+    fn make_into(self, state: Pin<&mut State<Self, F>>);
 }
 
 /// A closure makes the future: the step is then generic over the closure.
@@ -138,8 +139,8 @@ where
     M: FnOnce() -> F,
 {
     #[inline]
-    fn make(self) -> F {
-        self()
+    fn make_into(self, mut state: Pin<&mut State<Self, F>>) {
+        state.set(State::Run { fut: self() });
     }
 }
 
@@ -154,8 +155,43 @@ where
     M: FnOnce(A) -> F,
 {
     #[inline]
-    fn make(self) -> F {
-        (self.0)(self.1)
+    fn make_into(self, mut state: Pin<&mut State<Self, F>>) {
+        state.set(State::Run {
+            fut: (self.0)(self.1),
+        });
+    }
+}
+
+/// A function pointer applied to a value makes the future and puts it in the step's
+/// state itself ([`Slot::put`]). The step is generic over the value's and the future's
+/// types alone, as with [`Call`], whatever function the pointer names. The future is
+/// written where it stays: a future returned through the pointer would come back in a
+/// slot of the caller's and be copied into the state right after the call, with wide
+/// loads over the callee's narrower stores that wait for them to retire.
+pub(crate) struct CallInto<A, F>(pub(crate) for<'s> fn(A, Slot<'s, A, F>), pub(crate) A);
+
+impl<A, F> Make<F> for CallInto<A, F> {
+    #[inline]
+    fn make_into(self, state: Pin<&mut State<Self, F>>) {
+        (self.0)(self.1, Slot(state));
+    }
+}
+
+/// Where a user function's step keeps its future: the function the derive passes puts
+/// the future it made here.
+pub struct Slot<'s, A, F>(Pin<&'s mut State<CallInto<A, F>, F>>);
+
+impl<A, F> Slot<'_, A, F> {
+    /// Puts the step's future in its place.
+    #[inline]
+    pub fn put(mut self, fut: F) {
+        self.0.set(State::Run { fut });
+    }
+}
+
+impl<A, F> fmt::Debug for Slot<'_, A, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Slot")
     }
 }
 
@@ -163,7 +199,7 @@ pin_project! {
     /// Where a step is: its future still to make, running, or ended.
     #[project = StateProj]
     #[project_replace = StateTaken]
-    enum State<K, F> {
+    pub(crate) enum State<K, F> {
         Make { make: K },
         Run { #[pin] fut: F },
         // Ended, or making or polling it panicked.
@@ -284,7 +320,7 @@ where
             if let StateProj::Make { .. } = state.as_mut().project() {
                 // Taken before it runs: a panic in it leaves the step ended.
                 if let StateTaken::Make { make } = state.as_mut().project_replace(State::Done) {
-                    state.set(State::Run { fut: make.make() });
+                    make.make_into(state.as_mut());
                 }
             }
             let StateProj::Run { fut } = state.as_mut().project() else {
