@@ -227,23 +227,35 @@ impl Limiter {
         Some(match &self.tat {
             // All in 64 bits: the schedule's word holds a century and a burst.
             Tat::Narrow(tat) => {
-                let now_s = ns.saturating_mul(self.narrow.scale);
+                // Whole nanoseconds are already the schedule's units when the rate
+                // divides its period in nanoseconds: no multiplication after the
+                // clock read, the one part of a call that waits on the clock.
+                let now_s = if self.narrow.scale == 1 {
+                    ns
+                } else {
+                    ns.saturating_mul(self.narrow.scale)
+                };
                 let ahead = self.narrow.token * u64::from(self.burst - n);
                 let step = self.narrow.token * u64::from(n);
                 let mut current = tat.load(Ordering::Acquire);
                 loop {
-                    // As `base`, in 64 bits.
-                    let base = if current.saturating_add(self.narrow.grace) >= now_s {
-                        current
-                    } else {
-                        now_s
-                    };
-                    if base.saturating_sub(ahead) > now_s {
+                    // `base` in 64 bits, rearranged so that what depends on the
+                    // schedule's word alone is computed while the clock is read: an
+                    // idle schedule (further behind now than the grace) goes on from
+                    // now and admits, a busy one admits when it is at most `ahead`
+                    // past now.
+                    let idle = current.saturating_add(self.narrow.grace) < now_s;
+                    if !idle && current.saturating_sub(ahead) > now_s {
                         break false;
                     }
+                    let next = if idle {
+                        now_s.saturating_add(step)
+                    } else {
+                        current.saturating_add(step)
+                    };
                     match tat.compare_exchange_weak(
                         current,
-                        base.saturating_add(step),
+                        next,
                         Ordering::AcqRel,
                         Ordering::Acquire,
                     ) {
