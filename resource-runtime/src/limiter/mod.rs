@@ -321,11 +321,11 @@ impl RateLimiter {
 
     /// Makes the limiter ready for every clone: connects to Redis and loads its
     /// scripts, within the configured connect timeout, for a limiter built with
-    /// `RateLimiterBuilder::redis`; for one on the counter (`LimiterClock::Quanta`), waits until
-    /// the counter is calibrated (once a process, on tokio's blocking pool); nothing
-    /// for any other local one. Entering an
-    /// entered limiter does nothing; entering a closed one with a store fails with a
-    /// closed error. A failed enter leaves nothing open, and may be tried again.
+    /// `RateLimiterBuilder::redis`; for one on the counter (`LimiterClock::Quanta`),
+    /// waits until the counter is calibrated (once a process, on tokio's blocking
+    /// pool); nothing for any other local one. Entering an entered limiter does
+    /// nothing; entering a closed one with a store fails with a closed error. A failed
+    /// enter leaves nothing open, and may be tried again.
     ///
     /// The [`AsyncResource::enter`] of the limiter calls it.
     pub async fn enter(&self) -> Result<(), ResourceError> {
