@@ -739,7 +739,7 @@ fn future(expr: &Expr) -> Fut {
         "not a `move ||` closure: {}",
         closure.to_token_stream()
     );
-    closure_future(closure)
+    body_future(&closure.body)
 }
 
 /// A user function's step: `|binding, slot| slot.put(future), binding`, a closure
@@ -780,11 +780,6 @@ fn user_fn(closure: &Expr, field: &Expr) -> Fut {
         "the closure's future takes its own parameter"
     );
     fut
-}
-
-/// The future a step's closure makes.
-fn closure_future(closure: &syn::ExprClosure) -> Fut {
-    body_future(&closure.body)
 }
 
 /// The future an expression makes: a call of the field's close or enter, or the user
